@@ -1,0 +1,159 @@
+"""The axis algebra layout inference runs on.
+
+Every dimension of every tensor carries a label: the named axes it is made of.
+    Atom     (name, size)          name: "y", "x", "f" (lattice), "t:<input>" (text), "b" (batch),
+                                   "y~" (the low part of a split axis) or None (opaque)
+    Seg      tuple[Atom, ...]      a row-major product of atoms
+    DimLabel tuple[Seg, ...]       segments concatenated along the dim (e.g. [text | image])
+    Label    tuple[DimLabel, ...]  one per tensor dim
+"""
+from __future__ import annotations
+
+import math
+
+Atom = tuple  # (name | None, size)
+Seg = tuple
+DimLabel = tuple
+Label = tuple
+
+
+def opaque(size: int) -> DimLabel:
+    return (((None, int(size)),),)
+
+
+def opaque_label(shape) -> Label:
+    return tuple(opaque(s) for s in shape)
+
+
+def seg_size(seg: Seg) -> int:
+    return math.prod(a[1] for a in seg)
+
+
+def dim_size(dl: DimLabel) -> int:
+    return sum(seg_size(s) for s in dl)
+
+
+def norm_seg(seg) -> Seg:
+    out = []
+    for name, size in seg:
+        if size == 1:
+            continue
+        if name is None and out and out[-1][0] is None:
+            out[-1] = (None, out[-1][1] * size)
+        else:
+            out.append((name, size))
+    return tuple(out) or ((None, 1),)
+
+
+def plain(*atoms: Atom) -> DimLabel:
+    return (norm_seg(atoms),)
+
+
+def is_token_atom(name) -> bool:
+    return name is not None and name != "b"
+
+
+def has_tokens(x) -> bool:
+    """Does a Label (or list of Labels) carry any lattice / text axis?"""
+    if x is None:
+        return False
+    if isinstance(x, list):
+        return any(has_tokens(t) for t in x)
+    return any(is_token_atom(a[0]) for dl in x for seg in dl for a in seg)
+
+
+def dim_has_tokens(dl: DimLabel) -> bool:
+    return any(is_token_atom(a[0]) for seg in dl for a in seg)
+
+
+def reshape(label: Label, out_shape) -> Label | None:
+    """Labels after view/reshape: split and merge axes by size. None if the sizes do not factor."""
+    stream: list = []
+    for dl in label:
+        if len(dl) > 1:
+            stream.append(("#", dl))
+        else:
+            stream.extend(a for a in dl[0] if a[1] != 1)
+    out, i = [], 0
+    for size in out_shape:
+        size = int(size)
+        if size == 1:
+            out.append(opaque(1))
+            continue
+        need, atoms = size, []
+        while need > 1:
+            if i >= len(stream):
+                return None
+            a = stream[i]
+            if a[0] == "#":
+                if atoms or dim_size(a[1]) != need:
+                    return None
+                out.append(a[1])
+                i += 1
+                need = 0
+                break
+            name, asz = a
+            if need % asz == 0:
+                atoms.append(a)
+                need //= asz
+                i += 1
+            elif asz % need == 0:
+                atoms.append((name, need))
+                stream[i] = (None if name is None else name.rstrip("~") + "~", asz // need)
+                need = 1
+            else:
+                return None
+        if need == 1:
+            out.append((norm_seg(atoms),))
+    if i != len(stream):
+        return None
+    return tuple(out)
+
+
+def slice_dim(dl: DimLabel, start: int, end: int) -> DimLabel | None:
+    """The label of dl[start:end] (step 1): whole segments, or a part of one opaque segment."""
+    size = dim_size(dl)
+    start, end = max(0, min(start, size)), max(0, min(end, size))
+    if start == 0 and end == size:
+        return dl
+    pos, picked = 0, []
+    for seg in dl:
+        s_lo, s_hi = pos, pos + seg_size(seg)
+        pos = s_hi
+        if s_hi <= start or s_lo >= end:
+            continue
+        if s_lo >= start and s_hi <= end:
+            picked.append(seg)
+        elif all(a[0] is None for a in seg):
+            picked.append(((None, min(end, s_hi) - max(start, s_lo)),))
+        else:
+            return None
+    return tuple(picked) if picked else opaque(end - start)
+
+
+def concat(dls: list[DimLabel]) -> DimLabel:
+    segs = [seg for dl in dls if dim_size(dl) > 0 for seg in dl]
+    merged = []
+    for seg in segs:  # adjacent opaque segments fold into one
+        if merged and all(a[0] is None for a in seg) and all(a[0] is None for a in merged[-1]):
+            merged[-1] = ((None, seg_size(merged[-1]) + seg_size(seg)),)
+        else:
+            merged.append(seg)
+    return tuple(merged)
+
+
+def broadcast(out_shape, inputs: list[tuple[tuple, Label]]) -> Label:
+    """Elementwise: each output dim takes the first token-carrying label among inputs of that size."""
+    rank = len(out_shape)
+    out = []
+    for d in range(rank):
+        size = int(out_shape[d])
+        chosen = None
+        for shape, lab in inputs:
+            j = d - (rank - len(shape))
+            if j < 0 or int(shape[j]) != size:
+                continue
+            if chosen is None or (not dim_has_tokens(chosen) and dim_has_tokens(lab[j])):
+                chosen = lab[j]
+        out.append(chosen if chosen is not None else opaque(size))
+    return tuple(out)

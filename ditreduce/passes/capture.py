@@ -1,0 +1,47 @@
+"""Pass 1 — capture: torch.export (non-strict) with the call's real arguments, then
+run_decompositions({}) so in-place writes (RoPE by slice assignment) become explicit
+slice_scatter / copy nodes while aten.scaled_dot_product_attention stays one node."""
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+
+class UnsupportedModelError(RuntimeError):
+    """The model cannot be captured or rewritten; the message says which model and why."""
+
+
+def bind_call(model: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
+    """All call arguments as keywords (by the forward signature), so export and the step tracker see names."""
+    sig = inspect.signature(model.forward)
+    bound = sig.bind(*args, **kwargs)
+    out = {}
+    for name, val in bound.arguments.items():
+        if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(val)
+        elif sig.parameters[name].kind is inspect.Parameter.VAR_POSITIONAL:
+            if val:
+                raise UnsupportedModelError(f"{type(model).__name__}.forward takes *{name}; pass arguments by name")
+        else:
+            out[name] = val
+    return out
+
+
+def capture(model: torch.nn.Module, kwargs: dict) -> torch.fx.GraphModule:
+    """The functional ATen graph of `model(**kwargs)`; parameters as get_attr, inputs as placeholders."""
+    name = type(model).__name__
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(model, (), kwargs, strict=False)
+            ep = ep.run_decompositions({})
+    except Exception as e:  # noqa: BLE001 — re-raised with the model named, never swallowed
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UnsupportedModelError(
+            f"{name} cannot be captured with torch.export (non-strict): {type(e).__name__}: {first}\n"
+            f"ditreduce rewrites the exported graph and does not fall back to the dense model. "
+            f"Models with data-dependent control flow (e.g. sequence packing from mask.tolist()) "
+            f"are not supported.") from e
+    gm = ep.module()
+    gm.meta["exported_program"] = ep
+    return gm

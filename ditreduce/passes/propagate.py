@@ -1,0 +1,261 @@
+"""Forward propagation of axis labels (see axes.py) through functional ATen ops."""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+
+from . import axes
+from .axes import Label, opaque, opaque_label
+
+aten = torch.ops.aten
+
+
+def _shape(n):
+    v = n.meta.get("val") if isinstance(n, fx.Node) else None
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+
+
+def _lab(labels, n):
+    if not isinstance(n, fx.Node):
+        return None
+    lab = labels.get(n)
+    if lab is None or isinstance(lab, list):
+        return None
+    return lab
+
+
+def _dim(d, rank):
+    return d % rank if rank else 0
+
+
+SAME_AS_FIRST = {
+    aten.clone.default, aten.contiguous.default, aten.alias.default, aten.detach.default, aten._to_copy.default,
+    aten.to.dtype, aten.to.dtype_layout, aten.to.device, aten.type_as.default, aten.dropout.default,
+    aten.lift_fresh_copy.default, aten.empty_like.default, aten.zeros_like.default, aten.ones_like.default,
+    aten.full_like.default, aten.softmax.int, aten._softmax.default, aten.log_softmax.int, aten.layer_norm.default,
+    aten.rms_norm.default, aten.group_norm.default, aten.gelu.default, aten.silu.default, aten.relu.default,
+    aten.slice_scatter.default, aten.select_scatter.default, aten._safe_softmax.default, aten.native_dropout.default,
+}
+SAME_FIRST_OF_TUPLE = {aten.native_layer_norm.default, aten.native_group_norm.default, aten.native_dropout.default}
+
+
+def _ew(node: fx.Node, labels) -> Label | None:
+    out = _shape(node)
+    if out is None:
+        return None
+    ins = [(_shape(a), _lab(labels, a)) for a in node.args if isinstance(a, fx.Node)]
+    ins = [(s, l) for s, l in ins if s is not None and l is not None]
+    return axes.broadcast(out, ins) if ins else opaque_label(out)
+
+
+def _conv(node, labels):
+    x, w = node.args[0], node.args[1]
+    xl, xs, ws, out = _lab(labels, x), _shape(x), _shape(w), _shape(node)
+    if xl is None:
+        return None
+    if node.target == aten.convolution.default:
+        stride, padding, transposed = node.args[3], node.args[4], node.args[6]
+        if transposed:
+            return opaque_label(out)
+    else:
+        stride = node.args[3] if len(node.args) > 3 else 1
+        padding = node.args[4] if len(node.args) > 4 else 0
+    nsp = len(xs) - 2
+    stride = list(stride) * (nsp // len(stride)) if isinstance(stride, (list, tuple)) else [stride] * nsp
+    padding = list(padding) * (nsp // len(padding)) if isinstance(padding, (list, tuple)) and padding else [0] * nsp
+    res = [xl[0], opaque(out[1])]
+    for d in range(nsp):
+        dl, k, s, p = xl[2 + d], ws[2 + d], stride[d], padding[d] if isinstance(padding, list) else padding
+        if out[2 + d] == xs[2 + d]:
+            res.append(dl)
+        elif k == s and p == 0 and len(dl) == 1 and len(dl[0]) == 1 and xs[2 + d] % s == 0:
+            res.append(((((dl[0][0][0]), out[2 + d]),),))
+        else:
+            res.append(opaque(out[2 + d]))
+    return tuple(res)
+
+
+def _matmul(node, labels):
+    a, b = node.args[0], node.args[1]
+    al, bl, out = _lab(labels, a), _lab(labels, b), _shape(node)
+    if al is None or bl is None or len(out) < 2:
+        return None
+    batch_shape = out[:-2]
+    batch = axes.broadcast(batch_shape, [(_shape(a)[:-2], al[:-2]), (_shape(b)[:-2], bl[:-2])])
+    return batch + (al[-2], bl[-1])
+
+
+def _reduce_dims(node, labels):
+    x = node.args[0]
+    xl = _lab(labels, x)
+    if xl is None:
+        return None
+    rank = len(xl)
+    dims = node.args[1] if len(node.args) > 1 else None
+    if dims is None:
+        return opaque_label(_shape(node))
+    dims = {_dim(d, rank) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
+    keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    return tuple(opaque(1) if d in dims else xl[d] for d in range(rank) if keep or d not in dims)
+
+
+def _slice_like(xl, rank, dim, start, end):
+    dim = _dim(dim, rank)
+    sl = axes.slice_dim(xl[dim], start, end)
+    return None if sl is None else xl[:dim] + (sl,) + xl[dim + 1:]
+
+
+def _split(node, labels):
+    x = node.args[0]
+    xl, xs = _lab(labels, x), _shape(x)
+    if xl is None:
+        return None
+    dim = _dim(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0), len(xs))
+    if node.target == aten.split_with_sizes.default:
+        sizes = list(node.args[1])
+    else:
+        step = node.args[1]
+        sizes = [min(step, xs[dim] - i) for i in range(0, xs[dim], step)]
+    out, pos = [], 0
+    for s in sizes:
+        lab = _slice_like(xl, len(xs), dim, pos, pos + s)
+        out.append(lab if lab is not None else opaque_label(xs[:dim] + (s,) + xs[dim + 1:]))
+        pos += s
+    return out
+
+
+def propagate(node: fx.Node, labels: dict) -> "Label | list | None":
+    """The label(s) of node's output, or None when this op is not understood (labels lost)."""
+    t = node.target
+    args = node.args
+    if t is operator.getitem:
+        src = labels.get(args[0])
+        if isinstance(src, list) and args[1] < len(src):
+            return src[args[1]]
+        return None
+    if t in SAME_AS_FIRST:
+        return _lab(labels, args[0])
+    if t in SAME_FIRST_OF_TUPLE:
+        first = _lab(labels, args[0])
+        vals = node.meta.get("val")
+        if first is None or not isinstance(vals, (tuple, list)):
+            return None
+        return [first] + [opaque_label(v.shape) for v in vals[1:]]
+    if t in (aten.view.default, aten._unsafe_view.default, aten.reshape.default):
+        xl = _lab(labels, args[0])
+        return None if xl is None else axes.reshape(xl, _shape(node))
+    if t == aten.view_as_complex.default:
+        xl = _lab(labels, args[0])
+        return None if xl is None else xl[:-1]
+    if t == aten.view_as_real.default:
+        xl = _lab(labels, args[0])
+        return None if xl is None else xl + (opaque(2),)
+    if t == aten.permute.default:
+        xl = _lab(labels, args[0])
+        return None if xl is None else tuple(xl[_dim(d, len(xl))] for d in args[1])
+    if t == aten.transpose.int:
+        xl = _lab(labels, args[0])
+        if xl is None:
+            return None
+        a, b = _dim(args[1], len(xl)), _dim(args[2], len(xl))
+        lst = list(xl)
+        lst[a], lst[b] = lst[b], lst[a]
+        return tuple(lst)
+    if t == aten.t.default:
+        xl = _lab(labels, args[0])
+        return None if xl is None else tuple(reversed(xl))
+    if t == aten.unsqueeze.default:
+        xl = _lab(labels, args[0])
+        if xl is None:
+            return None
+        d = args[1] % (len(xl) + 1)
+        return xl[:d] + (opaque(1),) + xl[d:]
+    if t in (aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default):
+        xl, xs = _lab(labels, args[0]), _shape(args[0])
+        if xl is None:
+            return None
+        dims = args[1] if len(args) > 1 else [i for i, s in enumerate(xs) if s == 1]
+        dims = {_dim(d, len(xl)) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
+        return tuple(l for i, l in enumerate(xl) if not (i in dims and xs[i] == 1))
+    if t in (aten.expand.default, aten.repeat.default):
+        xl, xs, out = _lab(labels, args[0]), _shape(args[0]), _shape(node)
+        if xl is None:
+            return None
+        lead = len(out) - len(xs)
+        return tuple(opaque(out[i]) if i < lead or xs[i - lead] != out[i] else xl[i - lead] for i in range(len(out)))
+    if t == aten.cat.default:
+        tensors = [a for a in args[0] if _shape(a) is not None]
+        out = _shape(node)
+        dim = _dim(args[1] if len(args) > 1 else 0, len(out))
+        labs = [_lab(labels, a) for a in tensors]
+        if any(l is None for l in labs):
+            return None
+        others = axes.broadcast(out[:dim] + out[dim + 1:], [(_shape(a)[:dim] + _shape(a)[dim + 1:], l[:dim] + l[dim + 1:])
+                                                           for a, l in zip(tensors, labs)])
+        base = list(others[:dim]) + [axes.concat([l[dim] for l in labs if len(l) == len(out)])] + list(others[dim:])
+        return tuple(base)
+    if t == aten.stack.default:
+        out = _shape(node)
+        dim = _dim(args[1] if len(args) > 1 else 0, len(out))
+        tensors = list(args[0])
+        labs = [_lab(labels, a) for a in tensors]
+        if any(l is None for l in labs):
+            return None
+        inner = axes.broadcast(_shape(tensors[0]), [(_shape(a), l) for a, l in zip(tensors, labs)])
+        return inner[:dim] + (opaque(len(tensors)),) + inner[dim:]
+    if t == aten.slice.Tensor:
+        xl, xs = _lab(labels, args[0]), _shape(args[0])
+        if xl is None:
+            return None
+        dim = args[1] if len(args) > 1 else 0
+        start = args[2] if len(args) > 2 and args[2] is not None else 0
+        end = args[3] if len(args) > 3 and args[3] is not None else xs[_dim(dim, len(xs))]
+        step = args[4] if len(args) > 4 else 1
+        if start < 0:
+            start += xs[_dim(dim, len(xs))]
+        if end < 0:
+            end += xs[_dim(dim, len(xs))]
+        if step != 1:
+            d = _dim(dim, len(xs))
+            return None if axes.dim_has_tokens(xl[d]) else xl[:d] + (opaque(_shape(node)[d]),) + xl[d + 1:]
+        return _slice_like(xl, len(xs), dim, start, end)
+    if t in (aten.split_with_sizes.default, aten.split.Tensor):
+        return _split(node, labels)
+    if t == aten.unbind.int:
+        xl = _lab(labels, args[0])
+        if xl is None:
+            return None
+        d = _dim(args[1] if len(args) > 1 else 0, len(xl))
+        n = _shape(args[0])[d]
+        return [xl[:d] + xl[d + 1:] for _ in range(n)]
+    if t == aten.select.int:
+        xl = _lab(labels, args[0])
+        if xl is None:
+            return None
+        d = _dim(args[1], len(xl))
+        return xl[:d] + xl[d + 1:]
+    if t == aten.copy.default:
+        return _ew(node, labels)
+    if t in (aten.linear.default,):
+        xl = _lab(labels, args[0])
+        return None if xl is None else xl[:-1] + (opaque(_shape(node)[-1]),)
+    if t == aten.addmm.default:
+        xl = _lab(labels, args[1])
+        return None if xl is None else (xl[0], opaque(_shape(node)[-1]))
+    if t in (aten.matmul.default, aten.bmm.default, aten.mm.default):
+        return _matmul(node, labels)
+    if t in (aten.convolution.default, aten.conv2d.default, aten.conv3d.default, aten.conv1d.default):
+        return _conv(node, labels)
+    if t in (aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.var.correction, aten.std.correction,
+             aten.var_mean.correction):
+        return _reduce_dims(node, labels)
+    if t == aten.scaled_dot_product_attention.default:
+        ql = _lab(labels, args[0])
+        return None if ql is None else ql[:-1] + (opaque(_shape(node)[-1]),)
+    if isinstance(t, torch._ops.OpOverload) and torch.Tag.pointwise in t.tags:
+        return _ew(node, labels)
+    if t in (aten.where.self, aten.masked_fill.Scalar, aten.masked_fill.Tensor, aten.lerp.Scalar):
+        return _ew(node, labels)
+    return None

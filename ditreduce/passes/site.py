@@ -1,0 +1,127 @@
+"""The IR the passes share: attention sites and their token layouts."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch.fx as fx
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of tokens along a sequence: an image lattice (grid) or text (name) or other."""
+
+    kind: str                      # "image" | "text" | "other"
+    length: int
+    grid: tuple[int, ...] | None = None
+    name: str | None = None
+
+
+@dataclass
+class Layout:
+    segments: tuple[Segment, ...]
+
+    @property
+    def length(self) -> int:
+        return sum(s.length for s in self.segments)
+
+    def image_segments(self) -> list[tuple[int, Segment]]:
+        out, pos = [], 0
+        for s in self.segments:
+            if s.kind == "image":
+                out.append((pos, s))
+            pos += s.length
+        return out
+
+    @property
+    def text_tokens(self) -> int:
+        return sum(s.length for s in self.segments if s.kind == "text")
+
+    def describe(self) -> str:
+        parts = []
+        for s in self.segments:
+            if s.kind == "image":
+                parts.append("img " + "x".join(map(str, s.grid)))
+            elif s.kind == "text":
+                parts.append(f"txt {s.length}")
+            else:
+                parts.append(f"other {s.length}")
+        return " | ".join(parts)
+
+
+@dataclass
+class Site:
+    """One attention call in the captured graph, canonicalised to aten.scaled_dot_product_attention."""
+
+    node: fx.Node
+    module: str                    # module path, e.g. "transformer_blocks.3.attn1"
+    block: int | None              # index of the enclosing repeated block
+    block_group: str | None        # e.g. "transformer_blocks"
+    q_len: int
+    kv_len: int
+    batch: int
+    heads: int
+    head_dim: int
+    v_dim: int
+    kind: str = "self"             # self | cross | joint (set by layout inference)
+    layout: Layout | None = None   # q sequence layout
+    kv_layout: Layout | None = None
+    skip_reason: str | None = None
+    lost_at: str | None = None     # the op that stopped layout inference, if any
+    origin: str = "sdpa"           # "sdpa" or "matmul-softmax" (canonicalised hand-written attention)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    @property
+    def image(self) -> tuple[int, Segment] | None:
+        segs = self.layout.image_segments() if self.layout else []
+        return segs[0] if len(segs) == 1 else None
+
+    @property
+    def image_tokens(self) -> int:
+        return self.layout.length - self.layout.text_tokens if self.layout else 0
+
+    @property
+    def text_tokens(self) -> int:
+        return self.layout.text_tokens if self.layout else 0
+
+    @property
+    def grid(self) -> tuple[int, ...] | None:
+        img = self.image
+        return img[1].grid if img else None
+
+
+_BLOCK_RE = re.compile(r"^(.*?)\.(\d+)(?:\.|$)")
+
+
+def module_of(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    return _clean_path(path)
+
+
+def _clean_path(path: str) -> str:
+    # export gives plain fqns; dynamo gives L['self'].__dict__['_modules']['x'] forms
+    path = re.sub(r"L\['self'\]\.?", "", path)
+    path = re.sub(r"(?:\.)?__dict__\['_modules'\]\['([^']+)'\]", r".\1", path)
+    path = re.sub(r"\._modules\['([^']+)'\]", r".\1", path)
+    return path.strip(".")
+
+
+def block_of(module: str) -> tuple[str | None, int | None]:
+    """The innermost `<name>.<int>` in a module path: ("transformer_blocks", 3)."""
+    best = (None, None)
+    for m in re.finditer(r"([A-Za-z_][\w]*)\.(\d+)(?=\.|$)", module):
+        best = (module[: m.start(2) - 1], int(m.group(2)))
+        break  # the outermost repeated container is "the block" (e.g. transformer_blocks.3)
+    return best
+
+
+def numel(shape) -> int:
+    return math.prod(int(s) for s in shape)

@@ -1,0 +1,111 @@
+"""Pass 5 — inspect: one record per attention site (and per unmatched attention module)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .regions import attention_flops
+from .schedules.lower import NumStepsUnknown, eligible, plan_key, variants
+
+
+@dataclass
+class SiteRecord:
+    block: int | None
+    module: str
+    kind: str
+    image_tokens: int
+    text_tokens: int
+    grid: tuple | None
+    reduced: bool
+    skip_reason: str | None
+    schedule: str           # method:ratio per step, compressed ("0-1 none, 2-19 uniform:0.5")
+    flops_dense: int
+    flops_reduced: int      # at the busiest variant (most tokens removed)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Report(list):
+    """A list of SiteRecord that prints as a table."""
+
+    variants: int = 1
+    notes: list
+
+    def totals(self) -> tuple[int, int]:
+        return sum(r.flops_dense for r in self), sum(r.flops_reduced for r in self)
+
+    def __str__(self) -> str:
+        cols = ["block", "module", "kind", "image", "text", "grid", "reduced", "schedule", "attn GFLOP dense→red.",
+                "skip reason"]
+        rows = []
+        for r in self:
+            grid = "x".join(map(str, r.grid)) if r.grid else "-"
+            fl = f"{r.flops_dense / 1e9:.4g}→{r.flops_reduced / 1e9:.4g}" if r.flops_dense else "-"
+            rows.append([str(r.block if r.block is not None else "-"), r.module, r.kind, str(r.image_tokens),
+                         str(r.text_tokens), grid, "yes" if r.reduced else "no", r.schedule, fl, r.skip_reason or ""])
+        widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
+        line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+        d, red = self.totals()
+        out = [line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows]
+        if d:
+            out.append(f"attention FLOPs dense {d / 1e9:.4g} G → reduced {red / 1e9:.4g} G "
+                       f"({100 * (1 - red / d):.1f}% fewer); variants: {self.variants}")
+        return "\n".join(out)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _site_flops(site, cfg) -> tuple[int, int]:
+    dense = attention_flops(site.batch, site.heads, site.q_len, site.kv_len, site.head_dim, site.v_dim)
+    if cfg is None:
+        return dense, dense
+    removed = cfg.n - cfg.k
+    q = site.q_len - removed
+    kv = site.kv_len - removed
+    return dense, attention_flops(site.batch, site.heads, q, kv, site.head_dim, site.v_dim)
+
+
+def _compress(per_step: list[str]) -> str:
+    out, start = [], 0
+    for i in range(1, len(per_step) + 1):
+        if i == len(per_step) or per_step[i] != per_step[start]:
+            rng = f"{start}" if i - 1 == start else f"{start}-{i - 1}"
+            out.append(f"{rng} {per_step[start]}")
+            start = i
+    return ", ".join(out)
+
+
+def _label(cfg) -> str:
+    return "dense" if cfg is None else f"{cfg.method}:{cfg.ratio:g}"
+
+
+def build_report(model, cap, num_steps: int | None) -> Report:
+    sched = model.schedule
+    if sched.step_dependent and num_steps is not None:
+        keys, per_step = variants(sched, cap.sites, num_steps)
+    else:
+        try:
+            keys, per_step = [plan_key(sched, cap.sites, 0, num_steps)], None
+        except NumStepsUnknown:
+            keys, per_step = [plan_key(sched, cap.sites, 0, 1)], None
+    rep = Report()
+    rep.variants = len(keys)
+    rep.notes = list(cap.notes)
+    for i, site in enumerate(cap.sites):
+        cfgs = [k[i] for k in keys]
+        reduced_cfgs = [c for c in cfgs if c is not None]
+        busiest = min(reduced_cfgs, key=lambda c: c.k) if reduced_cfgs else None
+        dense, red = _site_flops(site, busiest)
+        if per_step is not None:
+            sched_txt = _compress([_label(keys[v][i]) for v in per_step])
+        else:
+            sched_txt = "all steps " + _label(cfgs[0])
+        why = eligible(site, sched)
+        if why is None and not reduced_cfgs:
+            why = "method none at every step"
+        rep.append(SiteRecord(site.block, site.module or site.name, site.kind, site.image_tokens, site.text_tokens,
+                              site.grid, bool(reduced_cfgs), why, sched_txt if why is None else "-", dense, red))
+    for module, why in cap.unmatched.items():
+        rep.append(SiteRecord(None, module, "unmatched", 0, 0, None, False, why, "-", 0, 0))
+    return rep

@@ -1,0 +1,199 @@
+"""The runtime: ReducedModel captures lazily, keeps one capture per input signature, tracks the
+denoising step and runs the variant graph the schedule gives for that step."""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from .passes import capture as capture_pass
+from .passes.layout import infer_layout, lattice_from_ids, lattice_from_shapes
+from .passes.match_attention import match_attention
+from .passes.rewrite import rewrite
+from .schedules import Schedule, ScheduleError, load_schedule
+from .schedules.lower import NumStepsUnknown, check_reduces_something, plan_key
+
+
+class StepTracker:
+    """Maps calls to denoising steps. Within a generation the timestep decreases; equal timesteps
+    (CFG as two calls per step) stay on one step; a timestep that goes up starts a new generation."""
+
+    def __init__(self):
+        self.reset()
+        self.learned_num_steps: int | None = None
+
+    def reset(self):
+        self.prev: float | None = None
+        self.step = -1
+        self.explicit: tuple[int, int | None] | None = None
+
+    def observe(self, timestep) -> int:
+        if self.explicit is not None:
+            return self.explicit[0]
+        if timestep is None:
+            raise RuntimeError("the model was called without `timestep`: use set_step(i, num_steps)")
+        v = float(timestep.reshape(-1)[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
+        if self.prev is None or v > self.prev:
+            if self.prev is not None:
+                self.learned_num_steps = self.step + 1
+            self.step = 0
+        elif v < self.prev:
+            self.step += 1
+        self.prev = v
+        return self.step
+
+
+@dataclass
+class Capture:
+    graph: torch.fx.GraphModule
+    sites: list
+    notes: list
+    unmatched: dict
+    kwargs_meta: dict
+    variants: dict = field(default_factory=dict)  # plan key -> rewritten GraphModule
+
+
+def _signature(kw: dict) -> tuple:
+    leaves, spec = tree_flatten(kw)
+    parts = []
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            parts.append(("T", tuple(leaf.shape), leaf.dtype, leaf.device.type))
+        else:
+            parts.append(("V", repr(leaf)))
+    hint = None
+    if isinstance(kw.get("img_ids"), torch.Tensor):
+        hint = lattice_from_ids(kw["img_ids"])
+    elif kw.get("img_shapes") is not None:
+        hint = lattice_from_shapes(kw["img_shapes"])
+    return (str(spec), tuple(parts), hint)
+
+
+class ReducedModel(nn.Module):
+    """A drop-in replacement of a DiT whose attention runs on fewer tokens, per a schedule."""
+
+    def __init__(self, model: nn.Module, schedule: Schedule):
+        super().__init__()
+        self.model = model
+        self.schedule = schedule
+        self.tracker = StepTracker()
+        self._captures: dict[tuple, Capture] = {}
+        self._last: Capture | None = None
+        self._num_steps_ctx: int | None = None
+        self.last_key: tuple | None = None
+
+    # --- what a diffusers pipeline reads from its transformer --------------------------------------
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["model"], name)
+
+    # --- step control ------------------------------------------------------------------------------
+    def set_step(self, step: int | None, num_steps: int | None = None) -> None:
+        """Fix the step for the following calls (None: back to counting timesteps)."""
+        self.tracker.explicit = None if step is None else (int(step), num_steps)
+
+    @contextlib.contextmanager
+    def generation(self, num_steps: int | None = None):
+        """One generation: resets step counting on entry; `num_steps` serves step_fraction rules."""
+        self.tracker.reset()
+        self._num_steps_ctx = num_steps
+        try:
+            yield self
+        finally:
+            self._num_steps_ctx = None
+            self.tracker.reset()
+
+    def num_steps(self) -> int | None:
+        if self.tracker.explicit is not None and self.tracker.explicit[1] is not None:
+            return self.tracker.explicit[1]
+        return self._num_steps_ctx or self.schedule.num_steps or self.tracker.learned_num_steps
+
+    # --- capture and run ---------------------------------------------------------------------------
+    def capture(self, *args, **kwargs) -> Capture:
+        kw = capture_pass.bind_call(self.model, args, kwargs)
+        return self._capture_for(kw)
+
+    def _capture_for(self, kw: dict) -> Capture:
+        sig = _signature(kw)
+        cap = self._captures.get(sig)
+        if cap is None:
+            gm = capture_pass.capture(self.model, kw)
+            matched = match_attention(gm, self.model)
+            in_ch = getattr(getattr(self.model, "config", None), "in_channels", None)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                seeds = infer_layout(gm, matched.sites, kw, in_ch, self.schedule.layout)
+            for w in caught:
+                warnings.warn(w.message, stacklevel=4)
+            check_reduces_something(self.schedule, matched.sites)
+            cap = Capture(gm, matched.sites, seeds.notes, matched.unmatched_modules,
+                          {"batch": _batch_of(kw)})
+            self._captures[sig] = cap
+        self._last = cap
+        return cap
+
+    def variant(self, cap: Capture, key: tuple) -> torch.fx.GraphModule:
+        gm = cap.variants.get(key)
+        if gm is None:
+            gm = rewrite(cap.graph, cap.sites, key) if any(c is not None for c in key) else cap.graph
+            cap.variants[key] = gm
+        return gm
+
+    def forward(self, *args, **kwargs):
+        kw = capture_pass.bind_call(self.model, args, kwargs)
+        cap = self._capture_for(kw)
+        step = self.tracker.observe(kw.get("timestep"))
+        try:
+            key = plan_key(self.schedule, cap.sites, step, self.num_steps())
+        except NumStepsUnknown:
+            raise ScheduleError(
+                "the schedule has step_fraction rules (or negative step indices), so it needs the number of "
+                "denoising steps: set `num_steps:` in the schedule, call set_step(i, num_steps), or wrap the "
+                "run in `with model.generation(num_steps=N):`") from None
+        self.last_key = key
+        return self.variant(cap, key)(**kw)
+
+    def report(self, num_steps: int | None = None):
+        from .report import build_report
+
+        if self._last is None:
+            raise RuntimeError("ReducedModel captures lazily on its first call: call it once (or capture(**kwargs)) "
+                               "before report()")
+        return build_report(self, self._last, num_steps or self.num_steps())
+
+
+def _batch_of(kw):
+    hs = kw.get("hidden_states")
+    return int(hs.shape[0]) if isinstance(hs, torch.Tensor) else None
+
+
+def compile_with_reduction(model: nn.Module, schedule="uniform-50", **example_kwargs) -> ReducedModel:
+    """Wrap `model` so its self/joint attention runs on fewer tokens, as `schedule` says.
+
+    schedule: a YAML path, a preset name, a dict or a Schedule. Capture is lazy (first call); pass
+    example keyword arguments to capture now.
+    """
+    if isinstance(model, ReducedModel):
+        raise TypeError("model is already a ReducedModel")
+    reduced = ReducedModel(model, load_schedule(schedule))
+    if example_kwargs:
+        reduced.capture(**example_kwargs)
+    return reduced

@@ -1,0 +1,115 @@
+"""Lowering: (step, site) -> concrete RegionConfig; equal rows grouped into variants.
+
+Precedence: the schedule's defaults (method, ratio, params), then every rule in order whose selectors
+all match; a later rule overrides an earlier one field by field. `method: none` leaves a site dense.
+Ratios are quantised to `ratio_step` before k = n - round(ratio * n) (at least one token kept).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .ir import Schedule
+from .load import ScheduleError
+
+REDUCIBLE_KINDS = ("self", "joint")
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    method: str
+    ratio: float            # quantised
+    k: int                  # image tokens kept
+    n: int                  # image tokens in the site
+    params: tuple = ()      # sorted (name, value) pairs
+
+    @property
+    def param_dict(self) -> dict:
+        return dict(self.params)
+
+
+class NumStepsUnknown(RuntimeError):
+    pass
+
+
+def eligible(site, schedule: Schedule) -> str | None:
+    """None if the schedule may reduce this site, else why not."""
+    if site.skip_reason:
+        return site.skip_reason
+    if site.kind not in REDUCIBLE_KINDS:
+        return f"{site.kind}-attention: keys are another token source; scope `attention` reduces self and joint sites"
+    if site.kind not in schedule.kinds:
+        return f"kind {site.kind} not in schedule kinds {schedule.kinds}"
+    return None
+
+
+def quantise(ratio: float, step: float) -> float:
+    return round(round(ratio / step) * step, 6)
+
+
+def site_config(schedule: Schedule, site, num_blocks: int, step: int | None, num_steps: int | None) -> RegionConfig | None:
+    if eligible(site, schedule) is not None:
+        return None
+    method, ratio = schedule.method, schedule.ratio
+    params = dict(schedule.params.get(method, {}))
+    for rule in schedule.rules:
+        if not rule.matches_site(site.block, num_blocks, site.module, site.kind):
+            continue
+        if rule.step_dependent:
+            if step is None:
+                raise NumStepsUnknown("step")
+            if num_steps is None and (rule.step_fraction is not None or _negative(rule.steps)):
+                raise NumStepsUnknown("num_steps")
+            if not rule.matches_step(step, num_steps):
+                continue
+        if rule.method is not None:
+            method = rule.method
+            params = dict(schedule.params.get(method, {}))
+        if rule.ratio is not None:
+            ratio = rule.ratio
+        if rule.params is not None:
+            params.update(rule.params)
+    if method == "none":
+        return None
+    n = site.image[1].length
+    q = quantise(ratio, schedule.ratio_step)
+    k = max(1, n - round(q * n))
+    return RegionConfig(method, q, k, n, tuple(sorted(params.items())))
+
+
+def _negative(sel) -> bool:
+    from .ir import _has_negative
+
+    return _has_negative(sel)
+
+
+def plan_key(schedule: Schedule, sites, step: int | None, num_steps: int | None) -> tuple:
+    """The variant key for one call: one RegionConfig (or None: dense) per site."""
+    nb = num_blocks(sites)
+    return tuple(site_config(schedule, s, nb, step, num_steps) for s in sites)
+
+
+def num_blocks(sites) -> int:
+    blocks = [s.block for s in sites if s.block is not None]
+    return max(blocks) + 1 if blocks else 0
+
+
+def variants(schedule: Schedule, sites, num_steps: int) -> tuple[list[tuple], list[int]]:
+    """All distinct variant keys of a run of num_steps steps, and the variant index per step."""
+    keys, per_step = [], []
+    for i in range(num_steps):
+        key = plan_key(schedule, sites, i, num_steps)
+        if key not in keys:
+            keys.append(key)
+        per_step.append(keys.index(key))
+    return keys, per_step
+
+
+def check_reduces_something(schedule: Schedule, sites) -> None:
+    reasons = [eligible(s, schedule) for s in sites]
+    if not any(r is None for r in reasons):
+        lines = [f"  {s.module or s.name}: {r}" for s, r in zip(sites, reasons)] or ["  (no attention site found)"]
+        raise ScheduleError("the schedule reduces no attention site of this model:\n" + "\n".join(lines) +
+                            "\nSee report() for the layout of each site; `layout:` overrides an undecided one.")
+    methods = {schedule.method} | {r.method for r in schedule.rules if r.method is not None}
+    if methods == {"none"}:
+        raise ScheduleError("method: every method in the schedule is `none`: nothing would be reduced")
