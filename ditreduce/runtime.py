@@ -143,7 +143,7 @@ class ReducedModel(nn.Module):
                 seeds = infer_layout(gm, matched.sites, kw, in_ch, self.schedule.layout)
             for w in caught:
                 warnings.warn(w.message, stacklevel=4)
-            check_reduces_something(self.schedule, matched.sites)
+            check_reduces_something(self.schedule, matched.sites, matched.unmatched_modules)
             cap = Capture(gm, matched.sites, seeds.notes, matched.unmatched_modules,
                           {"batch": _batch_of(kw)})
             self._captures[sig] = cap

@@ -25,7 +25,7 @@ def dit(grid=(4, 4), batch=2, seed=0):
     torch.manual_seed(seed)
     p = 2
     m = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
-                              num_layers=2, sample_size=grid[0] * p, patch_size=p, num_embeds_ada_norm=10,
+                              num_layers=2, sample_size=grid[0] * p, patch_size=p, num_embeds_ada_norm=1000,
                               norm_num_groups=1)
     g = _g(seed + 1)
     kw = dict(hidden_states=_rand(g, batch, 4, grid[0] * p, grid[1] * p),

@@ -191,7 +191,7 @@ def classify(site: Site, labels: dict, lost: dict) -> None:
         return
     if qlay is None or not qlay.image_segments():
         site.kind = "cross" if (klay is None or qlay is None or klay.segments != qlay.segments) and site.kv_len != site.q_len else "self"
-        if qlay is not None and qlay.text_tokens and not qlay.image_segments():
+        if qlay is not None and all(seg.kind == "text" for seg in qlay.segments):
             site.kind = "cross" if klay != qlay else "self"
             site.skip_reason = "text-only sequence: no image lattice"
             return

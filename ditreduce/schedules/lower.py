@@ -104,10 +104,12 @@ def variants(schedule: Schedule, sites, num_steps: int) -> tuple[list[tuple], li
     return keys, per_step
 
 
-def check_reduces_something(schedule: Schedule, sites) -> None:
+def check_reduces_something(schedule: Schedule, sites, unmatched: dict | None = None) -> None:
     reasons = [eligible(s, schedule) for s in sites]
     if not any(r is None for r in reasons):
-        lines = [f"  {s.module or s.name}: {r}" for s, r in zip(sites, reasons)] or ["  (no attention site found)"]
+        lines = [f"  {s.module or s.name}: {r}" for s, r in zip(sites, reasons)]
+        lines += [f"  {m}: {why}" for m, why in (unmatched or {}).items()]
+        lines = lines or ["  (no attention site found)"]
         raise ScheduleError("the schedule reduces no attention site of this model:\n" + "\n".join(lines) +
                             "\nSee report() for the layout of each site; `layout:` overrides an undecided one.")
     methods = {schedule.method} | {r.method for r in schedule.rules if r.method is not None}

@@ -1,0 +1,91 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ditreduce.methods.uniform import uniform_selection
+from ditreduce.regions import (attention_region, embed_in_sequence, identity_selection, reconstruct_tokens,
+                               reduce_tokens)
+
+
+def _reference_reconstruct(y, src, w):
+    b, n, m = src.shape[0], src.shape[1], src.shape[2]
+    out = torch.zeros(y.shape[0], n, y.shape[-1])
+    for bi in range(y.shape[0]):
+        for i in range(n):
+            for j in range(m):
+                out[bi, i] += w[min(bi, b - 1), i, j] * y[bi, src[min(bi, b - 1), i, j]]
+    return out
+
+
+def test_reconstruct_matches_loop_reference():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(2, 5, 3, generator=g)
+    src = torch.randint(0, 5, (2, 9, 3), generator=g)
+    w = torch.softmax(torch.randn(2, 9, 3, generator=g), -1)
+    from ditreduce.regions import Selection
+
+    sel = Selection(torch.arange(5).expand(2, 5), src, w)
+    torch.testing.assert_close(reconstruct_tokens(y, sel, dim=1), _reference_reconstruct(y, src, w))
+
+
+def test_identity_region_is_exact():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 12, 8, generator=g) for _ in range(3))
+    sel = identity_selection(12)
+    out = attention_region(q, k, v, None, *sel)
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v))
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(2, 12), w=st.integers(2, 12), frac=st.floats(0.05, 1.0), video=st.booleans())
+def test_uniform_selection_invariants(h, w, frac, video):
+    lattice = (2, h, w) if video else (h, w)
+    n = math.prod(lattice)
+    k = max(1, round(frac * n))
+    sel = uniform_selection(lattice, k)
+    kept = sel.kept[0]
+    assert kept.shape == (k,) and torch.equal(kept, kept.sort().values) and len(set(kept.tolist())) == k
+    src = sel.src[0, :, 0]
+    assert torch.equal(src[kept], torch.arange(k))  # a kept token maps to itself
+    assert torch.all(sel.w == 1)
+    # every pruned token copies its nearest kept neighbour
+    coords = torch.stack(torch.meshgrid(*[torch.arange(s) for s in lattice], indexing="ij"), -1).reshape(n, -1).float()
+    d = torch.cdist(coords, coords[kept])
+    assert torch.allclose(d.gather(1, src[:, None])[:, 0], d.min(1).values)
+
+
+def test_uniform_pattern_is_spread_evenly():
+    sel = uniform_selection((16, 16), 64)
+    m = torch.zeros(256)
+    m[sel.kept[0]] = 1
+    per_quadrant = m.view(2, 8, 2, 8).sum((1, 3))
+    assert torch.all(per_quadrant == 16)
+
+
+@pytest.mark.parametrize("start,seq", [(0, 20), (4, 20), (0, 16), (3, 19)])
+def test_embed_in_sequence_keeps_other_tokens(start, seq):
+    sel = uniform_selection((4, 4), 8)
+    full = embed_in_sequence(sel, start, seq)
+    x = torch.randn(1, seq, 4)
+    red = reduce_tokens(x, full, dim=1)
+    assert red.shape[1] == seq - 8
+    rec = reconstruct_tokens(red, full, dim=1)
+    text_pos = [i for i in range(seq) if not start <= i < start + 16]
+    torch.testing.assert_close(rec[:, text_pos], x[:, text_pos])
+    img = rec[:, start:start + 16]
+    copied_from = sel.kept[0][sel.src[0, :, 0]]  # image token i copies kept token kept[src[i]]
+    torch.testing.assert_close(img, x[:, start:start + 16][:, copied_from])
+
+
+def test_mask_is_gathered_along_kv():
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 10, 4, generator=g) for _ in range(3))
+    mask = torch.ones(1, 1, 1, 10, dtype=torch.bool)
+    mask[..., 7] = False
+    sel = embed_in_sequence(uniform_selection((2, 4), 8), 2, 10)  # ratio 0 on the image, text first
+    out = attention_region(q, k, v, mask, *sel)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
