@@ -83,11 +83,15 @@ def main(argv=None):
         start, elapsed, untrained = ck["step"], ck["elapsed"], ck["untrained"]
         print(f"resumed at step {start}")
     hires_from = int(args.steps * (1 - args.hires_frac))
-    new_log = not log_path.exists() or start == 0
-    logf = open(log_path, "w" if new_log else "a", newline="")
+    rows = []
+    if start and log_path.exists():  # keep the log of the steps the checkpoint holds, drop the rest
+        with open(log_path, newline="") as f:
+            rows = [r for r in csv.reader(f)][1:]
+        rows = [r for r in rows if int(r[0]) < start]
+    logf = open(log_path, "w", newline="")
     log = csv.writer(logf)
-    if new_log:
-        log.writerow(["step", "res", "loss", "lr", "seconds"])
+    log.writerow(["step", "res", "loss", "lr", "seconds"])
+    log.writerows(rows)
 
     def save(step):
         torch.save(dict(model=model.transformer.state_dict(), captions=model.captions.state_dict(),

@@ -1,0 +1,143 @@
+"""`ditreduce` command line: demo, inspect, presets, schema."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+
+def _small_dit_example(res: int, batch: int = 2):
+    import torch
+
+    from .models import load_small_dit
+
+    m = load_small_dit()
+    labels = torch.arange(batch) % len(m.class_names)
+    kw = dict(hidden_states=torch.randn(batch, 3, res, res), encoder_hidden_states=m.captions(labels),
+              timestep=torch.full((batch,), 500.0), return_dict=False)
+    return m.transformer, kw
+
+
+def _load_target(spec: str, res: int):
+    if spec == "small-dit":
+        return _small_dit_example(res)
+    mod, _, fn = spec.partition(":")
+    if not fn:
+        raise SystemExit(f"model must be 'small-dit' or 'package.module:function' returning (model, kwargs), got {spec!r}")
+    return getattr(importlib.import_module(mod), fn)()
+
+
+def cmd_inspect(args) -> int:
+    import torch
+
+    from . import compile_with_reduction
+
+    model, kw = _load_target(args.model, args.res)
+    reduced = compile_with_reduction(model, args.schedule)
+    with torch.no_grad():
+        reduced.capture(**kw)
+    rep = reduced.report(num_steps=args.steps)
+    for note in rep.notes:
+        print(f"# {note}")
+    print(rep)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .metrics import psnr, ssim
+    from .models import load_small_dit
+    from .sampling import sample
+
+    try:
+        model = load_small_dit()
+    except FileNotFoundError as e:
+        print(e, file=sys.stderr)
+        return 1
+    torch.manual_seed(0)
+    n = args.samples
+    labels = [i % len(model.class_names) for i in range(n)]
+    seeds = list(range(args.seed, args.seed + n))
+
+    def run(net, desc):
+        bar = tqdm(total=args.steps, desc=desc, leave=False)
+        t0 = time.perf_counter()
+        imgs = sample(model, labels, seeds, res=args.res, steps=args.steps, guidance=args.guidance,
+                      transformer=net, progress=lambda i: bar.update(1))
+        bar.close()
+        return imgs, time.perf_counter() - t0
+
+    dense, t_dense = run(None, "dense")
+    rows = [("dense", t_dense, 1.0, None, None)]
+    outputs = [dense]
+    from . import compile_with_reduction
+
+    reduced_model = compile_with_reduction(model.transformer, args.schedule)
+    reduced_model.schedule = reduced_model.schedule.model_copy(update={"num_steps": args.steps})
+    # capture (torch.export) outside the timed run: it happens once per resolution and batch
+    b2 = 2 * n if args.guidance != 1.0 else n
+    with torch.no_grad():
+        reduced_model.capture(hidden_states=torch.zeros(b2, 3, args.res, args.res),
+                              encoder_hidden_states=torch.zeros(b2, 4, model.captions.channels),
+                              timestep=torch.zeros(b2), return_dict=False)
+    red, t_red = run(reduced_model, "reduced")
+    d_fl, r_fl = reduced_model.report(num_steps=args.steps).totals()
+    ps = sum(psnr(a, b) for a, b in zip(red, dense)) / n
+    ss = sum(ssim(a, b) for a, b in zip(red, dense)) / n
+    rows.append((args.schedule, t_red, t_dense / t_red, r_fl / d_fl, (ps, ss)))
+    outputs.append(red)
+    print(f"{n} samples, {args.res}x{args.res} ({(args.res // 2) ** 2} image tokens), {args.steps} steps, "
+          f"CFG {args.guidance}")
+    print(f"{'run':24} {'wall s':>8} {'speedup':>8} {'attn FLOPs':>11} {'PSNR dB':>8} {'SSIM':>6}")
+    for name, t, sp, fl, q in rows:
+        fl_s = "1.000" if fl is None else f"{fl:.3f}"
+        q_s = f"{'-':>8} {'-':>6}" if q is None else f"{q[0]:8.2f} {q[1]:6.3f}"
+        print(f"{name:24} {t:8.2f} {sp:8.2f}x {fl_s:>11} {q_s}")
+    _save_grid(outputs, args.out)
+    print(f"wrote {args.out} (rows: " + ", ".join(["dense"] + ([args.schedule] if len(outputs) > 1 else [])) + ")")
+    return 0
+
+
+def _save_grid(rows, path):
+    import numpy as np
+    from PIL import Image
+
+    from .metrics import to_unit
+
+    grid = np.concatenate([np.concatenate([to_unit(img) for img in row], axis=1) for row in rows], axis=0)
+    Image.fromarray((grid * 255).round().astype("uint8")).resize(
+        (grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="ditreduce", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="dense vs reduced samples of the shipped small DiT: speed, FLOPs, PSNR, SSIM")
+    d.add_argument("--samples", type=int, default=4)
+    d.add_argument("--steps", type=int, default=20)
+    d.add_argument("--res", type=int, default=64)
+    d.add_argument("--guidance", type=float, default=3.0)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--schedule", default="uniform-progressive")
+    d.add_argument("--out", default="ditreduce_demo.png")
+    d.set_defaults(fn=cmd_demo)
+    i = sub.add_parser("inspect", help="sites, layouts and per-step plan of a model under a schedule")
+    i.add_argument("model", nargs="?", default="small-dit",
+                   help="'small-dit' or 'package.module:function' returning (model, example_kwargs)")
+    i.add_argument("--schedule", default="uniform-50")
+    i.add_argument("--steps", type=int, default=None, help="number of denoising steps (for step rules)")
+    i.add_argument("--res", type=int, default=64)
+    i.set_defaults(fn=cmd_inspect)
+    p = sub.add_parser("presets", help="list the shipped schedule presets")
+    p.set_defaults(fn=lambda a: print("\n".join(__import__("ditreduce.schedules", fromlist=["presets"]).presets())) or 0)
+    s = sub.add_parser("schema", help="print the JSON schema of the schedule format")
+    s.set_defaults(fn=lambda a: print(__import__("ditreduce.schedules", fromlist=["json_schema"]).json_schema()) or 0)
+    args = ap.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
