@@ -53,7 +53,6 @@ class Capture:
     sites: list
     notes: list
     unmatched: dict
-    kwargs_meta: dict
     variants: dict = field(default_factory=dict)  # plan key -> rewritten GraphModule
 
 
@@ -144,8 +143,7 @@ class ReducedModel(nn.Module):
             for w in caught:
                 warnings.warn(w.message, stacklevel=4)
             check_reduces_something(self.schedule, matched.sites, matched.unmatched_modules)
-            cap = Capture(gm, matched.sites, seeds.notes, matched.unmatched_modules,
-                          {"batch": _batch_of(kw)})
+            cap = Capture(gm, matched.sites, seeds.notes, matched.unmatched_modules)
             self._captures[sig] = cap
         self._last = cap
         return cap
@@ -178,11 +176,6 @@ class ReducedModel(nn.Module):
             raise RuntimeError("ReducedModel captures lazily on its first call: call it once (or capture(**kwargs)) "
                                "before report()")
         return build_report(self, self._last, num_steps or self.num_steps())
-
-
-def _batch_of(kw):
-    hs = kw.get("hidden_states")
-    return int(hs.shape[0]) if isinstance(hs, torch.Tensor) else None
 
 
 def compile_with_reduction(model: nn.Module, schedule="uniform-50", **example_kwargs) -> ReducedModel:

@@ -83,6 +83,13 @@ def test_ratio_half_runs_attention_on_k_tokens(family):
     gm = cap.variants[reduced.last_key]
     dense_shapes = _sdpa_shapes(cap.graph, kw)
     red_shapes = _sdpa_shapes(gm, kw)
+    def ops(g):
+        return {str(n.target) for n in torch.export.export(g, (), kw, strict=False).graph.nodes}
+
+    added = ops(gm) - ops(cap.graph)
+    assert "aten.gather.default" in added  # reduce / reconstruct are gathers ...
+    banned = ("scatter", "index_put", "nonzero", "masked_select", "sort", "argsort")
+    assert not [op for op in added if any(b in op for b in banned)]  # ... and nothing TensorRT cannot lower
     assert len(dense_shapes) == len(red_shapes) == len(cap.sites)
     for site, cfg, (qd, kd), (qr, kr) in zip(cap.sites, reduced.last_key, dense_shapes, red_shapes):
         if cfg is None:

@@ -92,3 +92,32 @@ def test_packed_tokens_without_lattice_hint_warn_and_override_fixes_it():
     bad = compile_with_reduction(model, {"ratio": 0.5, "layout": {"grid": [5, 4]}})
     with pytest.raises(ValueError, match="does not fit site"):
         bad.capture(**kw)
+
+
+class _ShuffledDiT(zoo.HandDiT):
+    """Tokens go through a gather the layout analysis does not model: the lattice is lost there."""
+
+    def forward(self, hidden_states, timestep):
+        b, c, hh, ww = hidden_states.shape
+        p = self.p
+        h, w = hh // p, ww // p
+        x = hidden_states.view(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * p * p)
+        x = self.embed(x)[:, torch.arange(h * w).flip(0)]
+        t = self.t_embed(timestep.float().view(b, 1) / 1000)
+        for blk in self.blocks:
+            x = blk(x, t)
+        return (x,)
+
+
+def test_unknown_op_is_named_in_skip_reason_and_override_reduces_it():
+    torch.manual_seed(0)
+    model = _ShuffledDiT().eval()
+    kw = dict(hidden_states=torch.randn(2, 4, 8, 8), timestep=torch.tensor([10, 10]))
+    r = compile_with_reduction(model, "uniform-50")
+    with pytest.warns(UserWarning, match=r"lost at aten\.index\.Tensor"), pytest.raises(Exception) as e:
+        r(**kw)
+    assert "lost at aten.index.Tensor" in str(e.value)
+    fixed = compile_with_reduction(model, {"ratio": 0.5, "layout": {"grid": [4, 4]}})
+    with torch.no_grad():
+        out = fixed(**kw)[0]
+    assert out.shape == (2, 16, 32) and [x.grid for x in fixed.report()] == [(4, 4), (4, 4)]

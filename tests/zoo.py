@@ -256,3 +256,9 @@ def build(family: str, grid=None, batch=2, seed=0):
 
 def lattice_tokens(grid) -> int:
     return math.prod(grid)
+
+
+def pixart_example():
+    """For `ditreduce inspect zoo:pixart_example` (any callable returning (model, example_kwargs))."""
+    model, kw = pixart(grid=(4, 6))
+    return model, dict(kw, return_dict=False)

@@ -42,6 +42,4 @@ def capture(model: torch.nn.Module, kwargs: dict) -> torch.fx.GraphModule:
             f"ditreduce rewrites the exported graph and does not fall back to the dense model. "
             f"Models with data-dependent control flow (e.g. sequence packing from mask.tolist()) "
             f"are not supported.") from e
-    gm = ep.module()
-    gm.meta["exported_program"] = ep
-    return gm
+    return ep.module()

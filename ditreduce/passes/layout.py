@@ -30,6 +30,7 @@ class LayoutError(ValueError):
 class Seeds:
     labels: dict            # placeholder name -> Label
     notes: list[str]        # what was seeded and from where
+    missing: str | None = None  # why the latent carries no lattice, if it does not
 
 
 def lattice_from_ids(ids: torch.Tensor) -> tuple[int, ...] | None:
@@ -70,7 +71,7 @@ def _lattice_dim(lattice: tuple[int, ...]) -> axes.DimLabel:
 
 
 def seed_inputs(gm: fx.GraphModule, kwargs: dict, in_channels: int | None) -> Seeds:
-    labels, notes = {}, []
+    labels, notes, missing = {}, [], None
     hint = None
     if isinstance(kwargs.get("img_ids"), torch.Tensor):
         hint = lattice_from_ids(kwargs["img_ids"])
@@ -91,10 +92,17 @@ def seed_inputs(gm: fx.GraphModule, kwargs: dict, in_channels: int | None) -> Se
             if lab is not None:
                 labels[node] = lab
                 notes.append(f"hidden_states {list(s)} seeded as {_describe(lab)}")
+            else:
+                missing = (f"the latent input hidden_states {list(s)} carries no lattice"
+                           + (f" ({notes[0]})" if notes else " (packed tokens and no img_ids / img_shapes)"))
+                notes.append(missing)
         elif "encoder_hidden_states" in name and val.dim() == 3 and val.is_floating_point():
             labels[node] = (plain(("b", s[0])), plain((f"t:{name}", s[1])), opaque(s[2]))
             notes.append(f"{name} {list(s)} seeded as text")
-    return Seeds(labels, notes)
+    if not any(n.op == 'placeholder' and n.name == 'hidden_states' for n in gm.graph.nodes):
+        missing = 'no input named hidden_states: the latent could not be identified'
+        notes.append(missing)
+    return Seeds(labels, notes, missing)
 
 
 def _seed_latent(s, in_channels, hint):
@@ -131,18 +139,15 @@ def run_propagation(gm: fx.GraphModule, seeds: Seeds) -> tuple[dict, dict]:
             continue
         if node.op != "call_function":
             continue
-        ins = [labels.get(a) for a in node.all_input_nodes]
         out = propagate(node, labels)
-        if out is None:
+        if out is None:  # an op the analysis does not understand, or sizes that do not factor
             v = node.meta.get("val")
             if isinstance(v, torch.Tensor):
                 out = opaque_label(v.shape)
             elif isinstance(v, (tuple, list)):
                 out = [opaque_label(x.shape) if isinstance(x, torch.Tensor) else None for x in v]
-            if any(axes.has_tokens(i) for i in ins):
+            if any(axes.has_tokens(labels.get(a)) for a in node.all_input_nodes):
                 lost[node] = str(node.target)
-        elif any(axes.has_tokens(i) for i in ins) and not axes.has_tokens(out):
-            lost[node] = str(node.target)
         labels[node] = out
     return labels, lost
 
@@ -179,7 +184,7 @@ def _nearest_loss(node: fx.Node, lost: dict) -> str | None:
     return None
 
 
-def classify(site: Site, labels: dict, lost: dict) -> None:
+def classify(site: Site, labels: dict, lost: dict, missing: str | None = None) -> None:
     q, k = site.node.args[0], site.node.args[1]
     ql, kl = labels.get(q), labels.get(k)
     qlay, why_q = _layout(ql[-2]) if isinstance(ql, tuple) else (None, "no label")
@@ -197,7 +202,8 @@ def classify(site: Site, labels: dict, lost: dict) -> None:
             return
         site.lost_at = _nearest_loss(q, lost)
         site.skip_reason = (f"layout unknown: {why_q}" if why_q and why_q != "no label" else "layout unknown") + (
-            f"; lost at {site.lost_at}" if site.lost_at else "; no lattice reaches the query")
+            f"; lost at {site.lost_at}" if site.lost_at else f"; no image lattice reaches the query"
+            + (f": {missing}" if missing else ""))
         return
     if len(qlay.image_segments()) > 1:
         site.skip_reason = "more than one image lattice in the sequence"
@@ -236,7 +242,7 @@ def infer_layout(gm: fx.GraphModule, sites: list[Site], kwargs: dict, in_channel
     seeds = seed_inputs(gm, kwargs, in_channels)
     labels, lost = run_propagation(gm, seeds)
     for s in sites:
-        classify(s, labels, lost)
+        classify(s, labels, lost, seeds.missing)
         if override is not None and s.layout is None or (override is not None and s.skip_reason
                                                           and s.skip_reason.startswith("layout unknown")):
             apply_override(s, override)
