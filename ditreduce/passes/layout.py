@@ -243,8 +243,8 @@ def infer_layout(gm: fx.GraphModule, sites: list[Site], kwargs: dict, in_channel
     labels, lost = run_propagation(gm, seeds)
     for s in sites:
         classify(s, labels, lost, seeds.missing)
-        if override is not None and s.layout is None or (override is not None and s.skip_reason
-                                                          and s.skip_reason.startswith("layout unknown")):
+        undecided = (s.skip_reason or "").startswith("layout unknown")
+        if override is not None and undecided:
             apply_override(s, override)
         if s.skip_reason and s.skip_reason.startswith("layout unknown"):
             warnings.warn(f"ditreduce: {s.module}: {s.skip_reason}. Set the schedule's `layout:` to reduce it.",

@@ -63,15 +63,20 @@ def _conv(node, labels):
         stride = node.args[3] if len(node.args) > 3 else 1
         padding = node.args[4] if len(node.args) > 4 else 0
     nsp = len(xs) - 2
-    stride = list(stride) * (nsp // len(stride)) if isinstance(stride, (list, tuple)) else [stride] * nsp
-    padding = list(padding) * (nsp // len(padding)) if isinstance(padding, (list, tuple)) and padding else [0] * nsp
+
+    def per_dim(v, default):
+        if isinstance(v, (list, tuple)):
+            return list(v) * (nsp // len(v)) if v else [default] * nsp
+        return [v] * nsp
+
+    stride, padding = per_dim(stride, 1), per_dim(padding, 0)
     res = [xl[0], opaque(out[1])]
     for d in range(nsp):
-        dl, k, s, p = xl[2 + d], ws[2 + d], stride[d], padding[d] if isinstance(padding, list) else padding
-        if out[2 + d] == xs[2 + d]:
+        dl, k, s, p = xl[2 + d], ws[2 + d], stride[d], padding[d]
+        if out[2 + d] == xs[2 + d]:  # same-size conv: positions stay aligned
             res.append(dl)
-        elif k == s and p == 0 and len(dl) == 1 and len(dl[0]) == 1 and xs[2 + d] % s == 0:
-            res.append(((((dl[0][0][0]), out[2 + d]),),))
+        elif k == s and p == 0 and len(dl) == 1 and len(dl[0]) == 1 and xs[2 + d] % s == 0:  # patch embedding
+            res.append(axes.plain((dl[0][0][0], out[2 + d])))
         else:
             res.append(opaque(out[2 + d]))
     return tuple(res)
@@ -126,136 +131,141 @@ def _split(node, labels):
     return out
 
 
+RULES: dict = {}
+
+
+def rule(*ops):
+    """Register fn(node, labels) -> Label | list | None as the propagation rule of `ops`."""
+    def deco(fn):
+        for op in ops:
+            RULES[op] = fn
+        return fn
+    return deco
+
+
+def unary(*ops):
+    """A rule on the label of the first input (None when that input carries no label)."""
+    def deco(fn):
+        def on_first(node, labels):
+            xl = _lab(labels, node.args[0])
+            return None if xl is None else fn(node, xl)
+        rule(*ops)(on_first)
+        return fn
+    return deco
+
+
+@rule(operator.getitem)
+def _getitem(node, labels):
+    src = labels.get(node.args[0])
+    return src[node.args[1]] if isinstance(src, list) and node.args[1] < len(src) else None
+
+
+unary(*SAME_AS_FIRST)(lambda node, xl: xl)
+
+
+@unary(*SAME_FIRST_OF_TUPLE)
+def _first_of_tuple(node, xl):
+    vals = node.meta.get("val")
+    return [xl] + [opaque_label(v.shape) for v in vals[1:]] if isinstance(vals, (tuple, list)) else None
+
+
+unary(aten.view.default, aten._unsafe_view.default, aten.reshape.default)(
+    lambda node, xl: axes.reshape(xl, _shape(node)))
+unary(aten.view_as_complex.default)(lambda node, xl: xl[:-1])
+unary(aten.view_as_real.default)(lambda node, xl: xl + (opaque(2),))
+unary(aten.permute.default)(lambda node, xl: tuple(xl[_dim(d, len(xl))] for d in node.args[1]))
+unary(aten.t.default)(lambda node, xl: tuple(reversed(xl)))
+unary(aten.select.int)(lambda node, xl: xl[:_dim(node.args[1], len(xl))] + xl[_dim(node.args[1], len(xl)) + 1:])
+unary(aten.linear.default, aten.scaled_dot_product_attention.default)(
+    lambda node, xl: xl[:-1] + (opaque(_shape(node)[-1]),))  # sdpa: the output takes the query's tokens
+rule(aten.addmm.default)(lambda node, labels: None if _lab(labels, node.args[1]) is None
+                         else (_lab(labels, node.args[1])[0], opaque(_shape(node)[-1])))
+rule(aten.matmul.default, aten.bmm.default, aten.mm.default)(_matmul)
+rule(aten.convolution.default, aten.conv1d.default, aten.conv2d.default, aten.conv3d.default)(_conv)
+rule(aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.var.correction, aten.std.correction)(_reduce_dims)
+rule(aten.var_mean.correction)(lambda node, labels: None if (r := _reduce_dims(node, labels)) is None else [r, r])
+rule(aten.split_with_sizes.default, aten.split.Tensor)(_split)
+rule(aten.copy.default, aten.where.self, aten.masked_fill.Scalar, aten.masked_fill.Tensor, aten.lerp.Scalar)(_ew)
+
+
+@unary(aten.transpose.int)
+def _transpose(node, xl):
+    a, b = _dim(node.args[1], len(xl)), _dim(node.args[2], len(xl))
+    lst = list(xl)
+    lst[a], lst[b] = lst[b], lst[a]
+    return tuple(lst)
+
+
+@unary(aten.unsqueeze.default)
+def _unsqueeze(node, xl):
+    d = node.args[1] % (len(xl) + 1)
+    return xl[:d] + (opaque(1),) + xl[d:]
+
+
+@unary(aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default)
+def _squeeze(node, xl):
+    xs = _shape(node.args[0])
+    dims = node.args[1] if len(node.args) > 1 else [i for i, s in enumerate(xs) if s == 1]
+    dims = {_dim(d, len(xl)) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
+    return tuple(lab for i, lab in enumerate(xl) if not (i in dims and xs[i] == 1))
+
+
+@unary(aten.expand.default, aten.repeat.default)
+def _expand(node, xl):
+    xs, out = _shape(node.args[0]), _shape(node)
+    lead = len(out) - len(xs)
+    return tuple(opaque(out[i]) if i < lead or xs[i - lead] != out[i] else xl[i - lead] for i in range(len(out)))
+
+
+@unary(aten.unbind.int)
+def _unbind(node, xl):
+    d = _dim(node.args[1] if len(node.args) > 1 else 0, len(xl))
+    return [xl[:d] + xl[d + 1:] for _ in range(_shape(node.args[0])[d])]
+
+
+@unary(aten.slice.Tensor)
+def _slice(node, xl):
+    args, xs = node.args, _shape(node.args[0])
+    d = _dim(args[1] if len(args) > 1 else 0, len(xs))
+    start = args[2] if len(args) > 2 and args[2] is not None else 0
+    end = args[3] if len(args) > 3 and args[3] is not None else xs[d]
+    step = args[4] if len(args) > 4 else 1
+    start, end = start + xs[d] if start < 0 else start, end + xs[d] if end < 0 else end
+    if step != 1:  # a strided slice keeps no segment whole
+        return None if axes.dim_has_tokens(xl[d]) else xl[:d] + (opaque(_shape(node)[d]),) + xl[d + 1:]
+    return _slice_like(xl, len(xs), d, start, end)
+
+
+@rule(aten.cat.default)
+def _cat(node, labels):
+    tensors = [a for a in node.args[0] if _shape(a) is not None]
+    out = _shape(node)
+    dim = _dim(node.args[1] if len(node.args) > 1 else 0, len(out))
+    labs = [_lab(labels, a) for a in tensors]
+    if any(lab is None for lab in labs):
+        return None
+    others = axes.broadcast(out[:dim] + out[dim + 1:], [(_shape(a)[:dim] + _shape(a)[dim + 1:], lab[:dim] + lab[dim + 1:])
+                                                       for a, lab in zip(tensors, labs)])
+    return others[:dim] + (axes.concat([lab[dim] for lab in labs if len(lab) == len(out)]),) + others[dim:]
+
+
+@rule(aten.stack.default)
+def _stack(node, labels):
+    out = _shape(node)
+    dim = _dim(node.args[1] if len(node.args) > 1 else 0, len(out))
+    tensors = list(node.args[0])
+    labs = [_lab(labels, a) for a in tensors]
+    if any(lab is None for lab in labs):
+        return None
+    inner = axes.broadcast(_shape(tensors[0]), [(_shape(a), lab) for a, lab in zip(tensors, labs)])
+    return inner[:dim] + (opaque(len(tensors)),) + inner[dim:]
+
+
 def propagate(node: fx.Node, labels: dict) -> "Label | list | None":
     """The label(s) of node's output, or None when this op is not understood (labels lost)."""
-    t = node.target
-    args = node.args
-    if t is operator.getitem:
-        src = labels.get(args[0])
-        if isinstance(src, list) and args[1] < len(src):
-            return src[args[1]]
-        return None
-    if t in SAME_AS_FIRST:
-        return _lab(labels, args[0])
-    if t in SAME_FIRST_OF_TUPLE:
-        first = _lab(labels, args[0])
-        vals = node.meta.get("val")
-        if first is None or not isinstance(vals, (tuple, list)):
-            return None
-        return [first] + [opaque_label(v.shape) for v in vals[1:]]
-    if t in (aten.view.default, aten._unsafe_view.default, aten.reshape.default):
-        xl = _lab(labels, args[0])
-        return None if xl is None else axes.reshape(xl, _shape(node))
-    if t == aten.view_as_complex.default:
-        xl = _lab(labels, args[0])
-        return None if xl is None else xl[:-1]
-    if t == aten.view_as_real.default:
-        xl = _lab(labels, args[0])
-        return None if xl is None else xl + (opaque(2),)
-    if t == aten.permute.default:
-        xl = _lab(labels, args[0])
-        return None if xl is None else tuple(xl[_dim(d, len(xl))] for d in args[1])
-    if t == aten.transpose.int:
-        xl = _lab(labels, args[0])
-        if xl is None:
-            return None
-        a, b = _dim(args[1], len(xl)), _dim(args[2], len(xl))
-        lst = list(xl)
-        lst[a], lst[b] = lst[b], lst[a]
-        return tuple(lst)
-    if t == aten.t.default:
-        xl = _lab(labels, args[0])
-        return None if xl is None else tuple(reversed(xl))
-    if t == aten.unsqueeze.default:
-        xl = _lab(labels, args[0])
-        if xl is None:
-            return None
-        d = args[1] % (len(xl) + 1)
-        return xl[:d] + (opaque(1),) + xl[d:]
-    if t in (aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default):
-        xl, xs = _lab(labels, args[0]), _shape(args[0])
-        if xl is None:
-            return None
-        dims = args[1] if len(args) > 1 else [i for i, s in enumerate(xs) if s == 1]
-        dims = {_dim(d, len(xl)) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
-        return tuple(l for i, l in enumerate(xl) if not (i in dims and xs[i] == 1))
-    if t in (aten.expand.default, aten.repeat.default):
-        xl, xs, out = _lab(labels, args[0]), _shape(args[0]), _shape(node)
-        if xl is None:
-            return None
-        lead = len(out) - len(xs)
-        return tuple(opaque(out[i]) if i < lead or xs[i - lead] != out[i] else xl[i - lead] for i in range(len(out)))
-    if t == aten.cat.default:
-        tensors = [a for a in args[0] if _shape(a) is not None]
-        out = _shape(node)
-        dim = _dim(args[1] if len(args) > 1 else 0, len(out))
-        labs = [_lab(labels, a) for a in tensors]
-        if any(l is None for l in labs):
-            return None
-        others = axes.broadcast(out[:dim] + out[dim + 1:], [(_shape(a)[:dim] + _shape(a)[dim + 1:], l[:dim] + l[dim + 1:])
-                                                           for a, l in zip(tensors, labs)])
-        base = list(others[:dim]) + [axes.concat([l[dim] for l in labs if len(l) == len(out)])] + list(others[dim:])
-        return tuple(base)
-    if t == aten.stack.default:
-        out = _shape(node)
-        dim = _dim(args[1] if len(args) > 1 else 0, len(out))
-        tensors = list(args[0])
-        labs = [_lab(labels, a) for a in tensors]
-        if any(l is None for l in labs):
-            return None
-        inner = axes.broadcast(_shape(tensors[0]), [(_shape(a), l) for a, l in zip(tensors, labs)])
-        return inner[:dim] + (opaque(len(tensors)),) + inner[dim:]
-    if t == aten.slice.Tensor:
-        xl, xs = _lab(labels, args[0]), _shape(args[0])
-        if xl is None:
-            return None
-        dim = args[1] if len(args) > 1 else 0
-        start = args[2] if len(args) > 2 and args[2] is not None else 0
-        end = args[3] if len(args) > 3 and args[3] is not None else xs[_dim(dim, len(xs))]
-        step = args[4] if len(args) > 4 else 1
-        if start < 0:
-            start += xs[_dim(dim, len(xs))]
-        if end < 0:
-            end += xs[_dim(dim, len(xs))]
-        if step != 1:
-            d = _dim(dim, len(xs))
-            return None if axes.dim_has_tokens(xl[d]) else xl[:d] + (opaque(_shape(node)[d]),) + xl[d + 1:]
-        return _slice_like(xl, len(xs), dim, start, end)
-    if t in (aten.split_with_sizes.default, aten.split.Tensor):
-        return _split(node, labels)
-    if t == aten.unbind.int:
-        xl = _lab(labels, args[0])
-        if xl is None:
-            return None
-        d = _dim(args[1] if len(args) > 1 else 0, len(xl))
-        n = _shape(args[0])[d]
-        return [xl[:d] + xl[d + 1:] for _ in range(n)]
-    if t == aten.select.int:
-        xl = _lab(labels, args[0])
-        if xl is None:
-            return None
-        d = _dim(args[1], len(xl))
-        return xl[:d] + xl[d + 1:]
-    if t == aten.copy.default:
-        return _ew(node, labels)
-    if t in (aten.linear.default,):
-        xl = _lab(labels, args[0])
-        return None if xl is None else xl[:-1] + (opaque(_shape(node)[-1]),)
-    if t == aten.addmm.default:
-        xl = _lab(labels, args[1])
-        return None if xl is None else (xl[0], opaque(_shape(node)[-1]))
-    if t in (aten.matmul.default, aten.bmm.default, aten.mm.default):
-        return _matmul(node, labels)
-    if t in (aten.convolution.default, aten.conv2d.default, aten.conv3d.default, aten.conv1d.default):
-        return _conv(node, labels)
-    if t in (aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.var.correction, aten.std.correction,
-             aten.var_mean.correction):
-        return _reduce_dims(node, labels)
-    if t == aten.scaled_dot_product_attention.default:
-        ql = _lab(labels, args[0])
-        return None if ql is None else ql[:-1] + (opaque(_shape(node)[-1]),)
-    if isinstance(t, torch._ops.OpOverload) and torch.Tag.pointwise in t.tags:
-        return _ew(node, labels)
-    if t in (aten.where.self, aten.masked_fill.Scalar, aten.masked_fill.Tensor, aten.lerp.Scalar):
+    fn = RULES.get(node.target)
+    if fn is not None:
+        return fn(node, labels)
+    if isinstance(node.target, torch._ops.OpOverload) and torch.Tag.pointwise in node.target.tags:
         return _ew(node, labels)
     return None
