@@ -62,15 +62,25 @@ def _strip_scale(n: fx.Node) -> tuple[fx.Node, float]:
     return n, 1.0
 
 
+def _einsum_parts(eq: str):
+    ins, out = eq.replace(" ", "").split("->")
+    a, b = ins.split(",")
+    return a, b, out
+
+
+def _is_pv_equation(eq: str) -> bool:
+    """"...ij,...jd->...id": probabilities times values."""
+    a, b, out = _einsum_parts(eq)
+    return a[:-2] == b[:-2] == out[:-2] and a[-1] == b[-2] and out[-2:] == a[-2] + b[-1]
+
+
 def _qk_of_scores(n: fx.Node) -> tuple[fx.Node, fx.Node] | None:
     if n.op == "call_function" and n.target in MATMULS:
         kt = _is_last_dim_transpose(n.args[1])
         if kt is not None:
             return n.args[0], kt
     if n.op == "call_function" and n.target == aten.einsum.default:
-        eq = n.args[0].replace(" ", "")
-        ins, out = eq.split("->")
-        a, b = ins.split(",")
+        a, b, out = _einsum_parts(n.args[0])
         # "...id,...jd->...ij": same batch letters, shared last letter contracted
         if a[:-2] == b[:-2] == out[:-2] and a[-1] == b[-1] and out[-2:] == a[-2] + b[-2]:
             return n.args[1][0], n.args[1][1]
@@ -83,9 +93,16 @@ def _match_manual(softmax: fx.Node):
     if softmax.args[1] % rank != rank - 1 or len(softmax.users) != 1:
         return None
     pv = next(iter(softmax.users))
-    if pv.op != "call_function" or pv.target not in MATMULS or pv.args[0] is not softmax:
-        if not (pv.op == "call_function" and pv.target == aten.einsum.default):
+    if pv.op != "call_function":
+        return None
+    if pv.target in MATMULS:
+        if pv.args[0] is not softmax:
             return None
+    elif pv.target == aten.einsum.default:
+        if pv.args[1][0] is not softmax or not _is_pv_equation(pv.args[0]):
+            return None
+    else:
+        return None
     scores, mask = softmax.args[0], None
     if scores.op == "call_function" and scores.target == aten.add.Tensor and isinstance(scores.args[1], fx.Node):
         scores, mask = scores.args
@@ -110,17 +127,25 @@ def _canonicalise(gm: fx.GraphModule, node: fx.Node, q, k, v, mask, scale: float
 
 def _variant_to_sdpa(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
     """flash/efficient/math variants return tuples whose [0] is the output: replace getitem(node, 0)."""
-    q, k, v = node.args[:3]
-    scale = node.kwargs.get("scale")
-    mask = node.kwargs.get("attn_mask")
+    names = [a.name for a in node.target._schema.arguments]
+    a = dict(zip(names, node.args), **node.kwargs)
+    q, k, v = a["query"], a["key"], a["value"]
+    mask = a.get("attn_mask", a.get("attn_bias"))
+    scale = a.get("scale")
+    if a.get("dropout_p", 0.0) or a.get("is_causal", False):
+        return None  # not inference attention: leave it alone, it is not a site
     outs = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
-    if len(outs) != 1 or len(node.users) != 1:
+    others = [u for u in node.users if u not in outs]
+    if len(outs) != 1 or any(u.users for u in others):  # logsumexp etc. must be unused
         return None
     with gm.graph.inserting_before(node):
         new = gm.graph.call_function(SDPA, (q, k, v, mask), {"scale": scale} if scale is not None else {})
     new.meta.update({k_: v_ for k_, v_ in node.meta.items() if k_ != "val"})
     new.meta["val"] = outs[0].meta["val"]
     outs[0].replace_all_uses_with(new)
+    for u in others + outs:
+        gm.graph.erase_node(u)
+    gm.graph.erase_node(node)
     return new
 
 
