@@ -84,14 +84,15 @@ def cmd_demo(args) -> int:
                               encoder_hidden_states=torch.zeros(b2, 4, model.captions.channels),
                               timestep=torch.zeros(b2), return_dict=False)
     red, t_red = run(reduced_model, "reduced")
-    d_fl, r_fl = reduced_model.report(num_steps=args.steps).totals()
+    d_fl, r_fl = reduced_model.report(num_steps=args.steps).run_flops  # self + cross attention, whole run
     ps = sum(psnr(a, b) for a, b in zip(red, dense)) / n
     ss = sum(ssim(a, b) for a, b in zip(red, dense)) / n
     rows.append((args.schedule, t_red, t_dense / t_red, r_fl / d_fl, (ps, ss)))
     outputs.append(red)
     print(f"{n} samples, {args.res}x{args.res} ({(args.res // 2) ** 2} image tokens), {args.steps} steps, "
           f"CFG {args.guidance}")
-    print(f"{'run':24} {'wall s':>8} {'speedup':>8} {'attn FLOPs':>11} {'PSNR dB':>8} {'SSIM':>6}")
+    print(f"{'run':24} {'wall s':>8} {'speedup':>8} {'attn FLOPs':>11} {'PSNR dB':>8} {'SSIM':>6}"
+          "   (attention FLOPs: self + cross, summed over the run, relative to dense)")
     for name, t, sp, fl, q in rows:
         fl_s = "1.000" if fl is None else f"{fl:.3f}"
         q_s = f"{'-':>8} {'-':>6}" if q is None else f"{q[0]:8.2f} {q[1]:6.3f}"

@@ -134,3 +134,16 @@ def test_region_is_a_pure_function_of_its_inputs():
     a = node_target(q, q, q, None, *sel)
     b = node_target(q.clone(), q.clone(), q.clone(), None, *sel)
     assert torch.equal(a, b)
+
+
+def test_run_flops_sum_the_variant_of_every_step():
+    model, kw = zoo.build("pixart", grid=(6, 6))
+    kw = _kw("pixart", kw)
+    sched = {"ratio": 0.5, "rules": [{"steps": [0], "method": "none"}, {"steps": {"start": 2}, "ratio": 0.25}]}
+    reduced = compile_with_reduction(model, sched, **kw)
+    measured = 0
+    with torch.no_grad():
+        for t in (900.0, 700.0, 500.0, 300.0):
+            measured += _attention_flops(lambda: _call(reduced, dict(kw, timestep=torch.full((2,), t))))
+    dense, red = reduced.report(num_steps=4).run_flops
+    assert red == measured < dense
