@@ -185,32 +185,29 @@ def _nearest_loss(node: fx.Node, lost: dict) -> str | None:
 
 
 def classify(site: Site, labels: dict, lost: dict, missing: str | None = None) -> None:
+    """Set site.layout / kv_layout, kind (self | cross | joint) and, if it cannot be reduced, skip_reason."""
     q, k = site.node.args[0], site.node.args[1]
     ql, kl = labels.get(q), labels.get(k)
-    qlay, why_q = _layout(ql[-2]) if isinstance(ql, tuple) else (None, "no label")
-    klay, _ = _layout(kl[-2]) if isinstance(kl, tuple) else (None, "no label")
+    qlay, why_q = _layout(ql[-2]) if isinstance(ql, tuple) else (None, None)
+    klay, _ = _layout(kl[-2]) if isinstance(kl, tuple) else (None, None)
     site.layout, site.kv_layout = qlay, klay
+    if qlay is not None and klay is not None:  # keys from the same token source as the queries?
+        same_source = klay.segments == qlay.segments
+    else:  # undecided: judge by length, for the report only
+        same_source = site.kv_len == site.q_len
+    mixed = qlay is not None and qlay.text_tokens > 0 and bool(qlay.image_segments())
+    site.kind = ("joint" if mixed else "self") if same_source else "cross"
     if site.q_len == 1:
         site.skip_reason = "query length 1 (pooled query): not a lattice"
-        site.kind = "cross" if site.kv_len != 1 else "self"
-        return
-    if qlay is None or not qlay.image_segments():
-        site.kind = "cross" if (klay is None or qlay is None or klay.segments != qlay.segments) and site.kv_len != site.q_len else "self"
-        if qlay is not None and all(seg.kind == "text" for seg in qlay.segments):
-            site.kind = "cross" if klay != qlay else "self"
-            site.skip_reason = "text-only sequence: no image lattice"
-            return
+    elif qlay is not None and all(seg.kind == "text" for seg in qlay.segments):
+        site.skip_reason = "text-only sequence: no image lattice"
+    elif qlay is None or not qlay.image_segments():
         site.lost_at = _nearest_loss(q, lost)
-        site.skip_reason = (f"layout unknown: {why_q}" if why_q and why_q != "no label" else "layout unknown") + (
-            f"; lost at {site.lost_at}" if site.lost_at else f"; no image lattice reaches the query"
-            + (f": {missing}" if missing else ""))
-        return
-    if len(qlay.image_segments()) > 1:
+        site.skip_reason = (f"layout unknown: {why_q}" if why_q else "layout unknown") + (
+            f"; lost at {site.lost_at}" if site.lost_at else
+            "; no image lattice reaches the query" + (f": {missing}" if missing else ""))
+    elif len(qlay.image_segments()) > 1:
         site.skip_reason = "more than one image lattice in the sequence"
-    if klay is not None and klay.segments == qlay.segments:
-        site.kind = "joint" if qlay.text_tokens else "self"
-    else:
-        site.kind = "cross"
 
 
 def apply_override(site: Site, override) -> None:
