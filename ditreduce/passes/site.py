@@ -1,7 +1,6 @@
 """The IR the passes share: attention sites and their token layouts."""
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
@@ -95,9 +94,6 @@ class Site:
         return img[1].grid if img else None
 
 
-_BLOCK_RE = re.compile(r"^(.*?)\.(\d+)(?:\.|$)")
-
-
 def module_of(node: fx.Node) -> str:
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
@@ -115,13 +111,6 @@ def _clean_path(path: str) -> str:
 
 
 def block_of(module: str) -> tuple[str | None, int | None]:
-    """The innermost `<name>.<int>` in a module path: ("transformer_blocks", 3)."""
-    best = (None, None)
-    for m in re.finditer(r"([A-Za-z_][\w]*)\.(\d+)(?=\.|$)", module):
-        best = (module[: m.start(2) - 1], int(m.group(2)))
-        break  # the outermost repeated container is "the block" (e.g. transformer_blocks.3)
-    return best
-
-
-def numel(shape) -> int:
-    return math.prod(int(s) for s in shape)
+    """The outermost `<name>.<int>` in a module path — the repeated block: ("transformer_blocks", 3)."""
+    m = re.search(r"([A-Za-z_]\w*)\.(\d+)(?=\.|$)", module)
+    return (module[: m.start(2) - 1], int(m.group(2))) if m else (None, None)
