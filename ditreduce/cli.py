@@ -76,14 +76,14 @@ def cmd_demo(args) -> int:
     from . import compile_with_reduction
 
     reduced_model = compile_with_reduction(model.transformer, args.schedule)
-    reduced_model.schedule = reduced_model.schedule.model_copy(update={"num_steps": args.steps})
     # capture (torch.export) outside the timed run: it happens once per resolution and batch
     b2 = 2 * n if args.guidance != 1.0 else n
     with torch.no_grad():
         reduced_model.capture(hidden_states=torch.zeros(b2, 3, args.res, args.res),
                               encoder_hidden_states=torch.zeros(b2, 4, model.captions.channels),
                               timestep=torch.zeros(b2), return_dict=False)
-    red, t_red = run(reduced_model, "reduced")
+    with reduced_model.generation(num_steps=args.steps):
+        red, t_red = run(reduced_model, "reduced")
     d_fl, r_fl = reduced_model.report(num_steps=args.steps).run_flops  # self + cross attention, whole run
     ps = sum(psnr(a, b) for a, b in zip(red, dense)) / n
     ss = sum(ssim(a, b) for a, b in zip(red, dense)) / n

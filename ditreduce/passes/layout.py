@@ -71,7 +71,7 @@ def _lattice_dim(lattice: tuple[int, ...]) -> axes.DimLabel:
 
 
 def seed_inputs(gm: fx.GraphModule, kwargs: dict, in_channels: int | None) -> Seeds:
-    labels, notes, missing = {}, [], None
+    labels, notes, missing = {}, [], "no input named hidden_states: the latent could not be identified"
     hint = None
     if isinstance(kwargs.get("img_ids"), torch.Tensor):
         hint = lattice_from_ids(kwargs["img_ids"])
@@ -90,17 +90,15 @@ def seed_inputs(gm: fx.GraphModule, kwargs: dict, in_channels: int | None) -> Se
         if name == "hidden_states" and val.is_floating_point():
             lab = _seed_latent(s, in_channels, hint)
             if lab is not None:
-                labels[node] = lab
+                labels[node], missing = lab, None
                 notes.append(f"hidden_states {list(s)} seeded as {_describe(lab)}")
             else:
                 missing = (f"the latent input hidden_states {list(s)} carries no lattice"
                            + (f" ({notes[0]})" if notes else " (packed tokens and no img_ids / img_shapes)"))
-                notes.append(missing)
         elif "encoder_hidden_states" in name and val.dim() == 3 and val.is_floating_point():
             labels[node] = (plain(("b", s[0])), plain((f"t:{name}", s[1])), opaque(s[2]))
             notes.append(f"{name} {list(s)} seeded as text")
-    if not any(n.op == 'placeholder' and n.name == 'hidden_states' for n in gm.graph.nodes):
-        missing = 'no input named hidden_states: the latent could not be identified'
+    if missing is not None:
         notes.append(missing)
     return Seeds(labels, notes, missing)
 
@@ -234,16 +232,19 @@ def apply_override(site: Site, override) -> None:
     site.extra["layout_source"] = "override"
 
 
+def _undecided(site: Site) -> bool:
+    return (site.skip_reason or "").startswith("layout unknown")
+
+
 def infer_layout(gm: fx.GraphModule, sites: list[Site], kwargs: dict, in_channels: int | None = None,
                  override=None) -> Seeds:
     seeds = seed_inputs(gm, kwargs, in_channels)
     labels, lost = run_propagation(gm, seeds)
     for s in sites:
         classify(s, labels, lost, seeds.missing)
-        undecided = (s.skip_reason or "").startswith("layout unknown")
-        if override is not None and undecided:
+        if override is not None and _undecided(s):
             apply_override(s, override)
-        if s.skip_reason and s.skip_reason.startswith("layout unknown"):
+        if _undecided(s):
             warnings.warn(f"ditreduce: {s.module}: {s.skip_reason}. Set the schedule's `layout:` to reduce it.",
                           stacklevel=3)
     return seeds
