@@ -2,109 +2,159 @@
 
 The region ABI (see README "Region ABI"):
 
-    Selection.kept  LongTensor[Bs, k]      which tokens of a sequence enter attention (sorted)
+    Selection.kept  LongTensor[Bs, k]      which tokens of a sequence enter attention (one per reduced slot)
     Selection.src   LongTensor[Bs, N, M]   for each of the N tokens, M slots into the kept outputs
-    Selection.w     Tensor[Bs, N, M]       slot weights; rows sum to 1; a kept token maps to itself, weight 1
+    Selection.w     Tensor[Bs, N, M]       slot weights; rows sum to 1 (None: M == 1, weight 1)
+    Selection.msrc  LongTensor[Bs, k, R]   optional merge slots: reduced token j = sum_r mw[j, r] * x[msrc[j, r]]
+    Selection.mw    Tensor[Bs, k, R]       (ToMe merges, ToDo pooling); without them reduce is gather(x, kept)
 
-    reduce(x, sel)           = gather(x, kept)                            # [..., k, C]
-    reconstruct(y_kept, sel) = sum_m w[..., m] * gather(y_kept, src[..., m])   # [..., N, C]
+    reduce(x, sel)           = gather(x, kept)          or  sum_r mw * gather(x, msrc[..., r])   # [..., k, C]
+    reconstruct(y_kept, sel) = sum_m w[..., m] * gather(y_kept, src[..., m])                    # [..., N, C]
 
-Bs is 1 (one pattern for the whole batch) or B. Everything is a gather with static sizes: no
-scatter, no boolean mask, no data-dependent shape. The sequence positions of text tokens are part of
-the selection (they are always kept and map to themselves), so one gather serves joint attention.
+Bs is 1 (one pattern for the whole batch) or B. Every gather is a row gather (`index_select` on the
+token dim, batch folded into the index for per-sample selections): one ONNX Gather, contiguous rows,
+no per-element index reads, no scatter, no boolean mask, no data-dependent shape.
+
+Contract: k == N means the identity selection. Methods return it at ratio zero, and the region then
+runs the plain dense ops (no gather at all), so ratio zero costs nothing and is exact.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
 
 class Selection(NamedTuple):
-    kept: torch.Tensor  # [Bs, k] int64
-    src: torch.Tensor   # [Bs, N, M] int64
-    w: torch.Tensor     # [Bs, N, M] float
+    kept: torch.Tensor                   # [Bs, k] int64
+    src: torch.Tensor                    # [Bs, N, M] int64
+    w: Optional[torch.Tensor] = None     # [Bs, N, M] float, None: one slot of weight 1
+    msrc: Optional[torch.Tensor] = None  # [Bs, k, R] int64
+    mw: Optional[torch.Tensor] = None    # [Bs, k, R] float
 
 
 def identity_selection(n: int, device=None) -> Selection:
-    """Ratio zero: every token kept, each maps to itself with weight 1 (the same ops run, exactly)."""
+    """Ratio zero: every token kept, each maps to itself with weight 1."""
     ar = torch.arange(n, device=device)
-    return Selection(ar[None], ar[None, :, None], torch.ones(1, n, 1, device=device))
+    return Selection(ar[None], ar[None, :, None], None)
 
 
-def _gather_tokens(x: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
-    """x[..., idx, ...] along `dim` where idx is [Bs, k] and x's batch dim is 0."""
+def is_identity(sel: Selection, n: int) -> bool:
+    """Static test (shapes only): the contract k == N means identity."""
+    return sel.kept.shape[-1] == n
+
+
+def take_tokens(x: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
+    """x[..., idx, ...] along `dim`; idx is [Bs, k] with Bs 1 (shared) or x.shape[0] (per sample)."""
     dim = dim % x.dim()
-    shape = [1] * x.dim()
-    shape[0], shape[dim] = idx.shape[0], idx.shape[1]
-    index = idx.view(shape).expand(*[x.shape[d] if d != dim else idx.shape[1] for d in range(x.dim())])
-    return torch.gather(x, dim, index)
+    if idx.shape[0] == 1 or dim == 0:
+        return x.index_select(dim, idx[0])
+    shape = x.shape
+    n, k = shape[dim], idx.shape[1]
+    lead = shape[:dim]
+    rows = math.prod(lead)
+    per_lead = idx.reshape((idx.shape[0],) + (1,) * (dim - 1) + (k,)).expand(*lead, k).reshape(rows, k)
+    flat_idx = (per_lead + torch.arange(rows, device=x.device)[:, None] * n).reshape(-1)
+    flat = x.reshape(rows * n, -1).index_select(0, flat_idx)
+    return flat.reshape(*lead, k, *shape[dim + 1:])
+
+
+def _bcast(t: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
+    """[Bs, L] weights shaped to broadcast against `like` whose token dim is `dim`."""
+    shape = [1] * like.dim()
+    shape[0], shape[dim] = t.shape[0], t.shape[1]
+    return t.to(like.dtype).reshape(shape)
+
+
+def _slot_sum(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """sum_m w[..., m] * gather(x, idx[..., m]) along dim; M is small and static."""
+    out = None
+    for j in range(idx.shape[-1]):
+        term = take_tokens(x, idx[:, :, j], dim)
+        if w is not None:
+            term = term * _bcast(w[:, :, j], term, dim)
+        out = term if out is None else out + term
+    return out
 
 
 def reduce_tokens(x: torch.Tensor, sel: Selection, dim: int = -2) -> torch.Tensor:
-    return _gather_tokens(x, sel.kept, dim)
+    """The k reduced tokens: the first Km (= msrc.shape[1]) are merges, the rest gathers of kept."""
+    dim = dim % x.dim()
+    if sel.msrc is None:
+        return take_tokens(x, sel.kept, dim)
+    merged = _slot_sum(x, sel.msrc, sel.mw, dim)
+    km = sel.msrc.shape[1]
+    if km == sel.kept.shape[1]:
+        return merged
+    return torch.cat([merged, take_tokens(x, sel.kept[:, km:], dim)], dim)
 
 
 def reconstruct_tokens(y: torch.Tensor, sel: Selection, dim: int = -2) -> torch.Tensor:
     """Full-length output from kept outputs: out[i] = sum_m w[i, m] * y[src[i, m]]."""
-    bs, n, m = sel.src.shape
-    out = None
-    for j in range(m):  # M is small and static: M gathers, no scatter
-        g = _gather_tokens(y, sel.src[:, :, j], dim)
-        wj = sel.w[:, :, j].to(y.dtype)
-        shape = [1] * y.dim()
-        shape[0], shape[dim % y.dim()] = bs, n
-        term = g * wj.view(shape)
-        out = term if out is None else out + term
-    return out
+    return _slot_sum(y, sel.src, sel.w, dim % y.dim())
 
 
 def embed_in_sequence(sel: Selection, start: int, seq_len: int) -> Selection:
     """Lift a selection over an image segment [start, start+n) to the whole sequence of seq_len tokens.
 
-    Tokens outside the segment are always kept and map to themselves; the kept order stays sequence order.
+    Tokens outside the segment are always kept and map to themselves. Kept order: the image's merged
+    prefix (Km tokens, 0 without merge slots), the tokens before the segment, the rest of the image's
+    kept tokens, the tokens after — so the merge slots stay a prefix of the reduced sequence.
     """
     bs, n, m = sel.src.shape
     k = sel.kept.shape[1]
+    if start == 0 and n == seq_len:
+        return sel
     dev = sel.kept.device
-    before = torch.arange(start, device=dev).expand(bs, start)
+    km = 0 if sel.msrc is None else sel.msrc.shape[1]
     after_n = seq_len - start - n
-    after = torch.arange(start + n, seq_len, device=dev).expand(bs, after_n)
-    kept = torch.cat([before, sel.kept + start, after], dim=1)
-    src_before = before.unsqueeze(-1).expand(bs, start, m)
-    src_after = (torch.arange(after_n, device=dev) + start + k).expand(bs, after_n).unsqueeze(-1).expand(bs, after_n, m)
-    src = torch.cat([src_before, sel.src + start, src_after], dim=1)
-    w_fixed = F.pad(torch.ones(bs, 1, 1, dtype=sel.w.dtype, device=dev), (0, m - 1))
-    w = torch.cat([w_fixed.expand(bs, start, m), sel.w, w_fixed.expand(bs, after_n, m)], dim=1)
-    return Selection(kept, src, w)
+    before = torch.arange(start, device=dev)[None].expand(bs, start)
+    after = torch.arange(start + n, seq_len, device=dev)[None].expand(bs, after_n)
+    img_kept = sel.kept.expand(bs, k) + start
+    kept = torch.cat([img_kept[:, :km], before, img_kept[:, km:], after], 1)
+    img_src = torch.where(sel.src < km, sel.src, sel.src + start)
+    src = torch.cat([(before + km)[..., None].expand(bs, start, m), img_src,
+                     (torch.arange(after_n, device=dev) + start + k)[None, :, None].expand(bs, after_n, m)], 1)
+    w = None
+    if sel.w is not None:
+        one = F.pad(torch.ones(1, 1, 1, dtype=sel.w.dtype, device=dev), (0, m - 1))
+        w = torch.cat([one.expand(sel.w.shape[0], start, m), sel.w, one.expand(sel.w.shape[0], after_n, m)], 1)
+    msrc = None if sel.msrc is None else sel.msrc + start
+    return Selection(kept, src, w, msrc, sel.mw)
 
 
 def _gather_mask(mask: torch.Tensor, sel: Selection, q_len: int, kv_len: int, reduce_q: bool) -> torch.Tensor:
+    bs = sel.kept.shape[0]
     if mask.shape[-1] == kv_len and kv_len > 1:
-        mask = _gather_tokens(mask.expand(max(mask.shape[0], sel.kept.shape[0]), *mask.shape[1:]), sel.kept, -1)
+        mask = take_tokens(mask.expand(max(mask.shape[0], bs), *mask.shape[1:]), sel.kept, -1)
     if reduce_q and mask.dim() >= 2 and mask.shape[-2] == q_len and q_len > 1:
-        mask = _gather_tokens(mask.expand(max(mask.shape[0], sel.kept.shape[0]), *mask.shape[1:]), sel.kept, -2)
+        mask = take_tokens(mask.expand(max(mask.shape[0], bs), *mask.shape[1:]), sel.kept, -2)
     return mask
 
 
-def attention_region(q, k, v, attn_mask, kept, src, w, *, reduce_q: bool = True, dropout_p: float = 0.0,
-                     is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False):
+def attention_region(q, k, v, attn_mask, kept, src, w=None, msrc=None, mw=None, *, reduce_q: bool = True,
+                     dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                     enable_gqa: bool = False):
     """reduce -> one sdpa on the kept tokens -> reconstruct the full-length output.
 
     q, k, v: [B, H, L, D] as aten.scaled_dot_product_attention takes them; the selection covers the
     whole sequence (see embed_in_sequence). With reduce_q=False only k/v are reduced (ToDo-style) and
-    nothing is reconstructed.
+    nothing is reconstructed. A selection with k == L is the identity: plain sdpa, no gather.
     """
-    sel = Selection(kept, src, w)
+    sel = Selection(kept, src, w, msrc, mw)
     q_len, kv_len = q.shape[-2], k.shape[-2]
+    kwargs = {"scale": scale} if scale is not None else {}
+    if enable_gqa:
+        kwargs["enable_gqa"] = True
+    if is_identity(sel, kv_len):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                              is_causal=is_causal, **kwargs)
     kr, vr = reduce_tokens(k, sel), reduce_tokens(v, sel)
     qr = reduce_tokens(q, sel) if reduce_q else q
     if attn_mask is not None:
         attn_mask = _gather_mask(attn_mask, sel, q_len, kv_len, reduce_q)
-    kwargs = {"scale": scale} if scale is not None else {}
-    if enable_gqa:
-        kwargs["enable_gqa"] = True
     y = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                                        **kwargs)
     if not reduce_q:

@@ -11,7 +11,8 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from .passes import capture as capture_pass
-from .passes.layout import infer_layout, lattice_from_ids, lattice_from_shapes
+from .passes.layout import infer_layout, lattice_from_ids, lattice_from_shapes, run_propagation
+from .passes.scope import plan_scopes
 from .passes.match_attention import match_attention
 from .passes.rewrite import rewrite
 from .schedules import Schedule, ScheduleError, load_schedule
@@ -53,6 +54,7 @@ class Capture:
     sites: list
     notes: list
     unmatched: dict
+    labels: dict = field(default_factory=dict)    # node name -> axis label (the scope pass reads them)
     variants: dict = field(default_factory=dict)  # plan key -> rewritten GraphModule
 
 
@@ -143,7 +145,10 @@ class ReducedModel(nn.Module):
             for w in caught:
                 warnings.warn(w.message, stacklevel=4)
             check_reduces_something(self.schedule, matched.sites, matched.unmatched_modules)
-            cap = Capture(gm, matched.sites, seeds.notes, matched.unmatched_modules)
+            labels, _ = run_propagation(gm, seeds)
+            plan_scopes(gm, labels, matched.sites)
+            cap = Capture(gm, matched.sites, seeds.notes, matched.unmatched_modules,
+                          {n.name: lab for n, lab in labels.items() if isinstance(lab, tuple)})
             self._captures[sig] = cap
         self._last = cap
         return cap
@@ -151,7 +156,7 @@ class ReducedModel(nn.Module):
     def variant(self, cap: Capture, key: tuple) -> torch.fx.GraphModule:
         gm = cap.variants.get(key)
         if gm is None:
-            gm = rewrite(cap.graph, cap.sites, key) if any(c is not None for c in key) else cap.graph
+            gm = rewrite(cap.graph, cap.sites, key, cap.labels) if any(c is not None for c in key) else cap.graph
             cap.variants[key] = gm
         return gm
 

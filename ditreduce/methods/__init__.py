@@ -4,7 +4,7 @@ A method is registered by name; the schedule IR names it in `method:`. See READM
 """
 from __future__ import annotations
 
-from .base import METHODS, Method, get_method, register_method
-from . import uniform  # noqa: F401  (registers "uniform")
+from .base import METHODS, Method, MethodParamError, get_method, register_method
+from . import coredit, random, todo, tome, uniform  # noqa: F401  (register the methods)
 
-__all__ = ["METHODS", "Method", "get_method", "register_method"]
+__all__ = ["METHODS", "Method", "MethodParamError", "get_method", "register_method"]

@@ -21,6 +21,10 @@ def get_method(name: str) -> type["Method"]:
         raise KeyError(f"unknown method {name!r}; allowed: {sorted(METHODS)}") from None
 
 
+class MethodParamError(ValueError):
+    """A method parameter the method does not take, or of the wrong type / value."""
+
+
 class Method:
     """Contract every reduction method follows.
 
@@ -28,16 +32,38 @@ class Method:
     reduces_q    True: q and k/v are reduced and outputs reconstructed; False: only k/v (ToDo-style)
     static       True: the selection depends only on (lattice, k); it is computed once at rewrite time
                  and baked into the graph as constants. False: `select` runs inside the graph on a
-                 token tensor, and may carry `state` across denoising steps as explicit tensors.
+                 token tensor (see README "Methods" for which tensor each scope scores).
+    defaults     the parameters the method takes, with their defaults (the schedule's `params:`)
+    choices      allowed values of string parameters
+    max_ratio    the largest ratio the method supports (a larger one is a ScheduleError at lowering)
     """
 
     name: ClassVar[str]
     reduces_q: ClassVar[bool] = True
     static: ClassVar[bool] = True
+    defaults: ClassVar[dict[str, Any]] = {}
+    choices: ClassVar[dict[str, tuple]] = {}
+    max_ratio: ClassVar[float] = 0.95
 
     def __init__(self, **params: Any):
-        if params:
-            raise TypeError(f"method {self.name!r} takes no parameters, got {sorted(params)}")
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            allowed = ", ".join(sorted(self.defaults)) or "none"
+            raise MethodParamError(f"method {self.name!r} takes no parameter {unknown}; its parameters: {allowed}")
+        self.params = dict(self.defaults)
+        for key, val in params.items():
+            want = type(self.defaults[key])
+            if want is float and isinstance(val, int) and not isinstance(val, bool):
+                val = float(val)
+            if not isinstance(val, want) or (want is int and isinstance(val, bool)):
+                raise MethodParamError(f"params.{self.name}.{key}: expected {want.__name__}, got {val!r}")
+            if key in self.choices and val not in self.choices[key]:
+                raise MethodParamError(f"params.{self.name}.{key}: {val!r} is not one of {list(self.choices[key])}")
+            self.params[key] = val
+
+    def kept_count(self, n: int, k: int, lattice: tuple[int, ...]) -> int:
+        """The number of tokens the method really keeps when asked for k of n (TopK grouping, pooling grids)."""
+        return k
 
     def select(self, x: torch.Tensor | None, lattice: tuple[int, ...], k: int, state=None) -> tuple[Selection, Any]:
         raise NotImplementedError

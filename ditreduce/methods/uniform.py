@@ -3,12 +3,12 @@ nearest kept neighbour. Data-independent, so the selection is a constant of the 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-
 import torch
 
 from ..regions import Selection, identity_selection
 from .base import Method, register_method
+from .lattice import static_table
+from .lattice import nearest_kept, static_table
 
 
 def _bayer(n: int) -> torch.Tensor:
@@ -19,12 +19,15 @@ def _bayer(n: int) -> torch.Tensor:
     return m
 
 
-def _coords(lattice: tuple[int, ...]) -> torch.Tensor:
-    axes = [torch.arange(s, dtype=torch.float32) for s in lattice]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(lattice))
+def copy_selection(lattice: tuple[int, ...], kept: torch.Tensor) -> Selection:
+    """A static selection from a kept set: every pruned token copies its nearest kept token."""
+    kept = torch.sort(kept).values
+    if kept.shape[0] == math.prod(lattice):
+        return identity_selection(kept.shape[0])
+    return Selection(kept[None], nearest_kept(tuple(lattice), kept)[None, :, None], None)
 
 
-@lru_cache(maxsize=64)
+@static_table
 def uniform_selection(lattice: tuple[int, ...], k: int) -> Selection:
     n = math.prod(lattice)
     if not 0 < k <= n:
@@ -41,22 +44,12 @@ def uniform_selection(lattice: tuple[int, ...], k: int) -> Selection:
         f = lattice[0]
         rank = (rank + (torch.arange(f)[:, None] * (s * s // 2 + 1))) % (s * s)
     rank = rank.reshape(-1) * n + torch.arange(n)  # ties broken by position
-    kept = torch.sort(torch.argsort(rank)[:k]).values
-    coords = _coords(lattice)
-    kc = coords[kept]
-    src = torch.empty(n, dtype=torch.long)
-    for lo in range(0, n, 2048):  # nearest kept token, chunked: static pattern, computed once
-        d = torch.cdist(coords[lo:lo + 2048], kc)
-        src[lo:lo + 2048] = d.argmin(1)
-    src[kept] = torch.arange(k)
-    return Selection(kept[None], src[None, :, None], torch.ones(1, n, 1))
+    return copy_selection(lattice, torch.argsort(rank)[:k])
 
 
 @register_method
 class Uniform(Method):
     name = "uniform"
-    reduces_q = True
-    static = True
 
     def select(self, x, lattice, k, state=None):
         return uniform_selection(tuple(lattice), int(k)), state

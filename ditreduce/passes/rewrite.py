@@ -1,21 +1,34 @@
-"""Pass 4 — rewrite: replace each selected attention site by a region
-(reduce -> one sdpa on the kept tokens -> reconstruct), for one variant (one config per site).
+"""Pass 4 — rewrite: turn each selected site into a region for one variant (one config per site).
 
-The region is one call_function node of `regions.attention_region` whose selection tensors are
-get_attr constants (static methods) — still a single sdpa inside, so fused attention survives lowering.
-The rewritten GraphModule shares parameters with the captured one (no copy per variant).
+- scope `attention`: the sdpa node becomes one `regions.attention_region` call (reduce → one sdpa on
+  the kept tokens → reconstruct). Static methods pass their selection as get_attr constants; in-graph
+  methods get a `select_tokens` node on the value tokens of the image segment.
+- scopes `attention+proj` / `block`: the site's RegionPlan (passes/scope.py) is applied: the entry is
+  reduced, tensors entering along the token dim are gathered, the token sizes of views / slices /
+  splits inside are rewritten from the axis labels, and the exits are reconstructed. A site whose plan
+  was refused keeps the `attention` scope (report() says why).
+
+The rewritten GraphModule shares parameters with the captured one (no copy per variant); every node's
+meta["val"] is re-propagated with fake tensors.
 """
 from __future__ import annotations
 
 import copy
+import operator
 
 import torch
 import torch.fx as fx
-from torch._guards import detect_fake_mode
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
+from .. import regions
 from ..methods import get_method
-from ..regions import attention_region, embed_in_sequence
+from ..methods.graph import embed, image_tokens, select_tokens
+from . import axes
+from .scope import CHECKS, RegionPlan, image_seg, token_dim
 from .site import Site
+
+aten = torch.ops.aten
 
 
 def _sdpa_args(node: fx.Node) -> dict:
@@ -35,52 +48,256 @@ def _copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     return new
 
 
-def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple) -> fx.GraphModule:
-    """A new GraphModule with a region in place of every site whose config is not None."""
-    new = _copy_graph_module(gm)
+class _Builder:
+    """Inserts the selection of one site into a graph: constants or an in-graph select node, and the
+    embeddings of the image selection into the sequence layouts that need it."""
+
+    def __init__(self, gm: fx.GraphModule, site: Site, cfg, before: fx.Node):
+        self.gm, self.site, self.cfg, self.before = gm, site, cfg, before
+        self.method = get_method(cfg.method)(**cfg.param_dict)
+        self._embedded: dict = {}
+        self.image_sel: fx.Node | None = None
+
+    def call(self, fn, args, kwargs=None, before=None):
+        with self.gm.graph.inserting_before(before or self.before):
+            return self.gm.graph.call_function(fn, tuple(args), kwargs or {})
+
+    def select(self, tokens: fx.Node | None) -> fx.Node:
+        """The image selection (a Selection-valued node)."""
+        grid = self.site.grid
+        if self.method.static:
+            sel, _ = self.method.select(None, grid, self.cfg.k)
+            parts = []
+            for field, t in zip(regions.Selection._fields, sel):
+                if t is None:
+                    parts.append(None)
+                    continue
+                attr = f"_ditreduce_{self.site.name}_{field}"
+                self.gm.register_buffer(attr, t.clone(), persistent=False)
+                with self.gm.graph.inserting_before(self.before):
+                    parts.append(self.gm.graph.get_attr(attr))
+            self.image_sel = self.call(regions.Selection, parts)
+        else:
+            self.image_sel = self.call(select_tokens, [tokens], {
+                "method": self.cfg.method, "params": self.cfg.params, "lattice": tuple(grid), "k": self.cfg.k})
+        return self.image_sel
+
+    def embedded(self, start: int, seq_len: int) -> fx.Node:
+        key = (start, seq_len)
+        if key not in self._embedded:
+            n = self.site.image[1].length
+            self._embedded[key] = self.image_sel if (start, seq_len) == (0, n) else self.call(
+                embed, [self.image_sel], {"start": start, "seq_len": seq_len})
+        return self._embedded[key]
+
+
+def _rewrite_attention(new: fx.GraphModule, site: Site, cfg) -> fx.Node:
+    node = {n.name: n for n in new.graph.nodes}[site.name]
+    a = _sdpa_args(node)
+    b = _Builder(new, site, cfg, node)
+    start, seg = site.image
+    tokens = None if b.method.static else b.call(image_tokens, [a["value"], -2, start, seg.length])
+    b.select(tokens)
+    sel = b.embedded(start, site.q_len)
+    parts = [b.call(operator.getitem, [sel, i]) for i in range(len(regions.Selection._fields))]
+    kwargs = {"reduce_q": b.method.reduces_q, "dropout_p": float(a.get("dropout_p", 0.0) or 0.0),
+              "is_causal": bool(a.get("is_causal", False)), "scale": a.get("scale"),
+              "enable_gqa": bool(a.get("enable_gqa", False))}
+    region = b.call(regions.attention_region, [a["query"], a["key"], a["value"], a.get("attn_mask"), *parts], kwargs)
+    region.meta.update(node.meta)
+    node.replace_all_uses_with(region)
+    new.graph.erase_node(node)
+    return region
+
+
+def _seg_start(dl, seg) -> int:
+    pos = 0
+    for s in dl:
+        if s == seg:
+            return pos
+        pos += axes.seg_size(s)
+    raise ValueError("image segment not in this dim")
+
+
+def _new_size(dl, seg, k: int) -> int:
+    return sum(k if s == seg else axes.seg_size(s) for s in dl)
+
+
+def _map_pos(dl, seg, k: int, p: int) -> int:
+    """A position along an original dim, mapped to the reduced dim (positions after the image shift)."""
+    start, n = _seg_start(dl, seg), axes.seg_size(seg)
+    if p <= start:
+        return p
+    if p >= start + n:
+        return p - n + k
+    raise ValueError("a cut inside the image segment")
+
+
+def _fix_sizes(node: fx.Node, labels: dict, seg, k: int) -> None:
+    """Rewrite the token-dim sizes a node states explicitly (views, expands, slices, splits)."""
+    t = node.target
+    if t in (aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.expand.default):
+        lab = labels[node]
+        shape = list(node.args[1])
+        for i, dl in enumerate(lab):
+            if any(s == seg for s in dl) and shape[i] != -1:
+                shape[i] = _new_size(dl, seg, k)
+        node.args = (node.args[0], shape, *node.args[2:])
+        return
+    x = node.args[0] if node.args else None
+    xl = labels.get(x) if isinstance(x, fx.Node) else None
+    d = token_dim(xl, seg)
+    if d is None:
+        return
+    if t in (aten.slice.Tensor, aten.slice_scatter.default):
+        o = 1 if t == aten.slice_scatter.default else 0  # slice_scatter(x, src, dim, start, end)
+        args = list(node.args)
+        dim = args[1 + o] % len(xl) if len(args) > 1 + o else 0
+        if dim != d:
+            return
+        size = axes.dim_size(xl[d])
+        lo = args[2 + o] if len(args) > 2 + o and args[2 + o] is not None else 0
+        hi = args[3 + o] if len(args) > 3 + o and args[3 + o] is not None else size
+        lo, hi = (lo + size if lo < 0 else lo), min(size, hi + size if hi < 0 else hi)
+        args = args + [None] * (4 + o - len(args))
+        args[1 + o], args[2 + o], args[3 + o] = dim, _map_pos(xl[d], seg, k, lo), _map_pos(xl[d], seg, k, hi)
+        node.args = tuple(args)
+    elif t in (aten.split_with_sizes.default, aten.split.Tensor):
+        dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % len(xl)
+        if dim != d:
+            return
+        size = axes.dim_size(xl[d])
+        sizes = list(node.args[1]) if t == aten.split_with_sizes.default else [
+            min(node.args[1], size - i) for i in range(0, size, node.args[1])]
+        bounds, pos = [], 0
+        for s in sizes:
+            bounds.append((pos, pos + s))
+            pos += s
+        new_sizes = [_map_pos(xl[d], seg, k, hi) - _map_pos(xl[d], seg, k, lo) for lo, hi in bounds]
+        node.target = aten.split_with_sizes.default
+        node.args = (x, new_sizes, dim)
+        node.kwargs = {}
+
+
+def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, labels: dict, rebuilt: dict) -> fx.Node:
+    """Apply one plan; `rebuilt` maps an earlier region's exit to the node that now carries its full
+    tensor (block after block: a block's input is the previous block's reconstructed output)."""
     nodes = {n.name: n for n in new.graph.nodes}
-    fake_mode = detect_fake_mode([n.meta.get("val") for n in new.graph.nodes if n.op == "placeholder"])
-    regions = 0
+    lab = {nodes[name]: label for name, label in labels.items() if name in nodes}
+    for old, full in rebuilt.items():
+        lab[full] = lab[nodes[old]]
+        nodes[old] = full
+    seg, n = image_seg(site), site.image[1].length
+    entry = nodes[plan.entry]
+    inner = [nodes[x] for x in plan.inner]
+    inside = set(inner)
+    first = inner[0]
+    b = _Builder(new, site, cfg, first)
+    d_e = token_dim(lab[entry], seg)
+    start_e, len_e = _seg_start(lab[entry][d_e], seg), axes.dim_size(lab[entry][d_e])
+    tokens = None if b.method.static else b.call(image_tokens, [entry, d_e, start_e, n])
+    b.select(tokens)
+    red_entry = b.call(regions.reduce_tokens, [entry, b.embedded(start_e, len_e), d_e])
+    for u in list(entry.users):
+        if u in inside:
+            u.replace_input_with(entry, red_entry)
+    for a_name, c_name in plan.gathers:
+        a, c = nodes[a_name], nodes[c_name]
+        d_a = token_dim(lab.get(a), seg)
+        if d_a is not None:  # image features from outside: reduced like the entry
+            g = b.call(regions.reduce_tokens, [a, b.embedded(_seg_start(lab[a][d_a], seg), axes.dim_size(lab[a][d_a])), d_a], before=c)
+        else:  # positional (RoPE tables): the kept tokens' rows
+            d_c = token_dim(lab[c], seg)
+            av, cv = a.meta["val"], c.meta["val"]
+            j = d_c - (cv.dim() - av.dim())
+            sel = b.embedded(_seg_start(lab[c][d_c], seg), axes.dim_size(lab[c][d_c]))
+            g = b.call(_take_kept, [a, sel, j], before=c)
+        c.replace_input_with(a, g)
+    for node in inner:
+        _fix_sizes(node, lab, seg, cfg.k)
+    for x_name in plan.exits:
+        x = nodes[x_name]
+        outside = [u for u in x.users if u not in inside]
+        d_x = token_dim(lab[x], seg)
+        sel = b.embedded(_seg_start(lab[x][d_x], seg), axes.dim_size(lab[x][d_x]))
+        after = x.next
+        if cfg.k == cfg.n:  # identity: nothing to reconstruct (exact)
+            rec = x
+        elif plan.residual:
+            delta = b.call(operator.sub, [x, red_entry], before=after)
+            rec = b.call(operator.add, [entry, b.call(regions.reconstruct_tokens, [delta, sel, d_x], before=after)],
+                         before=after)
+        else:
+            rec = b.call(regions.reconstruct_tokens, [x, sel, d_x], before=after)
+        for u in outside:
+            u.replace_input_with(x, rec)
+        rebuilt[x_name] = rec
+    return red_entry
+
+
+def _take_kept(t: torch.Tensor, sel: regions.Selection, dim: int) -> torch.Tensor:
+    """Rows of a positional tensor (RoPE table) at the kept tokens; a broadcast batch of 1 stays 1."""
+    kept = sel.kept if t.shape[0] == sel.kept.shape[0] or dim == 0 else sel.kept[:1]
+    if kept.shape[0] > 1 and t.shape[0] == 1:
+        t = t.expand(kept.shape[0], *t.shape[1:])
+    return regions.take_tokens(t, kept, dim)
+
+
+def _refresh_meta(gm: fx.GraphModule, ref: fx.GraphModule) -> None:
+    """Re-run fake-tensor propagation so every node's meta["val"] matches its new shape."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    ins = []
+    for node in ref.graph.nodes:
+        if node.op == "placeholder":
+            v = node.meta.get("val")
+            ins.append(mode.from_tensor(torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device))
+                       if isinstance(v, torch.Tensor) else v)
+    FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*ins)
+
+
+def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple, labels: dict | None = None) -> fx.GraphModule:
+    """A new GraphModule with a region in place of every site whose config is not None.
+
+    labels: the axis labels of gm by node name (needed by the wider scopes)."""
+    new = _copy_graph_module(gm)
+    for node in list(new.graph.nodes):  # export's metadata asserts would pin the old token counts
+        if node.target in CHECKS:
+            new.graph.erase_node(node)
+    regions_done, entries, rebuilt = 0, set(), {}
     for site, cfg in zip(sites, configs):
         if cfg is None:
             continue
-        node = nodes[site.name]
-        method = get_method(cfg.method)(**cfg.param_dict)
-        if not method.static:
-            raise NotImplementedError(f"method {cfg.method!r} selects in-graph; not available in this build")
-        start, seg = site.image
-        sel, _ = method.select(None, seg.grid, cfg.k)
-        full = embed_in_sequence(sel, start, site.q_len)
-        a = _sdpa_args(node)
-        consts = []
-        for field, t in zip(("kept", "src", "w"), full):
-            t = t.to(device=a["query"].meta["val"].device)
-            if field == "w":
-                t = t.to(a["query"].meta["val"].dtype)
-            attr = f"_ditreduce_{site.name}_{field}"
-            new.register_buffer(attr, t, persistent=False)
-            with new.graph.inserting_before(node):
-                ga = new.graph.get_attr(attr)
-            ga.meta["val"] = fake_mode.from_tensor(t) if fake_mode is not None else t
-            consts.append(ga)
-        kwargs = {"reduce_q": method.reduces_q, "dropout_p": float(a.get("dropout_p", 0.0) or 0.0),
-                  "is_causal": bool(a.get("is_causal", False)), "scale": a.get("scale"),
-                  "enable_gqa": bool(a.get("enable_gqa", False))}
-        with new.graph.inserting_before(node):
-            region = new.graph.call_function(
-                attention_region, (a["query"], a["key"], a["value"], a.get("attn_mask"), *consts), kwargs)
-        region.meta.update(node.meta)  # val (same shape/dtype as the sdpa output), nn_module_stack, stack_trace
-        region.meta["ditreduce_region"] = {"site": site.name, "module": site.module, "method": cfg.method,
-                                           "k": cfg.k, "n": cfg.n, "ratio": cfg.ratio,
-                                           "kept_seq": int(full.kept.shape[1]), "seq": site.q_len}
-        node.replace_all_uses_with(region)
-        new.graph.erase_node(node)
-        regions += 1
+        plan = site_plan(site, cfg)
+        if isinstance(plan, RegionPlan) and labels is not None:
+            if plan.entry in entries:  # another site of the same block already reduced this region
+                continue
+            entries.add(plan.entry)
+            marker, scope = _apply_plan(new, site, cfg, plan, labels, rebuilt), plan.scope
+        else:
+            marker, scope = _rewrite_attention(new, site, cfg), "attention"
+        kept_seq = site.q_len - cfg.n + cfg.k
+        marker.meta["ditreduce_region"] = {"site": site.name, "module": site.module, "method": cfg.method,
+                                           "k": cfg.k, "n": cfg.n, "ratio": cfg.ratio, "seq": site.q_len,
+                                           "kept_seq": kept_seq, "scope": scope}
+        regions_done += 1
+    new.graph.eliminate_dead_code()
     new.graph.lint()
     new.recompile()
-    new.meta["ditreduce_regions"] = regions
+    _refresh_meta(new, gm)
+    new.meta["ditreduce_regions"] = regions_done
     return new
 
 
+def site_plan(site: Site, cfg):
+    """The RegionPlan a site really gets for its config, or the reason it keeps `attention` (a str)."""
+    if cfg.scope == "attention":
+        return "attention"
+    if not get_method(cfg.method).reduces_q:
+        return (f"{cfg.method} reduces keys/values only: its region sits around the sdpa (the q projection "
+                "needs every token)")
+    return site.extra.get("scopes", {}).get(cfg.scope, "scope not planned for this site")
+
+
 def region_nodes(gm: fx.GraphModule) -> list[fx.Node]:
-    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target is attention_region]
+    """One node per region: the attention_region call, or a widened region's reducing node."""
+    return [n for n in gm.graph.nodes if "ditreduce_region" in n.meta]

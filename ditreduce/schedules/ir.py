@@ -3,7 +3,7 @@
     version: 1
     method: uniform          # default method for every selected site
     ratio: 0.5               # default fraction of image tokens removed
-    scope: attention         # where the region sits (only `attention` so far)
+    scope: attention+proj    # where the region sits: attention | attention+proj | block
     kinds: [self, joint]     # site kinds reduced by default (cross is never reduced by default)
     ratio_step: 0.05         # ratios are quantised to this grid: fewer distinct k, fewer variants
     num_steps: 20            # optional: needed by step_fraction rules when the pipeline does not say
@@ -26,7 +26,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Kind = Literal["self", "cross", "joint"]
-Scope = Literal["attention"]
+Scope = Literal["attention", "attention+proj", "block"]
 FORMAT_VERSION = 1
 
 
@@ -98,6 +98,7 @@ class Rule(_Strict):
     step_fraction: FractionRange | None = None
     ratio: Ratio | None = None
     method: str | None = None
+    scope: Scope | None = None
     params: dict[str, Union[float, int, str, bool]] | None = None
 
     _pre_blocks = field_validator("blocks", "steps", mode="before")(_parse_range)
@@ -109,8 +110,8 @@ class Rule(_Strict):
 
     @model_validator(mode="after")
     def _sets_something(self):
-        if self.ratio is None and self.method is None and self.params is None:
-            raise ValueError("a rule must set at least one of: ratio, method, params")
+        if self.ratio is None and self.method is None and self.params is None and self.scope is None:
+            raise ValueError("a rule must set at least one of: ratio, method, scope, params")
         if self.steps is not None and self.step_fraction is not None:
             raise ValueError("use either steps or step_fraction in one rule, not both")
         return self
@@ -149,7 +150,7 @@ class Schedule(_Strict):
     version: Literal[1] = 1
     method: str = "uniform"
     ratio: Ratio = 0.5
-    scope: Scope = "attention"
+    scope: Scope = "attention+proj"
     kinds: list[Kind] = Field(default_factory=lambda: ["self", "joint"])
     ratio_step: Annotated[float, Field(gt=0.0, le=0.5)] = 0.05
     num_steps: Annotated[int, Field(gt=0)] | None = None
@@ -165,9 +166,23 @@ class Schedule(_Strict):
     @field_validator("params")
     @classmethod
     def _param_methods(cls, v):
-        for name in v:
+        for name, params in v.items():
             _check_method(name)
+            _check_params(name, params)
         return v
+
+    @model_validator(mode="after")
+    def _rule_params(self):
+        for i, rule in enumerate(self.rules):
+            if rule.params is not None:
+                names = {rule.method} if rule.method not in (None, "none") else (
+                    {self.method} | {r.method for r in self.rules if r.method not in (None, "none")})
+                for name in names - {"none"}:
+                    try:
+                        _check_params(name, {**self.params.get(name, {}), **rule.params})
+                    except ValueError as e:
+                        raise ValueError(f"rules[{i}].params: {e}") from None
+        return self
 
     @property
     def step_dependent(self) -> bool:
@@ -180,6 +195,15 @@ def _has_negative(sel: Selector | None) -> bool:
     if isinstance(sel, IndexRange):
         return any(v is not None and v < 0 for v in (sel.start, sel.stop))
     return any(v < 0 for v in sel)
+
+
+def _check_params(name: str, params: dict) -> None:
+    from ..methods import MethodParamError, get_method
+
+    try:
+        get_method(name)(**params)
+    except MethodParamError as e:
+        raise ValueError(str(e)) from None
 
 
 def _check_method(v: str) -> str:

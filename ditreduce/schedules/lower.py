@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..methods import get_method
 from .ir import Schedule
 from .load import ScheduleError
 
@@ -18,9 +19,10 @@ REDUCIBLE_KINDS = ("self", "joint")
 class RegionConfig:
     method: str
     ratio: float            # quantised
-    k: int                  # image tokens kept
+    k: int                  # image tokens kept (as the method really keeps them: TopK groups, pooling grids)
     n: int                  # image tokens in the site
     params: tuple = ()      # sorted (name, value) pairs
+    scope: str = "attention"
 
     @property
     def param_dict(self) -> dict:
@@ -36,7 +38,7 @@ def eligible(site, schedule: Schedule) -> str | None:
     if site.skip_reason:
         return site.skip_reason
     if site.kind not in REDUCIBLE_KINDS:
-        return f"{site.kind}-attention: keys are another token source; scope `attention` reduces self and joint sites"
+        return f"{site.kind}-attention: keys are another token source; only self and joint sites are selected"
     if site.kind not in schedule.kinds:
         return f"kind {site.kind} not in schedule kinds {schedule.kinds}"
     return None
@@ -49,7 +51,7 @@ def quantise(ratio: float, step: float) -> float:
 def site_config(schedule: Schedule, site, num_blocks: int, step: int | None, num_steps: int | None) -> RegionConfig | None:
     if eligible(site, schedule) is not None:
         return None
-    method, ratio = schedule.method, schedule.ratio
+    method, ratio, scope = schedule.method, schedule.ratio, schedule.scope
     params = dict(schedule.params.get(method, {}))
     for rule in schedule.rules:
         if not rule.matches_site(site.block, num_blocks, site.module, site.kind):
@@ -66,14 +68,20 @@ def site_config(schedule: Schedule, site, num_blocks: int, step: int | None, num
             params = dict(schedule.params.get(method, {}))
         if rule.ratio is not None:
             ratio = rule.ratio
+        if rule.scope is not None:
+            scope = rule.scope
         if rule.params is not None:
             params.update(rule.params)
     if method == "none":
         return None
-    n = site.image[1].length
+    n, grid = site.image[1].length, site.image[1].grid
     q = quantise(ratio, schedule.ratio_step)
-    k = max(1, n - round(q * n))
-    return RegionConfig(method, q, k, n, tuple(sorted(params.items())))
+    impl = get_method(method)
+    if q > impl.max_ratio:
+        raise ScheduleError(f"ratio {q:g} at {site.module or site.name}: method {method!r} supports ratios up to "
+                            f"{impl.max_ratio:g} (see README 'Methods'); lower the ratio or pick another method")
+    k = impl(**params).kept_count(n, max(1, n - round(q * n)), grid)
+    return RegionConfig(method, q, k, n, tuple(sorted(params.items())), scope)
 
 
 def _negative(sel) -> bool:

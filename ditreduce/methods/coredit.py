@@ -1,0 +1,70 @@
+"""`coredit` (CoReDiT, arXiv 2605.14191): spatial-coherence pruning with neighbour reconstruction.
+
+- Score: the spatial-coherence score of every image token, the mean cosine similarity to its in-frame
+  lattice neighbours (8 inside, fewer at the border, no wrap-around), by shifted tensors: O(8·N·C).
+- Structured pruning: in every 2×2 window the least coherent token is an anchor and always kept; of
+  the others the most coherent are pruned. Every pruned token therefore keeps a retained neighbour
+  (its window's anchor) inside its 3×3 reconstruction window; hence ratio <= 0.75. q and k/v are
+  reduced alike.
+- Reconstruction: a pruned token's output is the similarity-weighted mean of its retained neighbours'
+  outputs, w_ij = softmax_j(cos_ij / tau) over the kept neighbours j (rows sum to 1), in the ABI's
+  fixed-slot form: slot 0 is the token itself (weight 1 if kept), slots 1-8 the 8 directions.
+- CFG (`cfg`): `per_sample` scores every sample of the batch on its own; `shared` averages the scores
+  and similarities of the two halves of a CFG batch [uncond | cond] so both halves keep the same tokens.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..regions import Selection, identity_selection
+from .base import Method, register_method
+from .lattice import (grouped_k, inverse_positions, neighbour_cosines, neighbour_table, share_cfg_halves,
+                      topk_indices, window_min)
+
+ANCHOR_PRIORITY = 1e4  # added to the keep score of a window's anchor: always kept
+
+
+def coherence(sims: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[B, N] spatial-coherence score from [B, N, 8] neighbour cosines and the [N, 8] inside-frame mask."""
+    v = valid.to(sims.dtype)
+    return (sims * v).sum(-1) / v.sum(-1).clamp(min=1)
+
+
+def coredit_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, tau: float = 0.1,
+                   cfg: str = "per_sample") -> Selection:
+    """In-graph selection on the image tokens x [B, N, C] of one region."""
+    b, n, _ = x.shape
+    if k >= n:
+        return identity_selection(n, device=x.device)
+    nbr, valid = neighbour_table(tuple(lattice))
+    nbr, valid = nbr.to(x.device), valid.to(x.device)
+    sims = neighbour_cosines(x, lattice)                          # [B, N, 8]
+    if cfg == "shared":
+        sims = share_cfg_halves(sims)
+    sc = coherence(sims, valid)                                   # [B, N]
+    anchor = (sc <= window_min(sc, lattice)).to(sc.dtype)
+    kept = topk_indices(anchor * ANCHOR_PRIORITY - sc, k)          # anchors, then the least coherent
+    inv, keep = inverse_positions(kept, n)                        # [B, N] position in kept, 1.0 if kept
+    nbr_keep = keep.index_select(1, nbr.reshape(-1)).reshape(b, n, -1)      # [B, N, 8]
+    usable = (nbr_keep > 0) & valid & (keep[..., None] == 0)
+    logits = torch.where(usable, sims / tau, torch.full_like(sims, -1e4))
+    wn = torch.softmax(logits, -1) * usable.to(sims.dtype)
+    w = torch.cat([keep[..., None], wn], -1)                      # [B, N, 9]
+    src_n = inv.index_select(1, nbr.reshape(-1)).reshape(b, n, -1)
+    src = torch.cat([inv[..., None], src_n], -1)
+    return Selection(kept, src, w.to(x.dtype))
+
+
+@register_method
+class CoReDiT(Method):
+    name = "coredit"
+    static = False
+    max_ratio = 0.75
+    defaults = {"tau": 0.1, "cfg": "per_sample"}
+    choices = {"cfg": ("per_sample", "shared")}
+
+    def kept_count(self, n, k, lattice):
+        return grouped_k(n, k)
+
+    def select(self, x, lattice, k, state=None):
+        return coredit_select(x, tuple(lattice), int(k), **self.params), state

@@ -1,0 +1,143 @@
+"""Lattice helpers the methods share: neighbour similarities by shifted tensors (linear in N, never
+N×N), static neighbour / window tables, TopK that respects the lowering limit, and the inverse map of a
+kept set. Everything traces to Pad / Slice / Gather / TopK / ScatterElements (no reduction)."""
+from __future__ import annotations
+
+import math
+from functools import lru_cache, wraps
+
+import torch
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import unset_fake_temporarily
+from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+
+MAX_TOPK = 3840  # TensorRT's TopK limit: K must be a constant <= 3840
+# the 8 in-frame neighbours, in a fixed order (slot m+1 of a reconstruct selection is direction m)
+DIRECTIONS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def static_table(fn):
+    """Cache a function of (lattice, ints) that builds constant tables, and build them as real tensors
+    even when first called while a graph is traced (fake tensors, export): they are graph constants."""
+    cached = lru_cache(maxsize=64)(fn)
+
+    @wraps(fn)
+    def wrapper(*args):
+        with unset_fake_temporarily(), disable_proxy_modes_tracing(), torch.no_grad():
+            return cached(*args)
+    return wrapper
+
+
+def frames(lattice: tuple[int, ...]) -> tuple[int, int, int]:
+    """(F, H, W) of an image (H, W) or video (F, H, W) lattice; neighbours are taken within a frame."""
+    return (1, *lattice) if len(lattice) == 2 else tuple(lattice)
+
+
+def as_lattice(x: torch.Tensor, lattice) -> torch.Tensor:
+    """[B, N, C] -> [B, F, H, W, C]."""
+    f, h, w = frames(lattice)
+    return x.reshape(x.shape[0], f, h, w, x.shape[-1])
+
+
+def shift(t: torch.Tensor, dy: int, dx: int, pad_value: float = 0.0) -> torch.Tensor:
+    """t[..., y + dy, x + dx, :] on a [B, F, H, W, C] tensor; outside the lattice reads pad_value."""
+    h, w = t.shape[2], t.shape[3]
+    r = max(abs(dy), abs(dx))
+    p = F.pad(t, (0, 0, r, r, r, r), value=pad_value)
+    return p[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
+
+
+def neighbour_cosines(x: torch.Tensor, lattice) -> torch.Tensor:
+    """[B, N, 8]: cosine similarity of every token to its 8 in-frame neighbours (0 outside the frame)."""
+    u = as_lattice(F.normalize(x.float(), dim=-1), lattice)
+    sims = [(u * shift(u, dy, dx)).sum(-1) for dy, dx in DIRECTIONS]
+    return torch.stack(sims, -1).reshape(x.shape[0], -1, len(DIRECTIONS))
+
+
+@static_table
+def neighbour_table(lattice: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Static ([N, 8] neighbour token index (itself where outside), [N, 8] bool inside the frame)."""
+    f, h, w = frames(lattice)
+    fi, yi, xi = torch.meshgrid(torch.arange(f), torch.arange(h), torch.arange(w), indexing="ij")
+    idx, valid = [], []
+    for dy, dx in DIRECTIONS:
+        ny, nx = yi + dy, xi + dx
+        ok = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+        j = (fi * h + ny.clamp(0, h - 1)) * w + nx.clamp(0, w - 1)
+        self_i = (fi * h + yi) * w + xi
+        idx.append(torch.where(ok, j, self_i).reshape(-1))
+        valid.append(ok.reshape(-1))
+    return torch.stack(idx, -1), torch.stack(valid, -1)
+
+
+def window_min(score: torch.Tensor, lattice, size: int = 2) -> torch.Tensor:
+    """[B, N]: the minimum of `score` over each token's size×size window (partial windows at the border)."""
+    f, h, w = frames(lattice)
+    b = score.shape[0]
+    hp, wp = math.ceil(h / size) * size, math.ceil(w / size) * size
+    s = score.reshape(b, f, h, w)
+    s = F.pad(s, (0, wp - w, 0, hp - h), value=float("inf"))
+    m = s.reshape(b, f, hp // size, size, wp // size, size).amin(dim=(3, 5))
+    m = m[:, :, :, None, :, None].expand(b, f, hp // size, size, wp // size, size).reshape(b, f, hp, wp)
+    return m[:, :, :h, :w].reshape(b, -1)
+
+
+def topk_groups(n: int, k: int) -> int:
+    """Number of equal groups a TopK of k out of n must be split into (1 when k <= MAX_TOPK)."""
+    if k <= MAX_TOPK:
+        return 1
+    g = math.ceil(k / MAX_TOPK)
+    while n % g or math.ceil(k / g) > MAX_TOPK:
+        g += 1
+    return g
+
+
+def grouped_k(n: int, k: int) -> int:
+    """The k a grouped TopK really selects: a multiple of the group count."""
+    g = topk_groups(n, k)
+    return k if g == 1 else min(n, max(g, g * round(k / g)))
+
+
+def topk_indices(score: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, k] indices of the largest scores; above MAX_TOPK, per contiguous group (rows of the lattice),
+    k / G in each, so that every TopK has a constant K <= MAX_TOPK. k must come from grouped_k."""
+    b, n = score.shape
+    g = topk_groups(n, k)
+    if g == 1:
+        return torch.topk(score, k, dim=1).indices
+    per = n // g
+    idx = torch.topk(score.reshape(b, g, per), k // g, dim=2).indices
+    return (idx + torch.arange(g, device=score.device)[:, None] * per).reshape(b, k)
+
+
+def inverse_positions(kept: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, N] position of each token in `kept` (0 where not kept), [B, N] 1.0 where kept), by a plain
+    scatter (no reduction: every index is written once)."""
+    b, k = kept.shape
+    pos = torch.arange(k, device=kept.device).expand(b, k)
+    inv = torch.zeros(b, n, dtype=torch.long, device=kept.device).scatter(1, kept, pos)
+    mask = torch.zeros(b, n, device=kept.device).scatter(1, kept, torch.ones(b, k, device=kept.device))
+    return inv, mask
+
+
+def share_cfg_halves(t: torch.Tensor) -> torch.Tensor:
+    """Average a per-sample tensor over the two halves of a CFG batch [uncond | cond] and give both
+    halves the mean, so that they select identically. Odd batches are returned unchanged."""
+    b = t.shape[0]
+    if b % 2:
+        return t
+    m = (t[: b // 2] + t[b // 2:]) * 0.5
+    return torch.cat([m, m], 0)
+
+
+def nearest_kept(lattice: tuple[int, ...], kept: torch.Tensor) -> torch.Tensor:
+    """Static: [N] position in `kept` of every token's nearest kept token (Euclidean on the lattice)."""
+    axes = [torch.arange(s, dtype=torch.float32) for s in lattice]
+    coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(lattice))
+    kc = coords[kept]
+    n = coords.shape[0]
+    src = torch.empty(n, dtype=torch.long)
+    for lo in range(0, n, 2048):  # chunked: computed once per (lattice, k)
+        src[lo:lo + 2048] = torch.cdist(coords[lo:lo + 2048], kc).argmin(1)
+    src[kept] = torch.arange(kept.shape[0])
+    return src

@@ -1,0 +1,151 @@
+"""`tome` (ToMe for Stable Diffusion, dbolya/tomesd semantics) under the region ABI.
+
+- Destinations: one per 2×2 window, its position drawn by a dedicated generator seeded by `seed`
+  (shared by the batch, as tomesd does); every other token is a source.
+- Matching: each source's similarity (cosine) to candidate destinations; the r = N − k sources with
+  the highest best-similarity merge into their best destination (by mean, dst and its sources weighted
+  equally, as tomesd's scatter_reduce("mean")); unmerge copies the destination's output.
+- Local matching: a source's candidates are the destinations of its own and the 8 surrounding windows
+  (a 6×6-token neighbourhood), not all destinations. This is what gives the merge a fixed slot count
+  (a destination can only absorb the 27 sources of its 3×3 windows), so the merge is gathers and
+  multiplies — no scatter_reduce — and lowers to TensorRT.
+- Above 3840 sources the top-r choice runs per contiguous band of sources (TopK's limit).
+"""
+from __future__ import annotations
+
+import math
+import torch
+import torch.nn.functional as F
+
+from ..regions import Selection, identity_selection
+from .base import Method, register_method
+from .lattice import frames, inverse_positions, share_cfg_halves, shift, static_table, topk_groups
+
+OFFSETS = tuple((oy, ox) for oy in (-1, 0, 1) for ox in (-1, 0, 1))
+
+
+@static_table
+def tome_tables(lattice: tuple[int, ...], seed: int) -> dict:
+    """Static tables of the bipartite split: dst / src token lists and the local candidate structure."""
+    f, h, w = frames(lattice)
+    hw, ww = math.ceil(h / 2), math.ceil(w / 2)
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randint(0, 4, (f, hw, ww), generator=g)
+    dy, dx = pick // 2, pick % 2
+    wy, wx = torch.arange(hw)[:, None] * 2, torch.arange(ww)[None] * 2
+    # a pick outside a partial border window falls back to the window's top-left token
+    dy = torch.where(wy + dy < h, dy, 0)
+    dx = torch.where(wx + dx < w, dx, 0)
+    dst_tok = ((torch.arange(f)[:, None, None] * h + wy + dy) * w + wx + dx).reshape(-1)
+    n, d = f * h * w, dst_tok.numel()
+    is_dst = torch.zeros(n, dtype=torch.bool)
+    is_dst[dst_tok] = True
+    src_tok = torch.arange(n)[~is_dst]
+    fi, yi, xi = src_tok // (h * w), (src_tok // w) % h, src_tok % w
+    win_y, win_x = yi // 2, xi // 2
+    cand, cvalid = [], []
+    for oy, ox in OFFSETS:
+        cy, cx = win_y + oy, win_x + ox
+        ok = (cy >= 0) & (cy < hw) & (cx >= 0) & (cx < ww)
+        cand.append((fi * hw + cy.clamp(0, hw - 1)) * ww + cx.clamp(0, ww - 1))
+        cvalid.append(ok)
+    cand, cvalid = torch.stack(cand, -1), torch.stack(cvalid, -1)  # [S, 9] dst-list index, inside the frame
+    # reverse: for each dst, the sources that may merge into it, and through which offset
+    s = src_tok.numel()
+    slots = [[] for _ in range(d)]
+    for si in range(s):
+        for o in range(len(OFFSETS)):
+            if cvalid[si, o]:
+                slots[int(cand[si, o])].append((si, o))
+    r = max(len(x) for x in slots)
+    dsrc = torch.zeros(d, r, dtype=torch.long)
+    doff = torch.full((d, r), -1, dtype=torch.long)
+    for j, lst in enumerate(slots):
+        for t, (si, o) in enumerate(lst):
+            dsrc[j, t], doff[j, t] = si, o
+    return {"dst_tok": dst_tok, "src_tok": src_tok, "cand": cand, "cvalid": cvalid, "dsrc": dsrc, "doff": doff,
+            "up_y": torch.arange(h) // 2, "up_x": torch.arange(w) // 2, "win": (f, hw, ww)}
+
+
+def merge_groups(s: int, r: int) -> int:
+    """Groups the ordering of s sources is split into so that each TopK sorts <= 3840 of them."""
+    return topk_groups(s, s)
+
+
+def tome_kept(n: int, k: int, lattice: tuple[int, ...]) -> int:
+    f, h, w = frames(lattice)
+    d = f * math.ceil(h / 2) * math.ceil(w / 2)
+    s = n - d
+    r = min(n - k, s)
+    g = merge_groups(s, r)
+    return n - (g * round(r / g) if g > 1 else r)
+
+
+def _local_similarity(u: torch.Tensor, t: dict, lattice) -> torch.Tensor:
+    """[B, N, 9] cosine of every token to the destinations of the 3×3 windows around its own."""
+    f, h, w = frames(lattice)
+    b, c = u.shape[0], u.shape[-1]
+    ud = u.index_select(1, t["dst_tok"].to(u.device)).reshape(b, *t["win"], c)
+    up = ud.index_select(2, t["up_y"].to(u.device)).index_select(3, t["up_x"].to(u.device))  # [B, F, H, W, C]
+    ul = u.reshape(b, f, h, w, c)
+    return torch.stack([(ul * shift(up, 2 * oy, 2 * ox)).sum(-1) for oy, ox in OFFSETS], -1).reshape(b, -1, 9)
+
+
+def tome_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, seed: int = 0, cfg: str = "per_sample") -> Selection:
+    b, n, _ = x.shape
+    if k >= n:
+        return identity_selection(n, device=x.device)
+    t = {key: (v.to(x.device) if isinstance(v, torch.Tensor) else v) for key, v in tome_tables(tuple(lattice), seed).items()}
+    u = F.normalize(x.float(), dim=-1)
+    src_tok, dst_tok = t["src_tok"], t["dst_tok"]
+    s, d = src_tok.numel(), dst_tok.numel()
+    sims = _local_similarity(u, t, lattice).index_select(1, src_tok)        # [B, S, 9]
+    if cfg == "shared":
+        sims = share_cfg_halves(sims)
+    sims = torch.where(t["cvalid"], sims, torch.full_like(sims, -2.0))
+    best, arg = sims.max(-1)                                                  # [B, S]
+    merged, unmerged = _split_sources(best, n - k)
+    kept = torch.cat([dst_tok.expand(b, d), src_tok.index_select(0, unmerged.reshape(-1)).reshape(b, -1)], 1)
+    mm = torch.zeros(b, s, device=x.device).scatter(1, merged, torch.ones_like(merged, dtype=torch.float32))
+    # merge slots: dst j absorbs the merged sources whose best candidate is j
+    dsrc, doff = t["dsrc"], t["doff"]
+    a = mm.index_select(1, dsrc.reshape(-1)).reshape(b, d, -1)
+    a = a * (arg.index_select(1, dsrc.reshape(-1)).reshape(b, d, -1) == doff).to(a.dtype)
+    mw = torch.cat([torch.ones(b, d, 1, device=x.device), a], -1)
+    mw = mw / mw.sum(-1, keepdim=True)
+    msrc = torch.cat([dst_tok[:, None], src_tok.index_select(0, dsrc.reshape(-1)).reshape(d, -1)], -1)[None]
+    # unmerge: a merged source copies its destination's output
+    target_dst = t["cand"].expand(b, s, 9).gather(2, arg[..., None])[..., 0]  # dst-list index
+    src_target = torch.where(mm > 0, dst_tok.index_select(0, target_dst.reshape(-1)).reshape(b, s), src_tok.expand(b, s))
+    target = torch.cat([dst_tok.expand(b, d), src_target], 1)                 # in [dst | src] token order
+    order = torch.cat([dst_tok, src_tok])
+    target = target.index_select(1, torch.argsort(order))                     # static inverse permutation
+    inv, _ = inverse_positions(kept, n)
+    return Selection(kept, inv.gather(1, target)[..., None], None, msrc, mw.to(x.dtype))
+
+
+def _split_sources(best: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(merged [B, r], unmerged [B, S - r]) source-list indices: the r most similar merge. Above the
+    TopK limit the sources are ordered per contiguous band, r / G merging in each."""
+    b, s = best.shape
+    g = merge_groups(s, r)
+    per = s // g
+    order = torch.topk(best.reshape(b, g, per), per, dim=2).indices
+    order = order + torch.arange(g, device=best.device)[:, None] * per
+    rg = r // g
+    return order[:, :, :rg].reshape(b, -1), order[:, :, rg:].reshape(b, -1)
+
+
+@register_method
+class ToMe(Method):
+    name = "tome"
+    static = False
+    max_ratio = 0.75
+    defaults = {"seed": 0, "cfg": "per_sample"}
+    choices = {"cfg": ("per_sample", "shared")}
+
+    def kept_count(self, n, k, lattice):
+        return tome_kept(n, k, tuple(lattice))
+
+    def select(self, x, lattice, k, state=None):
+        return tome_select(x, tuple(lattice), int(k), **self.params), state
