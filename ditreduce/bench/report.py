@@ -49,6 +49,9 @@ class TimingRecord(_Rec):
     run_speedup: Stat           # steps × dense / Σ_steps variant time, per repeat
     achieved_over_ideal: float  # run_speedup.median / flops.ideal_speedup
     repeats: int
+    dense_times: list[float]            # raw seconds per repeat (the speedups are computed from these)
+    variant_times: list[list[float]]    # [variant][repeat]; variant of each step: Row.per_step_variant
+    busiest_variant: int
 
 
 class MemoryRecord(_Rec):

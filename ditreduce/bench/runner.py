@@ -283,7 +283,8 @@ def bench_model(bm: BenchModel, settings: BenchSettings, matched: list[MatchedRa
                                   reduced_s=_stat(vt[busiest]),
                                   call_speedup=_stat(speed.per_repeat_speedups(times["dense"], vt[busiest])),
                                   run_speedup=run_sp, achieved_over_ideal=run_sp.median / flops.ideal_speedup,
-                                  repeats=settings.repeats)
+                                  repeats=settings.repeats, dense_times=times["dense"], variant_times=vt,
+                                  busiest_variant=busiest)
             rows.append(Row(**base, backend=backend, variants=len(run.keys), per_step_variant=run.per_step,
                             capture_s=run.capture_s, compile_s=run.compile_s, flops=flops, timing=timing,
                             memory=mem if backend == "eager" else None, quality=qual))
