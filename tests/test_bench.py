@@ -190,3 +190,18 @@ def test_bad_requests_are_named_errors(monkeypatch, capsys):
         runner.compile_for(torch.nn.Linear(2, 2), {"method": "uniform"}, "inductor")
     with pytest.raises(runner.BackendUnavailableError, match="no `backend=`"):
         runner.validate(runner.BenchSettings(methods=["uniform"], backends=["eager", "onnxruntime"]))
+
+
+def test_demo_auto_runs_the_preferred_registered_method(monkeypatch, tmp_path, capsys):
+    from ditreduce.methods import METHODS
+    from ditreduce.methods.uniform import Uniform
+
+    # a stand-in registered as "todo" outranks uniform in the bench's order of preference
+    monkeypatch.setitem(METHODS, "todo", type("ToDoStandIn", (Uniform,), {"name": "todo", "reduces_q": False}))
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--samples", "1", "--steps", "5", "--res", "32", "--schedule", "auto", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    row = next(ln for ln in text.splitlines() if ln.startswith("todo 0.5, first 20% dense"))
+    attn, whole = (float(x) for x in row.split()[-4:-2])
+    assert 0 < attn < 1 and attn < whole < 1   # k/v halved on 4 of 5 steps; the linears keep their cost
+    assert out.exists()

@@ -161,7 +161,7 @@ def match_ratios(settings: BenchSettings) -> list[MatchedRatio]:
 
 
 # ---------------------------------------------------------------------------------------------- one model
-class _Variants:
+class Variants:
     """A reduced model captured on the bench call, its distinct variants over a run and a caller per variant."""
 
     def __init__(self, reduced, kwargs: dict, steps: int):
@@ -192,7 +192,7 @@ def _stat(values: list[float]) -> Stat:
     return Stat(**speed.stats(values))
 
 
-def _flops_record(dense: Flops, per_variant: list[Flops], per_step: list[int]) -> tuple[FlopsRecord, int]:
+def flops_record(dense: Flops, per_variant: list[Flops], per_step: list[int]) -> tuple[FlopsRecord, int]:
     busiest = min(range(len(per_variant)), key=lambda v: (per_variant[v].attention, per_variant[v].whole))
     steps = len(per_step)
     run_w = sum(per_variant[v].whole for v in per_step)
@@ -244,10 +244,10 @@ def bench_model(bm: BenchModel, settings: BenchSettings, matched: list[MatchedRa
         base = dict(model=bm.name, image_tokens=bm.image_tokens, blocks=bm.blocks, method=method, scope=scope,
                     nominal_ratio=nominal, ratio=ratio, schedule=sched, steps=settings.steps)
         try:
-            eager = _Variants(compile_for(bm.module, sched, "eager"), kw, settings.steps)
+            eager = Variants(compile_for(bm.module, sched, "eager"), kw, settings.steps)
             with torch.no_grad():
                 per_variant = [count_flops(eager.caller(v)) for v in range(len(eager.keys))]
-            flops, busiest = _flops_record(dense_flops, per_variant, eager.per_step)
+            flops, busiest = flops_record(dense_flops, per_variant, eager.per_step)
             mem = None
             if settings.memory:
                 with torch.no_grad():
@@ -268,7 +268,7 @@ def bench_model(bm: BenchModel, settings: BenchSettings, matched: list[MatchedRa
             continue
         for backend in settings.backends:
             try:
-                run = eager if backend == "eager" else _Variants(compile_for(bm.module, sched, backend), kw,
+                run = eager if backend == "eager" else Variants(compile_for(bm.module, sched, backend), kw,
                                                                  settings.steps)
             except NAMED_ERRORS as e:
                 rows.append(Row(**base, backend=backend, error=f"{type(e).__name__}: {e}"))
