@@ -180,16 +180,17 @@ def markdown(res: BenchResults) -> str:
         out += [f"- {r.model} {r.label} {r.backend}: {r.error}" for r in errs]
         out.append("")
     steps = res.settings.get("steps")
-    out.append(f"{steps} steps; first {res.settings.get('dense_fraction', 0):g} of the steps dense; "
+    out.append(f"{steps} steps, the first {res.settings.get('dense_fraction', 0):.0%} of them dense; "
                f"{res.machine.get('threads')} threads on {res.machine.get('cpu')}; fp32.")
     return "\n".join(out) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- plots
 def pareto_series(res: BenchResults) -> dict[str, list[tuple[float, float, float, float]]]:
-    """{method: [(run speedup median, min, max, quality)]} sorted by speedup. Quality is PSNR (dB) where
-    the model was sampled, else the FLOPs-ideal speedup (speed-only runs)."""
-    rows = [r for r in res.rows if r.timing is not None and r.flops is not None]
+    """{method: [(run speedup median, min, max, quality)]} sorted by speedup, for the first backend of the
+    run. Quality is PSNR (dB) where the model was sampled, else the FLOPs-ideal speedup (speed-only runs)."""
+    backend = (res.settings.get("backends") or ["eager"])[0]   # one backend per plot: the first asked for
+    rows = [r for r in res.rows if r.timing is not None and r.flops is not None and r.backend == backend]
     use_psnr = any(r.quality is not None for r in rows)
     series: dict[str, list] = {}
     for r in rows:
