@@ -205,3 +205,16 @@ def test_demo_auto_runs_the_preferred_registered_method(monkeypatch, tmp_path, c
     attn, whole = (float(x) for x in row.split()[-4:-2])
     assert 0 < attn < 1 and attn < whole < 1   # k/v halved on 4 of 5 steps; the linears keep their cost
     assert out.exists()
+
+
+def test_a_model_the_schedule_cannot_reduce_is_an_error_row_not_a_dense_number():
+    import zoo
+    from ditreduce.bench.models import BenchModel
+
+    model, kw = zoo.build("sana")  # its only softmax attention is cross-attention
+    settings = runner.BenchSettings(methods=["uniform"], ratios=[0.5], quality=False, memory=False, repeats=1,
+                                    steps=4, equal_flops=False)
+    assert runner.match_ratios(settings) == []
+    (row,) = runner.bench_model(BenchModel("sana", model, kw), settings, [])
+    assert row.error.startswith("ScheduleError: the schedule reduces no attention site")
+    assert row.timing is None and row.flops is None and row.ratio == 0.5

@@ -144,17 +144,31 @@ def probe_model():
 
 def match_ratios(settings: BenchSettings) -> list[MatchedRatio]:
     """For each (method, scope): the exponent measured on the probe and the ratio giving each nominal
-    ratio's self-attention FLOPs, (1 − nominal)², i.e. what a q+kv method at the nominal ratio costs."""
+    ratio's self-attention FLOPs, (1 − nominal)², i.e. what a q+kv method at the nominal ratio costs.
+    Empty (no probe) when equal FLOPs is off: the ratios then run as given."""
+    if not settings.equal_flops:
+        return []
     model, kw = probe_model()
     dense = count_flops(lambda: model(**kw))
     out = []
     for method in settings.methods:
         for scope in settings.scopes:
-            reduced = compile_for(model, make_schedule(method, PROBE_RATIO, scope, 0.0), "eager")
-            reduced.capture(**kw)
-            probe = count_flops(lambda: reduced(**kw))
+            try:
+                reduced = compile_for(model, make_schedule(method, PROBE_RATIO, scope, 0.0), "eager")
+                # a two-step generation, counted at the second step: a method that carries state across
+                # steps (or treats the first step apart) is probed in its steady state
+                with torch.no_grad(), reduced.generation(num_steps=2):
+                    reduced(**kw)
+                    probe = count_flops(lambda: reduced(**dict(kw, timestep=kw["timestep"] - 100)))
+            except NAMED_ERRORS as e:
+                raise BenchError(f"FLOPs probe of method {method!r} in scope {scope!r} failed: {type(e).__name__}: "
+                                 f"{e}") from None
             p = attention_exponent(dense, probe, PROBE_RATIO)
-            ratios = {str(r): (matched_ratio((1 - r) ** 2, p) if settings.equal_flops else r) for r in settings.ratios}
+            if p < 0.5:
+                raise BenchError(f"FLOPs probe: method {method!r} in scope {scope!r} at ratio {PROBE_RATIO} cut "
+                                 f"attention FLOPs only to {probe.attention / dense.attention:.3f} of dense on the "
+                                 "probe DiT, so no equal-FLOPs ratio can be derived; use --no-equal-flops")
+            ratios = {str(r): matched_ratio((1 - r) ** 2, p) for r in settings.ratios}
             out.append(MatchedRatio(method=method, scope=scope, exponent=round(p, 4),
                                     reduces="q+kv" if p > 1.5 else "kv", ratios=ratios))
     return out
