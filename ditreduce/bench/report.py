@@ -2,7 +2,6 @@
 image grid. Everything here reads a `BenchResults`; nothing measures."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -268,7 +267,3 @@ def write_outputs(res: BenchResults, out_dir: str | Path, grid_rows=None) -> dic
         paths["grid"] = out / "grid.png"
         save_image_grid(grid_rows, paths["grid"])
     return paths
-
-
-def finite(x: float) -> bool:
-    return x is not None and math.isfinite(x)
