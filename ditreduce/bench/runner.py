@@ -54,7 +54,7 @@ def default_methods() -> list[str]:
 def known_scopes() -> list[str]:
     from ..schedules import ir
 
-    return list(typing.get_args(ir.Scope))
+    return [str(a) for a in typing.get_args(getattr(ir, "Scope", None))]  # for messages; load_schedule decides
 
 
 @dataclass
@@ -92,8 +92,11 @@ def validate(settings: BenchSettings) -> None:
         if m not in registered_methods():
             raise BenchError(f"--methods: {m!r} is not registered; registered: {', '.join(registered_methods())}")
     for s in settings.scopes:
-        if s not in known_scopes():
-            raise BenchError(f"--scopes: {s!r} is not a scope of this build; allowed: {', '.join(known_scopes())}")
+        try:
+            load_schedule(make_schedule(settings.methods[0], 0.5, s, 0.0))
+        except ScheduleError as e:
+            allowed = ", ".join(known_scopes()) or "see `ditreduce schema`"
+            raise BenchError(f"--scopes: {s!r} is not a scope of this build; allowed: {allowed} ({e})") from None
     for r in settings.ratios:
         if not 0 < r <= 0.95:
             raise BenchError(f"--ratios: {r} is outside (0, 0.95]")
