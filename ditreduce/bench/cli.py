@@ -85,7 +85,11 @@ def cmd_bench(args) -> int:
     except (BenchError, BenchModelError, ScheduleError) as e:
         print(f"ditreduce bench: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    paths = write_outputs(res, args.out, grid_rows)
+    sampler = next((m for m in models if m.can_sample), None)
+    titles = None if sampler is None else [
+        f"seed {s}: {sampler.small_dit.class_names[i % len(sampler.small_dit.class_names)]}"
+        for i, s in enumerate(range(settings.seeds))]
+    paths = write_outputs(res, args.out, grid_rows, titles)
     from .report import markdown
 
     if res.equal_flops:

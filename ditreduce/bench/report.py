@@ -226,7 +226,7 @@ def pareto_figure(res: BenchResults):
     return fig
 
 
-def save_image_grid(rows: list[tuple[str, "object"]], path: str | Path) -> None:
+def save_image_grid(rows: list[tuple[str, "object"]], path: str | Path, col_titles: list[str] | None = None) -> None:
     """rows: [(label, images (n, 3, H, W) in [-1, 1])]; one row per label, one column per seed."""
     import matplotlib
 
@@ -237,7 +237,9 @@ def save_image_grid(rows: list[tuple[str, "object"]], path: str | Path) -> None:
 
     n = max(len(imgs) for _, imgs in rows)
     label_w = 1.5  # inches for the row labels
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n + label_w, 1.2 * len(rows) + 0.1), dpi=110, squeeze=False)
+    top = 0.3 if col_titles else 0.0  # inches for the column titles
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n + label_w, 1.2 * len(rows) + 0.1 + top), dpi=110,
+                             squeeze=False)
     for i, (label, imgs) in enumerate(rows):
         for j in range(n):
             ax = axes[i][j]
@@ -246,12 +248,15 @@ def save_image_grid(rows: list[tuple[str, "object"]], path: str | Path) -> None:
             if j < len(imgs):
                 ax.imshow(to_unit(imgs[j]), interpolation="nearest")
         axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
-    fig.subplots_adjust(left=label_w / (1.2 * n + label_w), right=0.99, top=0.99, bottom=0.01, wspace=0.03, hspace=0.05)
+    for j, title in enumerate((col_titles or [])[:n]):
+        axes[0][j].set_title(title, fontsize=7)
+    fig.subplots_adjust(left=label_w / (1.2 * n + label_w), right=0.99,
+                        top=1 - (top + 0.02) / (1.2 * len(rows) + 0.1 + top), bottom=0.01, wspace=0.03, hspace=0.05)
     fig.savefig(path)
     plt.close(fig)
 
 
-def write_outputs(res: BenchResults, out_dir: str | Path, grid_rows=None) -> dict[str, Path]:
+def write_outputs(res: BenchResults, out_dir: str | Path, grid_rows=None, grid_titles=None) -> dict[str, Path]:
     """results.json, results.md, pareto.png and (when samples exist) grid.png under out_dir."""
     import matplotlib.pyplot as plt
 
@@ -265,5 +270,5 @@ def write_outputs(res: BenchResults, out_dir: str | Path, grid_rows=None) -> dic
     plt.close(fig)
     if grid_rows:
         paths["grid"] = out / "grid.png"
-        save_image_grid(grid_rows, paths["grid"])
+        save_image_grid(grid_rows, paths["grid"], grid_titles)
     return paths
