@@ -1,0 +1,274 @@
+"""Bench outputs: results.json (versioned pydantic schema), a markdown table, the Pareto plot and the
+image grid. Everything here reads a `BenchResults`; nothing measures."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+SCHEMA_VERSION = 1
+
+
+class _Rec(BaseModel):
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
+
+class Stat(_Rec):
+    median: float
+    min: float
+    max: float
+    n: int
+
+
+class FlopsRecord(_Rec):
+    """FlopCounterMode counts. Per call: the busiest reduced variant (most tokens removed). Run: summed
+    over the steps of one generation, each step with its own variant."""
+
+    whole_dense: int
+    whole_reduced: int
+    attention_dense: int
+    attention_reduced: int
+    run_whole_dense: int
+    run_whole_reduced: int
+    run_attention_dense: int
+    run_attention_reduced: int
+    whole_ratio: float          # run_whole_reduced / run_whole_dense
+    attention_ratio: float      # run_attention_reduced / run_attention_dense
+    ideal_speedup: float        # run_whole_dense / run_whole_reduced
+
+
+class TimingRecord(_Rec):
+    """Seconds per transformer call, interleaved repeats in one process; speedups per repeat."""
+
+    dense_baseline: str         # what the dense times are: "eager module" or the backend's dense
+    dense_s: Stat
+    reduced_s: Stat             # busiest variant
+    call_speedup: Stat          # dense / busiest variant, per repeat
+    run_speedup: Stat           # steps × dense / Σ_steps variant time, per repeat
+    achieved_over_ideal: float  # run_speedup.median / flops.ideal_speedup
+    repeats: int
+    dense_times: list[float]            # raw seconds per repeat (the speedups are computed from these)
+    variant_times: list[list[float]]    # [variant][repeat]; variant of each step: Row.per_step_variant
+    busiest_variant: int
+
+
+class MemoryRecord(_Rec):
+    what: str = "peak bytes of live CPU tensor storages created during one call (TorchDispatchMode tracker)"
+    dense_peak_bytes: int | None
+    reduced_peak_bytes: int | None
+    param_bytes: int
+
+
+class QualityRecord(_Rec):
+    psnr_db: Stat
+    ssim: Stat
+    seeds: list[int]
+    steps: int
+    res: int
+    guidance: float
+    sample_s_dense: float
+    sample_s_reduced: float
+
+
+class Row(_Rec):
+    model: str
+    image_tokens: int | None
+    blocks: int | None
+    method: str
+    scope: str
+    backend: str
+    nominal_ratio: float
+    ratio: float
+    schedule: dict
+    steps: int
+    variants: int | None = None
+    per_step_variant: list[int] | None = None
+    capture_s: float | None = None
+    compile_s: float | None = None   # building every variant and its first call (rewrite / compile)
+    flops: FlopsRecord | None = None
+    timing: TimingRecord | None = None
+    memory: MemoryRecord | None = None
+    quality: QualityRecord | None = None
+    error: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.scope} r={self.ratio:g}"
+
+
+class MatchedRatio(_Rec):
+    method: str
+    scope: str
+    exponent: float             # attention FLOPs ∝ (1 − r)^exponent, measured on the probe
+    reduces: Literal["q+kv", "kv"]
+    ratios: dict[str, float]    # nominal ratio -> the ratio run
+
+
+class BenchResults(_Rec):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    ditreduce_version: str
+    created_utc: str
+    command: list[str]
+    machine: dict
+    settings: dict
+    equal_flops: bool
+    matched: list[MatchedRatio]
+    models: list[dict]
+    rows: list[Row]
+    process_peak_rss_bytes: int
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.model_dump_json(indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BenchResults":
+        return cls.model_validate_json(Path(path).read_text())
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+def _fmt_stat(s: Stat | None, unit: str = "×") -> str:
+    return "–" if s is None else f"{s.median:.2f}{unit} [{s.min:.2f}–{s.max:.2f}]"
+
+
+def _mb(b: int | None) -> str:
+    return "–" if b is None else f"{b / 2**20:.0f}"
+
+
+def markdown(res: BenchResults) -> str:
+    out = []
+    if res.matched:
+        out.append("Matched ratios (equal self-attention FLOPs; exponent p in FLOPs ∝ (1−r)^p measured on a probe):\n")
+        noms = sorted({k for m in res.matched for k in m.ratios})
+        out.append("| method | scope | reduces | p | " + " | ".join(f"nominal {n}" for n in noms) + " |")
+        out.append("|---|---|---|---|" + "---|" * len(noms))
+        for m in res.matched:
+            out.append(f"| {m.method} | {m.scope} | {m.reduces} | {m.exponent:.2f} | " +
+                       " | ".join(f"{m.ratios.get(n, float('nan')):g}" for n in noms) + " |")
+        out.append("")
+    q = [r for r in res.rows if r.quality is not None]
+    if q:
+        out.append("Quality vs dense (same seeds):\n")
+        out.append("| model | method | scope | backend | ratio | attn FLOPs | whole FLOPs | run speedup | PSNR dB | SSIM |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        for r in q:
+            out.append(f"| {r.model} | {r.method} | {r.scope} | {r.backend} | {r.ratio:g} | "
+                       f"{r.flops.attention_ratio:.3f} | {r.flops.whole_ratio:.3f} | "
+                       f"{_fmt_stat(r.timing.run_speedup if r.timing else None)} | "
+                       f"{r.quality.psnr_db.median:.2f} (min {r.quality.psnr_db.min:.2f}) | "
+                       f"{r.quality.ssim.median:.3f} (min {r.quality.ssim.min:.3f}) |")
+        out.append("")
+    s = [r for r in res.rows if r.timing is not None]
+    if s:
+        out.append("Speed (seconds per transformer call; speedups per interleaved repeat: median [min–max]):\n")
+        out.append("| model | tokens | scope | backend | method | ratio | attn FLOPs | whole FLOPs | dense s | "
+                   "call speedup | run speedup | ideal | achieved/ideal | peak MiB dense→red. | variants | capture s | compile s |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in s:
+            m = r.memory
+            out.append(f"| {r.model} | {r.image_tokens} | {r.scope} | {r.backend} | {r.method} | {r.ratio:g} | "
+                       f"{r.flops.attention_ratio:.3f} | {r.flops.whole_ratio:.3f} | {r.timing.dense_s.median:.3f} | "
+                       f"{_fmt_stat(r.timing.call_speedup)} | {_fmt_stat(r.timing.run_speedup)} | "
+                       f"{r.flops.ideal_speedup:.2f}× | {r.timing.achieved_over_ideal:.2f} | "
+                       f"{_mb(m.dense_peak_bytes if m else None)}→{_mb(m.reduced_peak_bytes if m else None)} | "
+                       f"{r.variants} | {r.capture_s:.1f} | {r.compile_s:.1f} |")
+        out.append("")
+    errs = [r for r in res.rows if r.error]
+    if errs:
+        out.append("Configurations that failed (named errors):\n")
+        out += [f"- {r.model} {r.label} {r.backend}: {r.error}" for r in errs]
+        out.append("")
+    steps = res.settings.get("steps")
+    out.append(f"{steps} steps, the first {res.settings.get('dense_fraction', 0):.0%} of them dense; "
+               f"{res.machine.get('threads')} threads on {res.machine.get('cpu')}; fp32.")
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def pareto_series(res: BenchResults) -> dict[str, list[tuple[float, float, float, float]]]:
+    """{method: [(run speedup median, min, max, quality)]} sorted by speedup, for the first backend of the
+    run. Quality is PSNR (dB) where the model was sampled, else the FLOPs-ideal speedup (speed-only runs)."""
+    backend = (res.settings.get("backends") or ["eager"])[0]   # one backend per plot: the first asked for
+    rows = [r for r in res.rows if r.timing is not None and r.flops is not None and r.backend == backend]
+    use_psnr = any(r.quality is not None for r in rows)
+    series: dict[str, list] = {}
+    for r in rows:
+        if use_psnr and r.quality is None:
+            continue
+        y = r.quality.psnr_db.median if use_psnr else r.flops.ideal_speedup
+        s = r.timing.run_speedup
+        series.setdefault(r.method, []).append((s.median, s.min, s.max, y))
+    return {m: sorted(v) for m, v in series.items()}
+
+
+def pareto_figure(res: BenchResults):
+    """One Line2D per method (quality vs run speedup); min–max speedups as horizontal LineCollections."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = pareto_series(res)
+    use_psnr = any(r.quality is not None for r in res.rows)
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    for method, pts in series.items():
+        xs, lo, hi, ys = zip(*pts)
+        (line,) = ax.plot(xs, ys, marker="o", label=method)
+        ax.hlines(ys, lo, hi, colors=line.get_color(), alpha=0.4)
+    ax.set_xlabel("run speedup over dense (median, bar: min–max of repeats)")
+    ax.set_ylabel("PSNR vs dense, dB (median over seeds)" if use_psnr else "FLOPs-ideal speedup")
+    models = sorted({r.model for r in res.rows})
+    ax.set_title(f"{', '.join(models)}: quality vs speed", fontsize=9)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save_image_grid(rows: list[tuple[str, "object"]], path: str | Path, col_titles: list[str] | None = None) -> None:
+    """rows: [(label, images (n, 3, H, W) in [-1, 1])]; one row per label, one column per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..metrics import to_unit
+
+    n = max(len(imgs) for _, imgs in rows)
+    label_w = 1.5  # inches for the row labels
+    top = 0.3 if col_titles else 0.0  # inches for the column titles
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n + label_w, 1.2 * len(rows) + 0.1 + top), dpi=110,
+                             squeeze=False)
+    for i, (label, imgs) in enumerate(rows):
+        for j in range(n):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(imgs):
+                ax.imshow(to_unit(imgs[j]), interpolation="nearest")
+        axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    for j, title in enumerate((col_titles or [])[:n]):
+        axes[0][j].set_title(title, fontsize=7)
+    fig.subplots_adjust(left=label_w / (1.2 * n + label_w), right=0.99,
+                        top=1 - (top + 0.02) / (1.2 * len(rows) + 0.1 + top), bottom=0.01, wspace=0.03, hspace=0.05)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_outputs(res: BenchResults, out_dir: str | Path, grid_rows=None, grid_titles=None) -> dict[str, Path]:
+    """results.json, results.md, pareto.png and (when samples exist) grid.png under out_dir."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md", "pareto": out / "pareto.png"}
+    res.save(paths["json"])
+    paths["markdown"].write_text(markdown(res))
+    fig = pareto_figure(res)
+    fig.savefig(paths["pareto"])
+    plt.close(fig)
+    if grid_rows:
+        paths["grid"] = out / "grid.png"
+        save_image_grid(grid_rows, paths["grid"], grid_titles)
+    return paths

@@ -1,0 +1,338 @@
+"""The bench: for each model and each (method, scope, ratio, backend), FLOPs (FlopCounterMode), peak
+tensor memory, wall time interleaved with dense in the same process, and — on a model that samples —
+PSNR / SSIM against dense on the same seeds. Returns a `BenchResults`; `report.write_outputs` writes it."""
+from __future__ import annotations
+
+import inspect
+import os
+import platform
+import sys
+import time
+import typing
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import torch
+from tqdm import tqdm
+
+from ..passes.capture import UnsupportedModelError
+from ..passes.layout import LayoutError
+from ..schedules import ScheduleError, load_schedule
+from ..schedules.lower import variants
+from . import memory, speed
+from .flops import Flops, attention_exponent, count_flops, matched_ratio
+from .models import BenchModel
+from .quality import QualitySetup, compare, draw
+from .report import (BenchResults, FlopsRecord, MatchedRatio, MemoryRecord, QualityRecord, Row, Stat,
+                     TimingRecord)
+
+PREFERRED_METHODS = ("coredit", "dito", "tome", "todo", "random", "uniform")
+NAMED_ERRORS = (ScheduleError, UnsupportedModelError, LayoutError)
+PROBE_RATIO = 0.5
+
+
+class BenchError(ValueError):
+    """A bench request that cannot run as asked; the message says which field and what is allowed."""
+
+
+class BackendUnavailableError(BenchError):
+    """A non-eager backend asked of a ditreduce build whose compile_with_reduction has no `backend=`."""
+
+
+def registered_methods() -> list[str]:
+    from ..methods import METHODS
+
+    return list(METHODS)
+
+
+def default_methods() -> list[str]:
+    """The registered subset of coredit, dito, tome, todo, random, uniform (in that order)."""
+    reg = registered_methods()
+    return [m for m in PREFERRED_METHODS if m in reg]
+
+
+def known_scopes() -> list[str]:
+    from ..schedules import ir
+
+    return [str(a) for a in typing.get_args(getattr(ir, "Scope", None))]  # for messages; load_schedule decides
+
+
+@dataclass
+class BenchSettings:
+    methods: list[str] = field(default_factory=default_methods)
+    ratios: list[float] = field(default_factory=lambda: [0.3, 0.5])
+    scopes: list[str] = field(default_factory=lambda: ["attention"])
+    backends: list[str] = field(default_factory=lambda: ["eager"])
+    steps: int = 20
+    seeds: int = 6
+    dense_fraction: float = 0.2
+    repeats: int = 5
+    warmup: int = 1
+    guidance: float = 3.0
+    equal_flops: bool = True
+    quality: bool = True
+    memory: bool = True
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def make_schedule(method: str, ratio: float, scope: str, dense_fraction: float) -> dict:
+    sched = {"version": 1, "method": method, "ratio": ratio, "scope": scope, "rules": []}
+    if dense_fraction > 0:
+        sched["rules"].append({"step_fraction": {"start": 0.0, "stop": dense_fraction}, "method": "none"})
+    return sched
+
+
+def validate(settings: BenchSettings) -> None:
+    """Fail before any measurement: every method, scope and backend must exist in this build."""
+    if not settings.methods:
+        raise BenchError(f"--methods: none given and none of {', '.join(PREFERRED_METHODS)} is registered")
+    for m in settings.methods:
+        if m not in registered_methods():
+            raise BenchError(f"--methods: {m!r} is not registered; registered: {', '.join(registered_methods())}")
+    for s in settings.scopes:
+        try:
+            load_schedule(make_schedule(settings.methods[0], 0.5, s, 0.0))
+        except ScheduleError as e:
+            allowed = ", ".join(known_scopes()) or "see `ditreduce schema`"
+            raise BenchError(f"--scopes: {s!r} is not a scope of this build; allowed: {allowed} ({e})") from None
+    for r in settings.ratios:
+        if not 0 < r <= 0.95:
+            raise BenchError(f"--ratios: {r} is outside (0, 0.95]")
+    if not 0 <= settings.dense_fraction < 1:
+        raise BenchError(f"--dense-fraction: {settings.dense_fraction} is outside [0, 1)")
+    for m in settings.methods:
+        for s in settings.scopes:
+            load_schedule(make_schedule(m, settings.ratios[0], s, settings.dense_fraction))
+    from .. import compile_with_reduction
+
+    if any(b != "eager" for b in settings.backends) and \
+            "backend" not in inspect.signature(compile_with_reduction).parameters:
+        raise BackendUnavailableError(
+            f"--backends {','.join(settings.backends)}: this ditreduce build's compile_with_reduction() takes no "
+            "`backend=` argument (backends arrive with issue 8); use --backends eager")
+
+
+def compile_for(model, schedule, backend: str):
+    """compile_with_reduction, passing `backend=` only for a non-eager backend."""
+    from .. import compile_with_reduction
+
+    if backend == "eager":
+        return compile_with_reduction(model, schedule)
+    try:
+        return compile_with_reduction(model, schedule, backend=backend)
+    except TypeError as e:
+        if "backend" in str(e):
+            raise BackendUnavailableError(f"backend {backend!r}: compile_with_reduction() of this build does not "
+                                          f"accept `backend=` ({e}); use --backends eager") from None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------- FLOPs matching
+def probe_model():
+    """A tiny DiT whose only attention is self-attention over an 8x8 lattice (64 tokens): its attention
+    FLOPs at ratio r are (1 − r)^p of dense, p = 2 for q+kv methods, 1 for kv-only ones."""
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    m = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                              num_layers=1, sample_size=16, patch_size=2, num_embeds_ada_norm=1000,
+                              norm_num_groups=1).eval()
+    g = torch.Generator().manual_seed(1)
+    kw = dict(hidden_states=torch.randn(2, 4, 16, 16, generator=g), timestep=torch.full((2,), 500.0),
+              class_labels=torch.zeros(2, dtype=torch.long), return_dict=False)
+    return m, kw
+
+
+def match_ratios(settings: BenchSettings) -> list[MatchedRatio]:
+    """For each (method, scope): the exponent measured on the probe and the ratio giving each nominal
+    ratio's self-attention FLOPs, (1 − nominal)², i.e. what a q+kv method at the nominal ratio costs.
+    Empty (no probe) when equal FLOPs is off: the ratios then run as given."""
+    if not settings.equal_flops:
+        return []
+    model, kw = probe_model()
+    dense = count_flops(lambda: model(**kw))
+    out = []
+    for method in settings.methods:
+        for scope in settings.scopes:
+            try:
+                reduced = compile_for(model, make_schedule(method, PROBE_RATIO, scope, 0.0), "eager")
+                # a two-step generation, counted at the second step: a method that carries state across
+                # steps (or treats the first step apart) is probed in its steady state
+                with torch.no_grad(), reduced.generation(num_steps=2):
+                    reduced(**kw)
+                    probe = count_flops(lambda: reduced(**dict(kw, timestep=kw["timestep"] - 100)))
+            except NAMED_ERRORS as e:
+                raise BenchError(f"FLOPs probe of method {method!r} in scope {scope!r} failed: {type(e).__name__}: "
+                                 f"{e}") from None
+            p = attention_exponent(dense, probe, PROBE_RATIO)
+            if p < 0.5:
+                raise BenchError(f"FLOPs probe: method {method!r} in scope {scope!r} at ratio {PROBE_RATIO} cut "
+                                 f"attention FLOPs only to {probe.attention / dense.attention:.3f} of dense on the "
+                                 "probe DiT, so no equal-FLOPs ratio can be derived; use --no-equal-flops")
+            ratios = {str(r): matched_ratio((1 - r) ** 2, p) for r in settings.ratios}
+            out.append(MatchedRatio(method=method, scope=scope, exponent=round(p, 4),
+                                    reduces="q+kv" if p > 1.5 else "kv", ratios=ratios))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- one model
+class Variants:
+    """A reduced model captured on the bench call, its distinct variants over a run and a caller per variant."""
+
+    def __init__(self, reduced, kwargs: dict, steps: int):
+        self.reduced, self.kwargs, self.steps = reduced, kwargs, steps
+        t0 = time.perf_counter()
+        cap = reduced.capture(**kwargs)
+        self.capture_s = time.perf_counter() - t0
+        self.keys, self.per_step = variants(reduced.schedule, cap.sites, steps)
+        self.first_step = [self.per_step.index(v) for v in range(len(self.keys))]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for v in range(len(self.keys)):
+                self.call(v)
+        self.compile_s = time.perf_counter() - t0
+
+    def call(self, v: int):
+        self.reduced.set_step(self.first_step[v], self.steps)
+        try:
+            return self.reduced(**self.kwargs)
+        finally:
+            self.reduced.set_step(None)
+
+    def caller(self, v: int):
+        return lambda: self.call(v)
+
+
+def _stat(values: list[float]) -> Stat:
+    return Stat(**speed.stats(values))
+
+
+def flops_record(dense: Flops, per_variant: list[Flops], per_step: list[int]) -> tuple[FlopsRecord, int]:
+    busiest = min(range(len(per_variant)), key=lambda v: (per_variant[v].attention, per_variant[v].whole))
+    steps = len(per_step)
+    run_w = sum(per_variant[v].whole for v in per_step)
+    run_a = sum(per_variant[v].attention for v in per_step)
+    rec = FlopsRecord(whole_dense=dense.whole, whole_reduced=per_variant[busiest].whole,
+                      attention_dense=dense.attention, attention_reduced=per_variant[busiest].attention,
+                      run_whole_dense=steps * dense.whole, run_whole_reduced=run_w,
+                      run_attention_dense=steps * dense.attention, run_attention_reduced=run_a,
+                      whole_ratio=run_w / (steps * dense.whole),
+                      attention_ratio=run_a / (steps * dense.attention) if dense.attention else 1.0,
+                      ideal_speedup=steps * dense.whole / run_w)
+    return rec, busiest
+
+
+def _dense_baseline(bm: BenchModel, backend: str, cache: dict):
+    """(callable, description) of dense for a backend: the eager module, or torch.compile'd for inductor."""
+    if backend == "eager":
+        return (lambda: bm.module(**bm.kwargs)), "eager module"
+    if backend == "inductor":
+        if "inductor" not in cache:
+            cache["inductor"] = torch.compile(bm.module)
+        fn = cache["inductor"]
+        return (lambda: fn(**bm.kwargs)), "torch.compile(module) (inductor)"
+    return (lambda: bm.module(**bm.kwargs)), "eager module (no dense build for this backend)"
+
+
+def bench_model(bm: BenchModel, settings: BenchSettings, matched: list[MatchedRatio],
+                grid_rows: list | None = None) -> list[Row]:
+    """Every configuration of the settings on one model; rows in (method, scope, ratio, backend) order."""
+    kw = bm.kwargs
+    dense_fn = lambda: bm.module(**kw)  # noqa: E731
+    with torch.no_grad():
+        dense_flops = count_flops(dense_fn)
+        dense_mem = memory.peak_call_bytes(dense_fn) if settings.memory else None
+    params = memory.param_bytes(bm.module)
+    setup = dense = None
+    if settings.quality and bm.can_sample:
+        setup = QualitySetup(tuple(range(settings.seeds)), settings.steps, bm.res, settings.guidance)
+        dense = draw(bm.small_dit, setup, desc=f"{bm.name} dense samples")
+        if grid_rows is not None:
+            grid_rows.append(("dense", dense.images))
+    ratio_of = {(m.method, m.scope): m.ratios for m in matched}
+    configs = [(m, s, r) for m in settings.methods for s in settings.scopes for r in settings.ratios]
+    rows: list[Row] = []
+    baselines: dict = {}
+    for method, scope, nominal in tqdm(configs, desc=bm.name, leave=True):
+        ratio = ratio_of[(method, scope)][str(nominal)] if settings.equal_flops else nominal
+        sched = make_schedule(method, ratio, scope, settings.dense_fraction)
+        base = dict(model=bm.name, image_tokens=bm.image_tokens, blocks=bm.blocks, method=method, scope=scope,
+                    nominal_ratio=nominal, ratio=ratio, schedule=sched, steps=settings.steps)
+        try:
+            eager = Variants(compile_for(bm.module, sched, "eager"), kw, settings.steps)
+            with torch.no_grad():
+                # the all-dense variant is the captured graph itself: dense FLOPs, no need to count again
+                per_variant = [dense_flops if all(c is None for c in key) else count_flops(eager.caller(v))
+                               for v, key in enumerate(eager.keys)]
+            flops, busiest = flops_record(dense_flops, per_variant, eager.per_step)
+            mem = None
+            if settings.memory:
+                with torch.no_grad():
+                    mem = MemoryRecord(dense_peak_bytes=dense_mem, param_bytes=params,
+                                       reduced_peak_bytes=memory.peak_call_bytes(eager.caller(busiest)))
+            qual = None
+            if setup is not None:
+                red = draw(bm.small_dit, setup, transformer=eager.reduced, desc=f"{method} {scope} r={ratio:g}")
+                ps, ss = compare(red.images, dense.images)
+                qual = QualityRecord(psnr_db=_stat(ps), ssim=_stat(ss), seeds=list(setup.seeds), steps=setup.steps,
+                                     res=setup.res, guidance=setup.guidance, sample_s_dense=dense.seconds,
+                                     sample_s_reduced=red.seconds)
+                if grid_rows is not None:
+                    grid_rows.append((f"{method} {scope}\nr={ratio:g}", red.images))
+        except NAMED_ERRORS as e:
+            for backend in settings.backends:
+                rows.append(Row(**base, backend=backend, error=f"{type(e).__name__}: {e}"))
+            continue
+        for backend in settings.backends:
+            try:
+                run = eager if backend == "eager" else Variants(compile_for(bm.module, sched, backend), kw,
+                                                                 settings.steps)
+            except NAMED_ERRORS as e:
+                rows.append(Row(**base, backend=backend, error=f"{type(e).__name__}: {e}"))
+                continue
+            dense_call, dense_what = _dense_baseline(bm, backend, baselines)
+            fns = {"dense": dense_call} | {f"v{v}": run.caller(v) for v in range(len(run.keys))}
+            times = speed.interleaved_times(fns, settings.repeats, settings.warmup,
+                                            desc=f"{backend} {method} {scope} r={ratio:g}")
+            vt = [times[f"v{v}"] for v in range(len(run.keys))]
+            run_sp = _stat(speed.run_speedups(times["dense"], vt, run.per_step))
+            timing = TimingRecord(dense_baseline=dense_what, dense_s=_stat(times["dense"]),
+                                  reduced_s=_stat(vt[busiest]),
+                                  call_speedup=_stat(speed.per_repeat_speedups(times["dense"], vt[busiest])),
+                                  run_speedup=run_sp, achieved_over_ideal=run_sp.median / flops.ideal_speedup,
+                                  repeats=settings.repeats, dense_times=times["dense"], variant_times=vt,
+                                  busiest_variant=busiest)
+            rows.append(Row(**base, backend=backend, variants=len(run.keys), per_step_variant=run.per_step,
+                            capture_s=run.capture_s, compile_s=run.compile_s, flops=flops, timing=timing,
+                            memory=mem if backend == "eager" else None, quality=qual))
+    return rows
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def run_bench(models: list[BenchModel], settings: BenchSettings, command: list[str] | None = None,
+              grid_rows: list | None = None) -> BenchResults:
+    from .. import __version__
+
+    validate(settings)
+    matched = match_ratios(settings)
+    rows: list[Row] = []
+    for bm in models:
+        rows += bench_model(bm, settings, matched, grid_rows if bm.can_sample else None)
+    return BenchResults(ditreduce_version=__version__, created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        command=list(command if command is not None else sys.argv), machine=machine_info(),
+                        settings=settings.as_dict(), equal_flops=settings.equal_flops, matched=matched,
+                        models=[{"name": m.name, "image_tokens": m.image_tokens, "blocks": m.blocks, **m.info}
+                                for m in models],
+                        rows=rows, process_peak_rss_bytes=memory.process_peak_rss_bytes())

@@ -1,0 +1,52 @@
+"""Wall time by interleaved repeats: every repeat runs each timed function once, in an order rotated by
+the repeat index, so drift (thermal, other processes) hits every function alike. Speedups are computed
+per repeat from times measured in the same repeat of the same process, then summarised (median, min,
+max)."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+
+def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                      desc: str = "timing") -> dict[str, list[float]]:
+    """{name: [seconds per repeat]}; `warmup` untimed rounds first (capture, rewrite, compile, caches)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    with torch.no_grad():
+        for _ in range(warmup):
+            for n in names:
+                fns[n]()
+        for r in tqdm(range(repeats), desc=desc, leave=False):
+            shift = r % len(names)
+            for n in names[shift:] + names[:shift]:
+                t0 = time.perf_counter()
+                fns[n]()
+                times[n].append(time.perf_counter() - t0)
+    return times
+
+
+def stats(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def per_repeat_speedups(dense: list[float], reduced: list[float]) -> list[float]:
+    """dense_i / reduced_i for each repeat i (same repeat, same process)."""
+    if len(dense) != len(reduced):
+        raise ValueError("dense and reduced need the same number of repeats")
+    return [d / r for d, r in zip(dense, reduced)]
+
+
+def run_speedups(dense: list[float], variant_times: list[list[float]], per_step: list[int]) -> list[float]:
+    """Speedup of a whole run of len(per_step) steps, per repeat: steps × dense_i / Σ_s t_i[variant(s)]."""
+    out = []
+    for i, d in enumerate(dense):
+        total = sum(variant_times[v][i] for v in per_step)
+        out.append(len(per_step) * d / total)
+    return out

@@ -1,0 +1,220 @@
+"""`ditreduce bench`: outputs and schema, FLOP / memory counting, interleaved timing, matched ratios."""
+import json
+import statistics
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ditreduce.bench import flops as bflops
+from ditreduce.bench import memory, runner, speed
+from ditreduce.bench.models import BenchModelError, resolve_model
+from ditreduce.bench.report import BenchResults, pareto_figure, pareto_series
+from ditreduce.cli import main
+
+RESULT_KEYS = {"schema_version", "ditreduce_version", "created_utc", "command", "machine", "settings", "equal_flops",
+               "matched", "models", "rows", "process_peak_rss_bytes"}
+ROW_KEYS = {"model", "image_tokens", "blocks", "method", "scope", "backend", "nominal_ratio", "ratio", "schedule",
+            "steps", "variants", "per_step_variant", "capture_s", "compile_s", "flops", "timing", "memory",
+            "quality", "error"}
+TIMING_KEYS = {"dense_baseline", "dense_s", "reduced_s", "call_speedup", "run_speedup", "achieved_over_ideal",
+               "repeats", "dense_times", "variant_times", "busiest_variant"}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["bench", "--quick", "--threads", "1", "--methods", "uniform", "--out", str(out)]) == 0
+    return out
+
+
+def test_quick_writes_every_output_with_the_versioned_schema(quick):
+    for name in ("results.json", "results.md", "pareto.png", "grid.png"):
+        assert (quick / name).stat().st_size > 0, name
+    raw = json.loads((quick / "results.json").read_text())
+    assert set(raw) == RESULT_KEYS and raw["schema_version"] == 1
+    row = raw["rows"][0]
+    assert set(row) == ROW_KEYS and set(row["timing"]) == TIMING_KEYS
+    res = BenchResults.load(quick / "results.json")  # round-trips through the pydantic model
+    (r,) = res.rows
+    assert r.error is None and r.method == "uniform" and r.steps == 5 and r.model == "small-dit:32"
+    # 5 steps, first 20 % dense: step 0 runs the dense variant, steps 1-4 the reduced one
+    assert r.per_step_variant == [0, 1, 1, 1, 1] and r.variants == 2
+    assert r.quality.seeds == [0, 1] and 0 < r.quality.ssim.median < 1
+    assert 0 < r.flops.attention_ratio < r.flops.whole_ratio < 1
+    md = (quick / "results.md").read_text()
+    assert "| small-dit:32 | uniform | attention | eager | 0.5 |" in md
+
+
+def test_speedups_are_computed_from_the_times_of_the_same_repeats(quick):
+    r = BenchResults.load(quick / "results.json").rows[0]
+    t = r.timing
+    assert len(t.dense_times) == t.repeats == 2 and all(len(v) == 2 for v in t.variant_times)
+    call = [d / x for d, x in zip(t.dense_times, t.variant_times[t.busiest_variant])]
+    assert t.call_speedup.median == pytest.approx(statistics.median(call))
+    run = [5 * d / sum(t.variant_times[v][i] for v in r.per_step_variant) for i, d in enumerate(t.dense_times)]
+    assert t.run_speedup.median == pytest.approx(statistics.median(run))
+    assert t.run_speedup.min == pytest.approx(min(run)) and t.run_speedup.max == pytest.approx(max(run))
+    assert t.achieved_over_ideal == pytest.approx(t.run_speedup.median / r.flops.ideal_speedup)
+
+
+class _FakeClock:
+    """perf_counter that advances only when a timed function 'runs' for its declared duration."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.log = []
+
+    def work(self, name, seconds):
+        def fn():
+            self.log.append(name)
+            self.now += seconds
+        return fn
+
+
+def test_interleaving_rotates_the_order_and_speedups_pair_the_same_repeat(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: clock.now)
+    fns = {"dense": clock.work("dense", 2.0), "v0": clock.work("v0", 2.0), "v1": clock.work("v1", 0.5)}
+    times = speed.interleaved_times(fns, repeats=3, warmup=1)
+    assert clock.log == ["dense", "v0", "v1",            # warm-up
+                         "dense", "v0", "v1", "v0", "v1", "dense", "v1", "dense", "v0"]
+    assert times == {"dense": [2.0] * 3, "v0": [2.0] * 3, "v1": [0.5] * 3}
+    assert speed.per_repeat_speedups(times["dense"], times["v1"]) == [4.0] * 3
+    # a 4-step run: one dense-variant step then three reduced steps: 4·2 / (2 + 3·0.5)
+    assert speed.run_speedups(times["dense"], [times["v0"], times["v1"]], [0, 1, 1, 1]) == [8 / 3.5] * 3
+
+
+def test_pareto_plot_has_one_series_per_method(quick):
+    res = BenchResults.load(quick / "results.json")
+    base = res.rows[0]
+    rows = []
+    for method, psnr in (("uniform", 20.0), ("coredit", 30.0), ("tome", 25.0)):
+        for ratio, sp in ((0.3, 1.0), (0.5, 1.5)):
+            q = base.quality.model_copy(update={"psnr_db": base.quality.psnr_db.model_copy(
+                update={"median": psnr - 10 * ratio})})
+            t = base.timing.model_copy(update={"run_speedup": base.timing.run_speedup.model_copy(
+                update={"median": sp, "min": sp - 0.25, "max": sp + 0.25})})
+            rows.append(base.model_copy(update={"method": method, "ratio": ratio, "quality": q, "timing": t}))
+    res = res.model_copy(update={"rows": rows})
+    series = pareto_series(res)
+    assert set(series) == {"uniform", "coredit", "tome"}
+    assert series["coredit"] == [(1.0, 0.75, 1.25, 27.0), (1.5, 1.25, 1.75, 25.0)]
+    fig = pareto_figure(res)
+    lines = fig.axes[0].get_lines()
+    assert sorted(ln.get_label() for ln in lines) == ["coredit", "tome", "uniform"]
+    coredit = next(ln for ln in lines if ln.get_label() == "coredit")
+    assert list(coredit.get_xdata()) == [1.0, 1.5] and list(coredit.get_ydata()) == [27.0, 25.0]
+
+
+def test_flops_count_matmuls_and_cpu_sdpa():
+    lin = torch.nn.Linear(16, 8)
+    x = torch.randn(3, 16)
+    assert bflops.count_flops(lambda: lin(x)) == bflops.Flops(2 * 3 * 16 * 8, 0)
+    q, k, v = torch.randn(2, 4, 10, 8), torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8)
+    fl = bflops.count_flops(lambda: F.scaled_dot_product_attention(q, k, v))
+    assert fl.attention == fl.whole == 2 * (2 * 2 * 4 * 10 * 6 * 8)  # QKᵀ and PV
+
+
+def test_probe_finds_the_exponent_and_matches_attention_flops(monkeypatch):
+    from ditreduce.methods import METHODS
+    from ditreduce.methods.uniform import Uniform
+
+    kv = type("KVOnly", (Uniform,), {"name": "kvonly", "reduces_q": False})  # ToDo-like, only in this test
+    monkeypatch.setitem(METHODS, "kvonly", kv)
+    settings = runner.BenchSettings(methods=["uniform", "kvonly"], ratios=[0.3, 0.5], scopes=["attention"])
+    matched = {m.method: m for m in runner.match_ratios(settings)}
+    assert matched["uniform"].exponent == pytest.approx(2.0) and matched["uniform"].reduces == "q+kv"
+    assert matched["kvonly"].exponent == pytest.approx(1.0) and matched["kvonly"].reduces == "kv"
+    assert matched["uniform"].ratios == {"0.3": 0.3, "0.5": 0.5}
+    # equal self-attention FLOPs: (1 - 0.3)² = 0.49 → kv-only ratio 0.51, on the 0.05 grid 0.5; 0.25 → 0.75
+    assert matched["kvonly"].ratios == {"0.3": 0.5, "0.5": 0.75}
+    # and the matched ratios really give (about) equal attention FLOPs on the probe model
+    model, kw = runner.probe_model()
+    dense = bflops.count_flops(lambda: model(**kw)).attention
+    for method, r in (("uniform", 0.5), ("kvonly", 0.75)):
+        red = runner.compile_for(model, runner.make_schedule(method, r, "attention", 0.0), "eager")
+        red.capture(**kw)
+        assert bflops.count_flops(lambda: red(**kw)).attention / dense == pytest.approx(0.25, abs=0.01)
+
+
+def test_tensor_memory_tracker_counts_live_storages():
+    n = 1000 * 1000 * 4
+
+    def f():
+        a = torch.randn(1000, 1000)
+        b = a @ a
+        del a
+        c = b + 1       # a freed before c exists: peak is two matrices
+        return c.view(-1)  # a view allocates nothing
+
+    assert memory.peak_call_bytes(f) == 2 * n
+
+
+def test_pixart_alpha_shape_and_model_spellings():
+    bm = resolve_model("pixart-alpha:64:1")
+    c = bm.module.config
+    assert (c.num_attention_heads, c.attention_head_dim, c.caption_channels, c.patch_size) == (16, 72, 4096, 2)
+    assert c.num_layers == 1 and bm.image_tokens == 64
+    assert bm.kwargs["hidden_states"].shape == (2, 4, 16, 16)
+    assert bm.kwargs["encoder_hidden_states"].shape == (2, 120, 4096)
+    with pytest.raises(BenchModelError, match="square"):
+        resolve_model("pixart-alpha:1000:1")
+    with pytest.raises(BenchModelError, match="accepted spellings"):
+        resolve_model("not-a-model")
+    with pytest.raises(BenchModelError, match="not a diffusers model class"):
+        resolve_model('NoSuchModel:{"a": 1}')
+    tiny = resolve_model('DiTTransformer2DModel:{"num_attention_heads": 2, "attention_head_dim": 8, "in_channels": 4, '
+                         '"out_channels": 8, "num_layers": 1, "sample_size": 8, "patch_size": 2, '
+                         '"num_embeds_ada_norm": 1000, "norm_num_groups": 1}')
+    assert tiny.image_tokens == 16
+    with torch.no_grad():
+        assert tiny.module(**tiny.kwargs)[0].shape == (2, 8, 8, 8)
+
+
+def test_bad_requests_are_named_errors(monkeypatch, capsys):
+    with pytest.raises(runner.BenchError, match="registered: .*uniform"):
+        runner.validate(runner.BenchSettings(methods=["nosuch"]))
+    with pytest.raises(runner.BenchError, match="allowed: attention"):
+        runner.validate(runner.BenchSettings(methods=["uniform"], scopes=["nosuch"]))
+    assert main(["bench", "--methods", "nosuch", "--out", "unused"]) == 2
+    assert "BenchError" in capsys.readouterr().err
+
+    import ditreduce
+
+    def old_build(model, schedule="uniform-50", **example_kwargs):  # compile_with_reduction without backend=
+        raise TypeError(f"got an unexpected keyword argument {next(iter(example_kwargs))!r}")
+
+    monkeypatch.setattr(ditreduce, "compile_with_reduction", old_build)
+    with pytest.raises(runner.BackendUnavailableError, match="backend 'inductor'.*--backends eager"):
+        runner.compile_for(torch.nn.Linear(2, 2), {"method": "uniform"}, "inductor")
+    with pytest.raises(runner.BackendUnavailableError, match="no `backend=`"):
+        runner.validate(runner.BenchSettings(methods=["uniform"], backends=["eager", "onnxruntime"]))
+
+
+def test_demo_auto_runs_the_preferred_registered_method(monkeypatch, tmp_path, capsys):
+    from ditreduce.methods import METHODS
+    from ditreduce.methods.uniform import Uniform
+
+    # a stand-in registered as "todo" outranks uniform in the bench's order of preference
+    monkeypatch.setitem(METHODS, "todo", type("ToDoStandIn", (Uniform,), {"name": "todo", "reduces_q": False}))
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--samples", "1", "--steps", "5", "--res", "32", "--schedule", "auto", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    row = next(ln for ln in text.splitlines() if ln.startswith("todo 0.5, first 20% dense"))
+    attn, whole = (float(x) for x in row.split()[-4:-2])
+    assert 0 < attn < 1 and attn < whole < 1   # k/v halved on 4 of 5 steps; the linears keep their cost
+    assert out.exists()
+
+
+def test_a_model_the_schedule_cannot_reduce_is_an_error_row_not_a_dense_number():
+    import zoo
+    from ditreduce.bench.models import BenchModel
+
+    model, kw = zoo.build("sana")  # its only softmax attention is cross-attention
+    settings = runner.BenchSettings(methods=["uniform"], ratios=[0.5], quality=False, memory=False, repeats=1,
+                                    steps=4, equal_flops=False)
+    assert runner.match_ratios(settings) == []
+    (row,) = runner.bench_model(BenchModel("sana", model, kw), settings, [])
+    assert row.error.startswith("ScheduleError: the schedule reduces no attention site")
+    assert row.timing is None and row.flops is None and row.ratio == 0.5
