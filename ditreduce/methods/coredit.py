@@ -7,8 +7,10 @@
   (its window's anchor) inside its 3×3 reconstruction window; hence ratio <= 0.75. q and k/v are
   reduced alike.
 - Reconstruction: a pruned token's output is the similarity-weighted mean of its retained neighbours'
-  outputs, w_ij = softmax_j(cos_ij / tau) over the kept neighbours j (rows sum to 1), in the ABI's
-  fixed-slot form: slot 0 is the token itself (weight 1 if kept), slots 1-8 the 8 directions.
+  outputs, w_ij = softmax_j(cos_ij / tau) over its `slots` most similar kept neighbours j (rows sum to
+  1), in the ABI's fixed-slot form: slot 0 is the token itself (weight 1 if kept, else 0), slots 1..slots
+  the neighbours (`slots: 8` uses every kept neighbour; 3 keeps the reconstruct cheap: it is 1 + slots
+  row gathers over all tokens).
 - CFG (`cfg`): `per_sample` scores every sample of the batch on its own; `shared` averages the scores
   and similarities of the two halves of a CFG batch [uncond | cond] so both halves keep the same tokens.
 """
@@ -31,7 +33,7 @@ def coherence(sims: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def coredit_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, tau: float = 0.1,
-                   cfg: str = "per_sample") -> Selection:
+                   cfg: str = "per_sample", slots: int = 3) -> Selection:
     """In-graph selection on the image tokens x [B, N, C] of one region."""
     b, n, _ = x.shape
     if k >= n:
@@ -48,9 +50,10 @@ def coredit_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, tau: float
     nbr_keep = keep.index_select(1, nbr.reshape(-1)).reshape(b, n, -1)      # [B, N, 8]
     usable = (nbr_keep > 0) & valid & (keep[..., None] == 0)
     logits = torch.where(usable, sims / tau, torch.full_like(sims, -1e4))
-    wn = torch.softmax(logits, -1) * usable.to(sims.dtype)
-    w = torch.cat([keep[..., None], wn], -1)                      # [B, N, 9]
-    src_n = inv.index_select(1, nbr.reshape(-1)).reshape(b, n, -1)
+    top, slot = torch.topk(logits, slots, dim=-1)                 # the `slots` most similar kept neighbours
+    wn = torch.softmax(top, -1) * (top > -1e3).to(sims.dtype)
+    w = torch.cat([keep[..., None], wn], -1)                      # [B, N, 1 + slots]
+    src_n = inv.index_select(1, nbr.reshape(-1)).reshape(b, n, -1).gather(2, slot)
     src = torch.cat([inv[..., None], src_n], -1)
     return Selection(kept, src, w.to(x.dtype))
 
@@ -60,8 +63,8 @@ class CoReDiT(Method):
     name = "coredit"
     static = False
     max_ratio = 0.75
-    defaults = {"tau": 0.1, "cfg": "per_sample"}
-    choices = {"cfg": ("per_sample", "shared")}
+    defaults = {"tau": 0.1, "cfg": "per_sample", "slots": 3}
+    choices = {"cfg": ("per_sample", "shared"), "slots": tuple(range(1, 9))}
 
     def kept_count(self, n, k, lattice):
         return grouped_k(n, k)

@@ -47,11 +47,35 @@ def shift(t: torch.Tensor, dy: int, dx: int, pad_value: float = 0.0) -> torch.Te
     return p[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
 
 
+def pair_dots(x: torch.Tensor, offset: int) -> torch.Tensor:
+    """[B, N]: <x_i, x_{i+offset}> along the flattened token order, offset > 0 (0 past the end).
+
+    A shift in the flattened (batch-major, row-major) order is a contiguous slice and the dot one
+    matrix product: one read of each operand, no [B, N, C] temporary. Pairs that cross a row, frame or
+    sample border are garbage that the caller masks with neighbour_table's validity."""
+    b, n, c = x.shape
+    flat = x.reshape(b * n, c)
+    d = torch.einsum("nc,nc->n", flat[:b * n - offset], flat[offset:])
+    return F.pad(d, (0, offset)).reshape(b, n)
+
+
 def neighbour_cosines(x: torch.Tensor, lattice) -> torch.Tensor:
-    """[B, N, 8]: cosine similarity of every token to its 8 in-frame neighbours (0 outside the frame)."""
-    u = as_lattice(F.normalize(x.float(), dim=-1), lattice)
-    sims = [(u * shift(u, dy, dx)).sum(-1) for dy, dx in DIRECTIONS]
-    return torch.stack(sims, -1).reshape(x.shape[0], -1, len(DIRECTIONS))
+    """[B, N, 8]: cosine similarity of every token to its 8 in-frame neighbours (0 outside the frame).
+
+    Four dot products (right, down-left, down, down-right) give all eight: the opposite direction of
+    token i is the same pair seen from i + offset. Rows wrapping across a frame border are masked by
+    the caller with neighbour_table's validity."""
+    w = frames(lattice)[2]
+    xf = x.float()
+    inv_norm = torch.einsum("nc,nc->n", xf.reshape(-1, xf.shape[-1]), xf.reshape(-1, xf.shape[-1]))
+    inv_norm = inv_norm.clamp(min=1e-12).rsqrt().reshape(x.shape[0], -1)
+    out = {}
+    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):
+        off = dy * w + dx
+        fwd = pair_dots(xf, off) * inv_norm * F.pad(inv_norm[:, off:], (0, off))
+        out[(dy, dx)] = fwd
+        out[(-dy, -dx)] = F.pad(fwd[:, :-off], (off, 0))
+    return torch.stack([out[d] for d in DIRECTIONS], -1)
 
 
 @static_table
