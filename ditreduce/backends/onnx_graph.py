@@ -1,0 +1,69 @@
+"""One variant ExportedProgram -> one ONNX graph (dynamo exporter, opset 18), with its tensors named
+by where they sit in the call: `hidden_states`, `added_cond_kwargs.resolution`; outputs `out.0` (tuple
+output) or `out.sample` (return_dict); anything under a `state` key is `state.<site>.<name>`."""
+from __future__ import annotations
+
+import onnx
+import torch
+from torch.utils._pytree import tree_flatten_with_path
+
+from . import BackendError
+from .manifest import STATE_PREFIX, TensorSpec
+
+OPSET = 18
+
+
+def _key(entry) -> str | int:
+    for attr in ("key", "idx", "name"):
+        if hasattr(entry, attr):
+            return getattr(entry, attr)
+    return str(entry)
+
+
+def leaf_name(path: list, prefix: str = "") -> str:
+    parts = [str(p) for p in path]
+    if "state" in parts:  # state.<site>.<name>, wherever the state dict sits in the call / output
+        return STATE_PREFIX + ".".join(parts[parts.index("state") + 1:])
+    return prefix + ".".join(parts)
+
+
+def tensor_leaves(tree) -> list[tuple[list, torch.Tensor | object]]:
+    leaves, _ = tree_flatten_with_path(tree)
+    return [([_key(e) for e in path], leaf) for path, leaf in leaves]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def spec_of(path: list, t: torch.Tensor, prefix: str = "") -> TensorSpec:
+    return TensorSpec(name=leaf_name(path, prefix), dtype=dtype_name(t.dtype), shape=list(t.shape), path=path)
+
+
+def to_onnx(ep: torch.export.ExportedProgram, kw: dict, optimize: bool = True
+            ) -> tuple[onnx.ModelProto, list[TensorSpec], list[TensorSpec]]:
+    """The ONNX graph of a variant and its input / output tensor specs, in graph order."""
+    with torch.no_grad():
+        prog = torch.onnx.export(ep, (), kwargs=dict(kw), dynamo=True, opset_version=OPSET, optimize=optimize,
+                                 verbose=False)
+        example_out = ep.module()(**kw)
+    ins = [spec_of(p, t) for p, t in tensor_leaves(kw) if isinstance(t, torch.Tensor)]
+    outs = [spec_of(p, t, "out.") for p, t in tensor_leaves(example_out) if isinstance(t, torch.Tensor)]
+    graph = prog.model.graph
+    if len(graph.inputs) != len(ins) or len(graph.outputs) != len(outs):
+        raise BackendError(f"the ONNX graph has {len(graph.inputs)} inputs / {len(graph.outputs)} outputs but the "
+                           f"call has {len(ins)} tensor arguments / {len(outs)} tensor outputs: a tensor argument "
+                           f"unused by the model was dropped; pass only the arguments the model reads")
+    for value, spec in zip(list(graph.inputs) + list(graph.outputs), ins + outs):
+        value.name = spec.name
+    return strip_debug_info(prog.model_proto), ins, outs
+
+
+def strip_debug_info(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the exporter's per-node stack traces / FX names: they are most of a small graph's bytes."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.ClearField("doc_string")
+    for t in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        del t.metadata_props[:]
+    return model
