@@ -142,6 +142,7 @@ def main(argv=None) -> int:
     p.set_defaults(fn=lambda a: print("\n".join(__import__("ditreduce.schedules", fromlist=["presets"]).presets())) or 0)
     s = sub.add_parser("schema", help="print the JSON schema of the schedule format")
     s.set_defaults(fn=lambda a: print(__import__("ditreduce.schedules", fromlist=["json_schema"]).json_schema()) or 0)
+    __import__("ditreduce.backends.cli", fromlist=["add_subcommands"]).add_subcommands(sub)
     args = ap.parse_args(argv)
     return args.fn(args)
 

@@ -102,3 +102,34 @@ def load_manifest(path: str | Path) -> Manifest:
         raise BackendError(f"no manifest at {path}: write one with reduced.export(out_dir, ...) or "
                            f"`ditreduce export MODEL SCHEDULE OUT/`")
     return Manifest.model_validate_json(path.read_text())
+
+
+class EngineEntry(_Strict):
+    variant: str                       # the ONNX manifest's variant name
+    plan: str                          # serialized engine, relative to the engine manifest
+    profile: dict[str, list[list[int]]]  # input name -> [min, opt, max] shapes
+
+
+class EngineManifest(_Strict):
+    format: Literal["ditreduce-trt/1"] = "ditreduce-trt/1"
+    onnx_manifest: str                 # path of manifest.json, relative to the engine manifest
+    precision: Literal["fp32", "fp16", "bf16"]
+    refittable: bool
+    weight_stripped: bool              # engines hold no weights: refit from the ONNX weights file at load
+    tensorrt_version: str
+    engines: list[EngineEntry]
+
+
+def save_engine_manifest(m: EngineManifest, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(m.model_dump(mode="json"), indent=1))
+    return path
+
+
+def load_engine_manifest(path: str | Path) -> EngineManifest:
+    from . import BackendError
+
+    path = Path(path)
+    if not path.is_file():
+        raise BackendError(f"no engine manifest at {path}: build one with tools/build_engines.py manifest.json")
+    return EngineManifest.model_validate_json(path.read_text())

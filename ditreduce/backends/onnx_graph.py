@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import onnx
 import torch
-from torch.utils._pytree import tree_flatten_with_path
+from torch.export.graph_signature import OutputKind
+from torch.utils._pytree import tree_flatten_with_path, tree_unflatten
 
 from . import BackendError
 from .manifest import STATE_PREFIX, TensorSpec
@@ -40,13 +41,34 @@ def spec_of(path: list, t: torch.Tensor, prefix: str = "") -> TensorSpec:
     return TensorSpec(name=leaf_name(path, prefix), dtype=dtype_name(t.dtype), shape=list(t.shape), path=path)
 
 
+# ops whose folded output is bigger than their inputs: folding them would write e.g. a region's gather
+# index expanded to [B, H, k, D] int64 into the graph (MBs per site and variant) instead of one Expand
+_NO_FOLD = frozenset({"Expand", "Tile", "ConstantOfShape"})
+
+
+def _should_fold(node) -> bool | None:
+    return False if node.op_type in _NO_FOLD else None
+
+
+def example_outputs(ep: torch.export.ExportedProgram):
+    """The program's user outputs as fake tensors (shapes, dtypes) in the call's output structure."""
+    out = next(n for n in ep.graph.nodes if n.op == "output")
+    vals = [n.meta["val"] if isinstance(n, torch.fx.Node) else n
+            for n, spec in zip(out.args[0], ep.graph_signature.output_specs) if spec.kind == OutputKind.USER_OUTPUT]
+    return tree_unflatten(vals, ep.call_spec.out_spec)
+
+
 def to_onnx(ep: torch.export.ExportedProgram, kw: dict, optimize: bool = True
             ) -> tuple[onnx.ModelProto, list[TensorSpec], list[TensorSpec]]:
     """The ONNX graph of a variant and its input / output tensor specs, in graph order."""
+    import onnxscript.optimizer
+
     with torch.no_grad():
-        prog = torch.onnx.export(ep, (), kwargs=dict(kw), dynamo=True, opset_version=OPSET, optimize=optimize,
+        prog = torch.onnx.export(ep, (), kwargs=dict(kw), dynamo=True, opset_version=OPSET, optimize=False,
                                  verbose=False)
-        example_out = ep.module()(**kw)
+    if optimize:
+        onnxscript.optimizer.optimize_ir(prog.model, should_fold=_should_fold)
+    example_out = example_outputs(ep)
     ins = [spec_of(p, t) for p, t in tensor_leaves(kw) if isinstance(t, torch.Tensor)]
     outs = [spec_of(p, t, "out.") for p, t in tensor_leaves(example_out) if isinstance(t, torch.Tensor)]
     graph = prog.model.graph
