@@ -93,8 +93,11 @@ def lint_model(model: onnx.ModelProto, variant: str = "graph") -> list[Finding]:
     consts = _constants(model.graph)
     for node in model.graph.node:
         findings += _node_rules(variant, node, consts)
-    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    g = inferred.graph
+    try:
+        g = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    except onnx.shape_inference.InferenceError as e:
+        first = str(e).strip().splitlines()[0]
+        return findings + [Finding(variant, "-", "-", "static-shape", f"ONNX shape inference fails: {first}")]
     produced = {o: n for n in g.node for o in n.output}
     for vi in list(g.input) + list(g.value_info) + list(g.output):
         if vi.name in consts or _static(vi):

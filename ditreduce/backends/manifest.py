@@ -3,8 +3,9 @@ steps, every graph's input / output / state tensors with dtypes and static shape
 the model config. Read by the ONNX Runtime and TensorRT runners, build_engines.py, the TensorRT lint
 and the Triton layout.
 
-State tensors (stateful methods, e.g. DiTo) are graph inputs and outputs named `state.<site>.<name>`:
-a runner feeds a variant's state inputs from the previous call's state outputs of the same name
+State tensors (stateful methods, e.g. DiTo) are graph inputs named `state.<site>.<name>` and graph
+outputs named `state_out.<site>.<name>` (ONNX forbids one name for an input and an output): a runner
+feeds a variant's state inputs from the previous call's state outputs of the same `<site>.<name>` key
 (zeros at the first step of a generation) and keeps them between calls.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 FORMAT = "ditreduce-onnx/1"
-STATE_PREFIX = "state."
+STATE_PREFIX, STATE_OUT_PREFIX = "state.", "state_out."
 
 
 class _Strict(BaseModel):
@@ -31,7 +32,12 @@ class TensorSpec(_Strict):
 
     @property
     def is_state(self) -> bool:
-        return self.name.startswith(STATE_PREFIX)
+        return self.name.startswith((STATE_PREFIX, STATE_OUT_PREFIX))
+
+    @property
+    def state_key(self) -> str:
+        """`<site>.<name>`: what pairs a state input with the state output that feeds it next call."""
+        return self.name.split(".", 1)[1]
 
 
 class SiteConfig(_Strict):

@@ -1,6 +1,7 @@
 """One variant ExportedProgram -> one ONNX graph (dynamo exporter, opset 18), with its tensors named
 by where they sit in the call: `hidden_states`, `added_cond_kwargs.resolution`; outputs `out.0` (tuple
-output) or `out.sample` (return_dict); anything under a `state` key is `state.<site>.<name>`."""
+output) or `out.sample` (return_dict); anything under a `state` key is the input `state.<site>.<name>` or
+the output `state_out.<site>.<name>`."""
 from __future__ import annotations
 
 import onnx
@@ -9,7 +10,7 @@ from torch.export.graph_signature import OutputKind
 from torch.utils._pytree import tree_flatten_with_path, tree_unflatten
 
 from . import BackendError
-from .manifest import STATE_PREFIX, TensorSpec
+from .manifest import STATE_OUT_PREFIX, STATE_PREFIX, TensorSpec
 
 OPSET = 18
 
@@ -23,8 +24,9 @@ def _key(entry) -> str | int:
 
 def leaf_name(path: list, prefix: str = "") -> str:
     parts = [str(p) for p in path]
-    if "state" in parts:  # state.<site>.<name>, wherever the state dict sits in the call / output
-        return STATE_PREFIX + ".".join(parts[parts.index("state") + 1:])
+    if "state" in parts:  # wherever the state dict sits in the call / output
+        head = STATE_OUT_PREFIX if prefix else STATE_PREFIX
+        return head + ".".join(parts[parts.index("state") + 1:])
     return prefix + ".".join(parts)
 
 

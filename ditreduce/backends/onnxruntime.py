@@ -4,7 +4,8 @@
   in its own session; the runtime keeps the step tracking (ReducedModel).
 - load_onnx(manifest.json): a drop-in transformer for a diffusers pipeline that needs no PyTorch model:
   it tracks steps itself, runs the manifest's variant for each step, and carries state tensors
-  (`state.*` outputs of one call feed the `state.*` inputs of the next; zeros at a generation's start).
+  (`state_out.<key>` outputs of one call feed the `state.<key>` inputs of the next; zeros at a
+  generation's start).
 
 Tensors are bound with IO binding on their own device (no host copy on CUDA). Providers: CPU here;
 ["CUDAExecutionProvider"] or ["TensorrtExecutionProvider", "CUDAExecutionProvider"] where installed.
@@ -166,9 +167,9 @@ class OnnxTransformer(nn.Module):
             self.tracker.reset()
 
     def _state_for(self, spec: TensorSpec, device) -> torch.Tensor:
-        if spec.name not in self.state:
-            self.state[spec.name] = torch.zeros(spec.shape, dtype=getattr(torch, spec.dtype), device=device)
-        return self.state[spec.name]
+        if spec.state_key not in self.state:
+            self.state[spec.state_key] = torch.zeros(spec.shape, dtype=getattr(torch, spec.dtype), device=device)
+        return self.state[spec.state_key]
 
     def forward(self, *args, **kwargs):
         params = self.manifest.forward_params
@@ -185,7 +186,7 @@ class OnnxTransformer(nn.Module):
         device = next((t.device for t in kw.values() if isinstance(t, torch.Tensor)), torch.device("cpu"))
         feeds = {s.name: self._state_for(s, device) if s.is_state else _get(kw, s.path) for s in v.inputs}
         outs = self.variant(v.name)(feeds)
-        self.state.update({s.name: outs[s.name] for s in v.state_outputs})
+        self.state.update({s.state_key: outs[s.name] for s in v.state_outputs})
         result = tuple(outs[s.name] for s in v.outputs if not s.is_state)
         if return_dict:
             from diffusers.models.modeling_outputs import Transformer2DModelOutput

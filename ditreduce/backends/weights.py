@@ -14,7 +14,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import set_external_data
 
-ALIGN = 4096
+ALIGN, BIG = 4096, 1 << 20  # page-align tensors of 1 MiB and more (mmap), 64 bytes otherwise
 
 
 def _raw(t: onnx.TensorProto) -> bytes:
@@ -32,7 +32,7 @@ def share_weights(models: dict[str, onnx.ModelProto], weights_path: Path, min_by
                     continue
                 digest = hashlib.sha256(raw + bytes(str((t.data_type, list(t.dims))), "ascii")).hexdigest()
                 if digest not in offsets:
-                    pad = -f.tell() % ALIGN
+                    pad = -f.tell() % (ALIGN if len(raw) >= BIG else 64)
                     f.write(b"\0" * pad)
                     offsets[digest] = (f.tell(), len(raw))
                     f.write(raw)
