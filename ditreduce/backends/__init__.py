@@ -37,12 +37,13 @@ def prepare_variant(backend: str, reduced, gm, key: tuple, kw: dict):
 
 
 def variant_label(key: tuple) -> str:
-    """A readable name of a variant key: `dense`, or the distinct method:ratio of its reduced sites."""
+    """A readable name of a variant key: `dense`, or its reduced sites' distinct method:ratio and k."""
     cfgs = [c for c in key if c is not None]
     if not cfgs:
         return "dense"
     parts = sorted({f"{c.method}:{c.ratio:g}" for c in cfgs})
-    return f"{len(cfgs)}/{len(key)} sites " + ",".join(parts) + f" k={','.join(str(c.k) for c in key if c)}"
+    ks = ",".join(str(k) for k in sorted({c.k for c in cfgs}))
+    return f"{len(cfgs)}/{len(key)} sites " + ",".join(parts) + f" k={ks}"
 
 
 __all__ = ["BACKENDS", "BackendError", "check_backend", "prepare_variant", "variant_label"]

@@ -59,15 +59,15 @@ class TritonPythonModel:
 '''
 
 
-def _tensor(kind: str, t: TensorSpec, optional: bool = False) -> str:
+def _tensor(t: TensorSpec, optional: bool = False) -> str:
     dims = ", ".join(str(d) for d in t.shape)
     opt = "\n    optional: true" if optional else ""
     return (f"  {{\n    name: \"{t.name}\"\n    data_type: {TRITON_TYPES[t.dtype]}\n    dims: [ {dims} ]{opt}\n  }}")
 
 
 def _io(inputs: list[TensorSpec], outputs: list[TensorSpec], optional: set[str] = frozenset()) -> str:
-    ins = ",\n".join(_tensor("input", t, t.name in optional) for t in inputs)
-    outs = ",\n".join(_tensor("output", t) for t in outputs)
+    ins = ",\n".join(_tensor(t, t.name in optional) for t in inputs)
+    outs = ",\n".join(_tensor(t) for t in outputs)
     return f"input [\n{ins}\n]\noutput [\n{outs}\n]\n"
 
 
