@@ -45,6 +45,20 @@ def test_onnxruntime_backend_matches_eager(family):
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_onnxruntime_backend_matches_eager_on_the_small_dit_at_low_res():
+    from ditreduce.models import load_small_dit
+
+    m = load_small_dit()
+    kw = dict(hidden_states=torch.randn(2, 3, 16, 16), encoder_hidden_states=m.captions(torch.tensor([0, 6])).detach(),
+              timestep=torch.full((2,), 700.0), return_dict=False)
+    eager = compile_with_reduction(m.transformer, "uniform-50")
+    ort = compile_with_reduction(m.transformer, "uniform-50", backend="onnxruntime")
+    with torch.no_grad():
+        ref, got = eager(**kw)[0], ort(**kw)[0]
+    assert sum(c is not None for c in ort.last_key) == 8  # all eight self-attention sites reduced
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
 def test_onnxruntime_backend_switches_variants_per_step():
     model, kw = zoo.pixart()
     eager, ort = (compile_with_reduction(model, SCHED, backend=b) for b in ("eager", "onnxruntime"))
