@@ -5,6 +5,7 @@ ONNX Runtime pipeline (an exported manifest sampling the small DiT) against eage
     python tools/bench_backends.py                       # small DiT 64x64 (1024 tokens) + the ORT pipeline
     python tools/bench_backends.py --models pixart-alpha # PixArt-alpha-shaped (hidden 1152, 16 heads), 4096 tokens
     python tools/bench_backends.py --backends eager onnxruntime --repeats 10
+    python tools/bench_backends.py --models              # only the ORT pipeline
 
 Prints a markdown table. The reduced variant is `--schedule` at every step; dense is the captured graph.
 """
@@ -135,7 +136,7 @@ def bench_pipeline(steps: int, samples: int, schedule: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["small-dit"], choices=["small-dit", "pixart-alpha"])
+    ap.add_argument("--models", nargs="*", default=["small-dit"], choices=["small-dit", "pixart-alpha"])
     ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     ap.add_argument("--schedule", default="uniform-50")
     ap.add_argument("--batch", type=int, default=2)
