@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import zoo
-from ditreduce import compile_with_reduction
+from ditreduce import compile_with_reduction, load_schedule
 from ditreduce.backends import BackendError
 from ditreduce.backends.lint import lint_manifest
 from ditreduce.backends.manifest import Manifest, load_manifest
@@ -44,6 +44,7 @@ def test_manifest_round_trips_and_maps_steps_to_the_runtime_variants(exported):
         ("timestep", "float32", [2])]
     assert [(t.name, t.shape) for t in v.outputs] == [("out.0", [2, 8, 8, 8])]
     assert manifest.schedule["rules"][1]["ratio"] == 0.25
+    assert load_schedule(manifest.schedule) == reduced.schedule
     for step, t in enumerate(TIMESTEPS):  # the runtime picks the same variant per step as the manifest says
         with torch.no_grad():
             reduced(**dict(kw, timestep=torch.full((2,), t)))
