@@ -152,6 +152,7 @@ def main(argv=None) -> int:
     s = sub.add_parser("schema", help="print the JSON schema of the schedule format")
     s.set_defaults(fn=lambda a: print(__import__("ditreduce.schedules", fromlist=["json_schema"]).json_schema()) or 0)
     importlib.import_module(".bench.cli", __package__).add_subcommands(sub)
+    __import__("ditreduce.backends.cli", fromlist=["add_subcommands"]).add_subcommands(sub)
     args = ap.parse_args(argv)
     return args.fn(args)
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from .backends import check_backend, prepare_variant
 from .passes import capture as capture_pass
 from .passes.layout import infer_layout, lattice_from_ids, lattice_from_shapes, run_propagation
 from .passes.scope import plan_scopes
@@ -56,6 +57,7 @@ class Capture:
     unmatched: dict
     labels: dict = field(default_factory=dict)    # node name -> axis label (the scope pass reads them)
     variants: dict = field(default_factory=dict)  # plan key -> rewritten GraphModule
+    runners: dict = field(default_factory=dict)   # plan key -> the backend's callable for that variant
 
 
 def _signature(kw: dict) -> tuple:
@@ -77,10 +79,12 @@ def _signature(kw: dict) -> tuple:
 class ReducedModel(nn.Module):
     """A drop-in replacement of a DiT whose attention runs on fewer tokens, per a schedule."""
 
-    def __init__(self, model: nn.Module, schedule: Schedule):
+    def __init__(self, model: nn.Module, schedule: Schedule, backend: str = "eager"):
         super().__init__()
         self.model = model
         self.schedule = schedule
+        self.backend = check_backend(backend)
+        self.compile_seconds: dict[str, float] = {}  # variant label -> first-call seconds (inductor compile)
         self.tracker = StepTracker()
         self._captures: dict[tuple, Capture] = {}
         self._last: Capture | None = None
@@ -172,7 +176,26 @@ class ReducedModel(nn.Module):
                 "denoising steps: set `num_steps:` in the schedule, call set_step(i, num_steps), or wrap the "
                 "run in `with model.generation(num_steps=N):`") from None
         self.last_key = key
-        return self.variant(cap, key)(**kw)
+        return self.runner(cap, key, kw)(**kw)
+
+    def runner(self, cap: Capture, key: tuple, kw: dict):
+        """The callable that runs a variant: the backend's lowering of its GraphModule, made once per variant."""
+        run = cap.runners.get(key)
+        if run is None:
+            run = cap.runners[key] = prepare_variant(self.backend, self, self.variant(cap, key), key, kw)
+        return run
+
+    def export(self, out_dir, num_steps: int | None = None, **example_kwargs):
+        """One ONNX graph per variant of an N-step run + manifest.json + one shared weights file."""
+        from .backends.export import export_onnx
+
+        return export_onnx(self, out_dir, num_steps, example_kwargs)
+
+    def export_programs(self, num_steps: int | None = None, **example_kwargs) -> dict:
+        """{variant name: torch.export.ExportedProgram} (Torch-TensorRT, AOTInductor)."""
+        from .backends.programs import export_programs
+
+        return export_programs(self, num_steps, example_kwargs)
 
     def report(self, num_steps: int | None = None):
         from .report import build_report
@@ -183,15 +206,17 @@ class ReducedModel(nn.Module):
         return build_report(self, self._last, num_steps or self.num_steps())
 
 
-def compile_with_reduction(model: nn.Module, schedule="uniform-50", **example_kwargs) -> ReducedModel:
+def compile_with_reduction(model: nn.Module, schedule="uniform-50", backend: str = "eager",
+                           **example_kwargs) -> ReducedModel:
     """Wrap `model` so its self/joint attention runs on fewer tokens, as `schedule` says.
 
-    schedule: a YAML path, a preset name, a dict or a Schedule. Capture is lazy (first call); pass
-    example keyword arguments to capture now.
+    schedule: a YAML path, a preset name, a dict or a Schedule. backend: eager | inductor | onnxruntime |
+    tensorrt (how each variant runs). Capture is lazy (first call); pass example keyword arguments to
+    capture now.
     """
     if isinstance(model, ReducedModel):
         raise TypeError("model is already a ReducedModel")
-    reduced = ReducedModel(model, load_schedule(schedule))
+    reduced = ReducedModel(model, load_schedule(schedule), backend)
     if example_kwargs:
         reduced.capture(**example_kwargs)
     return reduced
