@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .flops import graph_flops
+from .methods import get_method
+from .passes.rewrite import site_plan
 from .regions import attention_flops
 from .schedules.lower import NumStepsUnknown, eligible, plan_key, variants
 
@@ -16,6 +19,8 @@ class SiteRecord:
     text_tokens: int
     grid: tuple | None
     reduced: bool
+    scope: str              # the scope the site really got ("-" when not reduced)
+    scope_note: str | None  # why it got a narrower scope than the schedule asked for
     skip_reason: str | None
     schedule: str           # method:ratio per step, compressed ("0-1 none, 2-19 uniform:0.5")
     flops_dense: int
@@ -30,21 +35,28 @@ class Report(list):
 
     variants: int = 1
     notes: list
-    run_flops: tuple[int, int] | None = None  # (dense, reduced) summed over the steps of a run
+    run_flops: tuple[int, int] | None = None  # attention (dense, reduced) summed over the steps of a run
+    model_flops: tuple[int, int] = (0, 0)     # whole model, one call: dense, busiest variant
+    run_model_flops: tuple[int, int] | None = None  # whole model, summed over the run
+
+    attention_flops: tuple[int, int] | None = None  # counted on the graphs (every scope: cross q in `block` too)
 
     def totals(self) -> tuple[int, int]:
         """Attention FLOPs of one call: dense, and at the variant that removes the most tokens."""
+        if self.attention_flops is not None:
+            return self.attention_flops
         return sum(r.flops_dense for r in self), sum(r.flops_reduced for r in self)
 
     def __str__(self) -> str:
-        cols = ["block", "module", "kind", "image", "text", "grid", "reduced", "schedule", "attn GFLOP dense→red.",
-                "skip reason"]
+        cols = ["block", "module", "kind", "image", "text", "grid", "reduced", "scope", "schedule",
+                "attn GFLOP dense→red.", "skip reason / scope note"]
         rows = []
         for r in self:
             grid = "x".join(map(str, r.grid)) if r.grid else "-"
             fl = f"{r.flops_dense / 1e9:.4g}→{r.flops_reduced / 1e9:.4g}" if r.flops_dense else "-"
             rows.append([str(r.block if r.block is not None else "-"), r.module, r.kind, str(r.image_tokens),
-                         str(r.text_tokens), grid, "yes" if r.reduced else "no", r.schedule, fl, r.skip_reason or ""])
+                         str(r.text_tokens), grid, "yes" if r.reduced else "no", r.scope, r.schedule, fl,
+                         r.skip_reason or r.scope_note or ""])
         widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
         line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
         d, red = self.totals()
@@ -52,9 +64,17 @@ class Report(list):
         if d:
             out.append(f"attention FLOPs per call dense {d / 1e9:.4g} G → reduced {red / 1e9:.4g} G "
                        f"({100 * (1 - red / d):.1f}% fewer); variants: {self.variants}")
+        md, mr = self.model_flops
+        if md:
+            out.append(f"whole-model FLOPs per call dense {md / 1e9:.4g} G → reduced {mr / 1e9:.4g} G "
+                       f"(FLOPs-ideal speedup {md / mr:.2f}x)")
         if self.run_flops and self.run_flops[0]:
             rd, rr = self.run_flops
-            out.append(f"over the run: {100 * (1 - rr / rd):.1f}% fewer attention FLOPs")
+            line = f"over the run: {100 * (1 - rr / rd):.1f}% fewer attention FLOPs"
+            if self.run_model_flops:
+                rmd, rmr = self.run_model_flops
+                line += f", {100 * (1 - rmr / rmd):.1f}% fewer whole-model FLOPs"
+            out.append(line)
         return "\n".join(out)
 
     def __repr__(self) -> str:
@@ -66,7 +86,7 @@ def _site_flops(site, cfg) -> tuple[int, int]:
     if cfg is None:
         return dense, dense
     removed = cfg.n - cfg.k
-    q = site.q_len - removed
+    q = site.q_len - (removed if get_method(cfg.method).reduces_q else 0)
     kv = site.kv_len - removed
     return dense, attention_flops(site.batch, site.heads, q, kv, site.head_dim, site.v_dim)
 
@@ -97,9 +117,15 @@ def build_report(model, cap, num_steps: int | None) -> Report:
     rep = Report()
     rep.variants = len(keys)
     rep.notes = list(cap.notes)
+    dense = graph_flops(cap.graph)
+    per_key = {key: graph_flops(model.variant(cap, key), cap.graph) for key in keys}
+    busiest = min(per_key.values(), key=lambda f: f.whole)
+    rep.model_flops = (dense.whole, busiest.whole)
+    rep.attention_flops = (dense.attention, min(f.attention for f in per_key.values()))
     if per_step is not None:
-        rep.run_flops = tuple(sum(_site_flops(s, keys[v][i])[j] for v in per_step for i, s in enumerate(cap.sites))
-                              for j in (0, 1))
+        n = len(per_step)
+        rep.run_flops = (dense.attention * n, sum(per_key[keys[v]].attention for v in per_step))
+        rep.run_model_flops = (dense.whole * n, sum(per_key[keys[v]].whole for v in per_step))
     for i, site in enumerate(cap.sites):
         cfgs = [k[i] for k in keys]
         reduced_cfgs = [c for c in cfgs if c is not None]
@@ -114,8 +140,16 @@ def build_report(model, cap, num_steps: int | None) -> Report:
         why = eligible(site, sched)
         if why is None and not reduced_cfgs:
             why = "method none at every step"
+        scope, note = "-", None
+        if reduced_cfgs:
+            plan = site_plan(site, busiest)
+            scope = busiest.scope if not isinstance(plan, str) or busiest.scope == "attention" else "attention"
+            note = plan if isinstance(plan, str) and busiest.scope != "attention" else None
+            if note:
+                note = f"{busiest.scope} not applied: {note}"
         rep.append(SiteRecord(site.block, site.module or site.name, site.kind, site.image_tokens, site.text_tokens,
-                              site.grid, bool(reduced_cfgs), why, sched_txt if why is None else "-", dense, red))
+                              site.grid, bool(reduced_cfgs), scope, note, why, sched_txt if why is None else "-",
+                              dense, red))
     for module, why in cap.unmatched.items():
-        rep.append(SiteRecord(None, module, "unmatched", 0, 0, None, False, why, "-", 0, 0))
+        rep.append(SiteRecord(None, module, "unmatched", 0, 0, None, False, "-", None, why, "-", 0, 0))
     return rep

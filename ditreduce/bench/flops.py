@@ -8,35 +8,7 @@ speedup refers to.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
-import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-
-aten = torch.ops.aten
-
-
-def _cpu_sdpa(q, k, v, *args, **kwargs):
-    return sdpa_flop_count(q, k, v)
-
-
-CUSTOM_FORMULAS = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa}
-
-
-@dataclass(frozen=True)
-class Flops:
-    whole: int
-    attention: int
-
-
-def count_flops(fn: Callable[[], object]) -> Flops:
-    """FLOPs of running fn() once (no gradient)."""
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CUSTOM_FORMULAS) as counter:
-        fn()
-    per_op = counter.get_flop_counts().get("Global", {})
-    attention = sum(v for op, v in per_op.items() if "scaled_dot_product" in str(op))
-    return Flops(int(counter.get_total_flops()), int(attention))
+from ..flops import CUSTOM_FORMULAS, Flops, count_flops  # noqa: F401  (re-exported for the bench)
 
 
 def attention_exponent(dense: Flops, probe: Flops, ratio: float) -> float:

@@ -22,6 +22,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from .. import regions
+from ..flops import fake_inputs
 from ..methods import get_method
 from ..methods.graph import embed, image_tokens, select_tokens
 from . import axes
@@ -246,13 +247,7 @@ def _take_kept(t: torch.Tensor, sel: regions.Selection, dim: int) -> torch.Tenso
 def _refresh_meta(gm: fx.GraphModule, ref: fx.GraphModule) -> None:
     """Re-run fake-tensor propagation so every node's meta["val"] matches its new shape."""
     mode = FakeTensorMode(allow_non_fake_inputs=True)
-    ins = []
-    for node in ref.graph.nodes:
-        if node.op == "placeholder":
-            v = node.meta.get("val")
-            ins.append(mode.from_tensor(torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device))
-                       if isinstance(v, torch.Tensor) else v)
-    FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*ins)
+    FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fake_inputs(ref, mode))
 
 
 def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple, labels: dict | None = None) -> fx.GraphModule:

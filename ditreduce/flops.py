@@ -1,0 +1,55 @@
+"""FLOPs as torch.utils.flop_counter counts them (matmuls, convolutions, attention), of a call or of a
+graph run on fake tensors (no compute: counting a 16k-token variant costs nothing)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.fx as fx
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+aten = torch.ops.aten
+
+
+def _cpu_sdpa(q, k, v, *args, **kwargs):
+    return sdpa_flop_count(q, k, v)
+
+
+# CPU sdpa dispatches to a kernel the counter has no formula for: it gets sdpa's
+CUSTOM_FORMULAS = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa}
+
+
+@dataclass(frozen=True)
+class Flops:
+    whole: int
+    attention: int
+
+
+def count_flops(fn: Callable[[], object]) -> Flops:
+    """FLOPs of running fn() once (no gradient)."""
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CUSTOM_FORMULAS) as counter:
+        fn()
+    per_op = counter.get_flop_counts().get("Global", {})
+    attention = sum(v for op, v in per_op.items() if "scaled_dot_product" in str(op))
+    return Flops(int(counter.get_total_flops()), int(attention))
+
+
+def fake_inputs(gm: fx.GraphModule, mode: FakeTensorMode) -> list:
+    """Fresh fake tensors in `mode` shaped like gm's placeholders (from their meta["val"])."""
+    out = []
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            v = node.meta.get("val")
+            out.append(mode.from_tensor(torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device))
+                       if isinstance(v, torch.Tensor) else v)
+    return out
+
+
+def graph_flops(gm: fx.GraphModule, ref: fx.GraphModule | None = None) -> Flops:
+    """FLOPs of one run of a captured / rewritten graph, on fake tensors shaped like ref's inputs."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    args = fake_inputs(ref if ref is not None else gm, mode)
+    with mode:
+        return count_flops(lambda: fx.Interpreter(gm).run(*args))
