@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..regions import Selection, identity_selection
 from .base import Method, register_method
-from .lattice import frames, inverse_positions, share_cfg_halves, shift, static_table, topk_groups
+from .lattice import frames, inverse_positions, share_cfg_halves, static_table, topk_groups
 
 OFFSETS = tuple((oy, ox) for oy in (-1, 0, 1) for ox in (-1, 0, 1))
 
@@ -64,7 +64,26 @@ def tome_tables(lattice: tuple[int, ...], seed: int) -> dict:
         for t, (si, o) in enumerate(lst):
             dsrc[j, t], doff[j, t] = si, o
     return {"dst_tok": dst_tok, "src_tok": src_tok, "cand": cand, "cvalid": cvalid, "dsrc": dsrc, "doff": doff,
-            "up_y": torch.arange(h) // 2, "up_x": torch.arange(w) // 2, "win": (f, hw, ww)}
+            **_window_tables(src_tok, dst_tok, cand, (f, h, w))}
+
+
+def _window_tables(src_tok, dst_tok, cand, fhw) -> dict:
+    """Per 2×2 window: its (up to 3) source tokens and the 9 candidate destination tokens, so that the
+    similarities are one batched product per window ([3, C] × [C, 9]), and each source's slot in it."""
+    f, h, w = fhw
+    hw, ww = math.ceil(h / 2), math.ceil(w / 2)
+    nw = f * hw * ww
+    win = (src_tok // (h * w) * hw + (src_tok // w) % h // 2) * ww + src_tok % w // 2
+    win_srcs = dst_tok[:, None].repeat(1, 3).clone()  # padding slots read the window's dst (ignored)
+    win_cand = torch.zeros(nw, 9, dtype=torch.long)
+    src_pos = torch.zeros(src_tok.numel(), dtype=torch.long)
+    fill = [0] * nw
+    for si, wi in enumerate(win.tolist()):
+        win_srcs[wi, fill[wi]] = src_tok[si]
+        win_cand[wi] = dst_tok[cand[si]]
+        src_pos[si] = wi * 3 + fill[wi]
+        fill[wi] += 1
+    return {"win_srcs": win_srcs.reshape(-1), "win_cand": win_cand.reshape(-1), "src_pos": src_pos, "nw": nw}
 
 
 def merge_groups(s: int, r: int) -> int:
@@ -81,14 +100,13 @@ def tome_kept(n: int, k: int, lattice: tuple[int, ...]) -> int:
     return n - (g * round(r / g) if g > 1 else r)
 
 
-def _local_similarity(u: torch.Tensor, t: dict, lattice) -> torch.Tensor:
-    """[B, N, 9] cosine of every token to the destinations of the 3×3 windows around its own."""
-    f, h, w = frames(lattice)
-    b, c = u.shape[0], u.shape[-1]
-    ud = u.index_select(1, t["dst_tok"].to(u.device)).reshape(b, *t["win"], c)
-    up = ud.index_select(2, t["up_y"].to(u.device)).index_select(3, t["up_x"].to(u.device))  # [B, F, H, W, C]
-    ul = u.reshape(b, f, h, w, c)
-    return torch.stack([(ul * shift(up, 2 * oy, 2 * ox)).sum(-1) for oy, ox in OFFSETS], -1).reshape(b, -1, 9)
+def _local_similarity(u: torch.Tensor, t: dict) -> torch.Tensor:
+    """[B, S, 9] cosine of every source to the destinations of the 3×3 windows around its own."""
+    b, c, nw = u.shape[0], u.shape[-1], t["nw"]
+    us = u.index_select(1, t["win_srcs"]).reshape(b * nw, 3, c)
+    ud = u.index_select(1, t["win_cand"]).reshape(b * nw, 9, c)
+    sims = torch.bmm(us, ud.transpose(1, 2)).reshape(b, nw * 3, 9)
+    return sims.index_select(1, t["src_pos"])
 
 
 def tome_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, seed: int = 0, cfg: str = "per_sample") -> Selection:
@@ -99,7 +117,7 @@ def tome_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, seed: int = 0
     u = F.normalize(x.float(), dim=-1)
     src_tok, dst_tok = t["src_tok"], t["dst_tok"]
     s, d = src_tok.numel(), dst_tok.numel()
-    sims = _local_similarity(u, t, lattice).index_select(1, src_tok)        # [B, S, 9]
+    sims = _local_similarity(u, t)                                            # [B, S, 9]
     if cfg == "shared":
         sims = share_cfg_halves(sims)
     sims = torch.where(t["cvalid"], sims, torch.full_like(sims, -2.0))
