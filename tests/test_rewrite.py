@@ -7,6 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 import zoo
 from ditreduce import compile_with_reduction
+from ditreduce.methods import METHODS
 from ditreduce.passes.rewrite import region_nodes
 from ditreduce.regions import attention_region
 
@@ -47,9 +48,11 @@ def test_ratio_zero_is_equivalence(data):
         if "img_shapes" in kw:
             kw["img_shapes"] = kw["img_shapes"] * 2
     kw = _kw(family, kw)
+    method = data.draw(st.sampled_from(sorted(METHODS)))
+    scope = data.draw(st.sampled_from(["attention", "attention+proj", "block"]))
     with torch.no_grad():
         ref = _call(model, kw)
-        reduced = compile_with_reduction(model, {"method": "uniform", "ratio": 0.0})
+        reduced = compile_with_reduction(model, {"method": method, "ratio": 0.0, "scope": scope})
         out = _call(reduced, kw)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     cap = reduced._last
@@ -60,7 +63,6 @@ def test_ratio_zero_is_equivalence(data):
     for node in regions:  # every region runs reduce / reconstruct with k = N
         meta = node.meta["ditreduce_region"]
         assert meta["k"] == meta["n"] and meta["kept_seq"] == meta["seq"]
-        assert getattr(gm, node.args[4].target).shape[-1] == meta["seq"]
 
 
 def _sdpa_shapes(gm, kw):
@@ -87,7 +89,7 @@ def test_ratio_half_runs_attention_on_k_tokens(family):
         return {str(n.target) for n in torch.export.export(g, (), kw, strict=False).graph.nodes}
 
     added = ops(gm) - ops(cap.graph)
-    assert "aten.gather.default" in added  # reduce / reconstruct are gathers ...
+    assert "aten.index_select.default" in added  # reduce / reconstruct are row gathers ...
     banned = ("scatter", "index_put", "nonzero", "masked_select", "sort", "argsort")
     assert not [op for op in added if any(b in op for b in banned)]  # ... and nothing TensorRT cannot lower
     assert len(dense_shapes) == len(red_shapes) == len(cap.sites)

@@ -16,12 +16,14 @@
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..regions import Selection, identity_selection
 from .base import Method, register_method
-from .lattice import (grouped_k, inverse_positions, neighbour_cosines, neighbour_table, share_cfg_halves,
-                      topk_indices, window_min)
+from .lattice import (frames, grouped_k, inverse_positions, neighbour_cosines, neighbour_table, share_cfg_halves,
+                      topk_indices, window_argmin)
 
 ANCHOR_PRIORITY = 1e4  # added to the keep score of a window's anchor: always kept
 
@@ -44,7 +46,7 @@ def coredit_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, tau: float
     if cfg == "shared":
         sims = share_cfg_halves(sims)
     sc = coherence(sims, valid)                                   # [B, N]
-    anchor = (sc <= window_min(sc, lattice)).to(sc.dtype)
+    anchor = window_argmin(sc, lattice)                          # one per 2×2 window
     kept = topk_indices(anchor * ANCHOR_PRIORITY - sc, k)          # anchors, then the least coherent
     inv, keep = inverse_positions(kept, n)                        # [B, N] position in kept, 1.0 if kept
     nbr_keep = keep.index_select(1, nbr.reshape(-1)).reshape(b, n, -1)      # [B, N, 8]
@@ -67,7 +69,10 @@ class CoReDiT(Method):
     choices = {"cfg": ("per_sample", "shared"), "slots": tuple(range(1, 9))}
 
     def kept_count(self, n, k, lattice):
-        return grouped_k(n, k)
+        """At least one token per 2×2 window (the anchors), then a multiple of the TopK groups."""
+        f, h, w = frames(tuple(lattice))
+        windows = f * math.ceil(h / 2) * math.ceil(w / 2)
+        return grouped_k(n, max(k, windows), minimum=windows)
 
     def select(self, x, lattice, k, state=None):
         return coredit_select(x, tuple(lattice), int(k), **self.params), state

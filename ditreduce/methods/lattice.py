@@ -94,16 +94,17 @@ def neighbour_table(lattice: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tenso
     return torch.stack(idx, -1), torch.stack(valid, -1)
 
 
-def window_min(score: torch.Tensor, lattice, size: int = 2) -> torch.Tensor:
-    """[B, N]: the minimum of `score` over each token's size×size window (partial windows at the border)."""
+def window_argmin(score: torch.Tensor, lattice, size: int = 2) -> torch.Tensor:
+    """[B, N] 1.0 at the lowest-scoring token of each size×size window (partial windows at the border
+    included; ties go to the first token of the window in row-major order), else 0.0."""
     f, h, w = frames(lattice)
     b = score.shape[0]
-    hp, wp = math.ceil(h / size) * size, math.ceil(w / size) * size
-    s = score.reshape(b, f, h, w)
-    s = F.pad(s, (0, wp - w, 0, hp - h), value=float("inf"))
-    m = s.reshape(b, f, hp // size, size, wp // size, size).amin(dim=(3, 5))
-    m = m[:, :, :, None, :, None].expand(b, f, hp // size, size, wp // size, size).reshape(b, f, hp, wp)
-    return m[:, :, :h, :w].reshape(b, -1)
+    hw, ww = math.ceil(h / size), math.ceil(w / size)
+    s = F.pad(score.reshape(b, f, h, w), (0, ww * size - w, 0, hw * size - h), value=float("inf"))
+    s = s.reshape(b, f, hw, size, ww, size).permute(0, 1, 2, 4, 3, 5).reshape(b, f, hw, ww, size * size)
+    hit = (s.argmin(-1, keepdim=True) == torch.arange(size * size, device=score.device)).to(score.dtype)
+    hit = hit.reshape(b, f, hw, ww, size, size).permute(0, 1, 2, 4, 3, 5).reshape(b, f, hw * size, ww * size)
+    return hit[:, :, :h, :w].reshape(b, -1)
 
 
 def topk_groups(n: int, k: int) -> int:
@@ -116,10 +117,15 @@ def topk_groups(n: int, k: int) -> int:
     return g
 
 
-def grouped_k(n: int, k: int) -> int:
-    """The k a grouped TopK really selects: a multiple of the group count."""
+def grouped_k(n: int, k: int, minimum: int = 1) -> int:
+    """The k a grouped TopK really selects: a multiple of the group count, at least `minimum`."""
     g = topk_groups(n, k)
-    return k if g == 1 else min(n, max(g, g * round(k / g)))
+    if g == 1:
+        return k
+    out = max(g, g * round(k / g))
+    while out < minimum:
+        out += g
+    return min(n, out)
 
 
 def topk_indices(score: torch.Tensor, k: int) -> torch.Tensor:

@@ -64,6 +64,7 @@ def tome_tables(lattice: tuple[int, ...], seed: int) -> dict:
         for t, (si, o) in enumerate(lst):
             dsrc[j, t], doff[j, t] = si, o
     return {"dst_tok": dst_tok, "src_tok": src_tok, "cand": cand, "cvalid": cvalid, "dsrc": dsrc, "doff": doff,
+            "token_order": torch.argsort(torch.cat([dst_tok, src_tok])),
             **_window_tables(src_tok, dst_tok, cand, (f, h, w))}
 
 
@@ -136,8 +137,7 @@ def tome_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, seed: int = 0
     target_dst = t["cand"].expand(b, s, 9).gather(2, arg[..., None])[..., 0]  # dst-list index
     src_target = torch.where(mm > 0, dst_tok.index_select(0, target_dst.reshape(-1)).reshape(b, s), src_tok.expand(b, s))
     target = torch.cat([dst_tok.expand(b, d), src_target], 1)                 # in [dst | src] token order
-    order = torch.cat([dst_tok, src_tok])
-    target = target.index_select(1, torch.argsort(order))                     # static inverse permutation
+    target = target.index_select(1, t["token_order"])                        # [dst | src] -> token order
     inv, _ = inverse_positions(kept, n)
     return Selection(kept, inv.gather(1, target)[..., None], None, msrc, mw.to(x.dtype))
 

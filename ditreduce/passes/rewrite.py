@@ -246,8 +246,11 @@ def _take_kept(t: torch.Tensor, sel: regions.Selection, dim: int) -> torch.Tenso
 
 def _refresh_meta(gm: fx.GraphModule, ref: fx.GraphModule) -> None:
     """Re-run fake-tensor propagation so every node's meta["val"] matches its new shape."""
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fake_inputs(ref, mode))
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes():  # shape bookkeeping: invisible to the caller's dispatch modes (FLOP counters)
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fake_inputs(ref, mode))
 
 
 def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple, labels: dict | None = None) -> fx.GraphModule:

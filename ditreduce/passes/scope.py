@@ -240,7 +240,8 @@ def plan_attention_proj(gm: fx.GraphModule, labels: dict, site: Site) -> RegionP
         for u in n.users:
             if u in seen or not w.carries(u):
                 continue
-            if any(a is not n and w.carries(a) and a not in after for a in u.all_input_nodes):
+            data = u.all_input_nodes[:1] if u.target == aten.type_as.default else u.all_input_nodes  # dtype only
+            if any(a is not n and w.carries(a) and a not in after for a in data):
                 ends.add(n)  # joins a parallel branch (Flux single-stream MLP): end before the join
                 continue
             seen.add(u)

@@ -1,0 +1,211 @@
+"""The methods against references: coherence score, reconstruction, ToMe merge / unmerge, ToDo pooling,
+seeds, lowering limits, scopes and FLOPs."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zoo
+from ditreduce import ScheduleError, compile_with_reduction
+from ditreduce.flops import count_flops
+from ditreduce.methods.coredit import CoReDiT, coherence, coredit_select
+from ditreduce.methods.lattice import MAX_TOPK, grouped_k, neighbour_cosines, neighbour_table
+from ditreduce.methods.todo import todo_selection
+from ditreduce.methods.tome import tome_kept, tome_select, tome_tables
+from ditreduce.regions import reconstruct_tokens, reduce_tokens
+
+LATTICES = [(5, 7), (6, 6), (2, 3, 5)]
+
+
+def _brute_coherence(x, lattice):
+    f, h, w = (1, *lattice) if len(lattice) == 2 else lattice
+    xs = x.reshape(x.shape[0], f, h, w, -1)
+    out = torch.zeros(x.shape[0], f, h, w)
+    for fi in range(f):
+        for y in range(h):
+            for xx in range(w):
+                sims = [F.cosine_similarity(xs[:, fi, y, xx], xs[:, fi, y + dy, xx + dx], dim=-1)
+                        for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                        if (dy or dx) and 0 <= y + dy < h and 0 <= xx + dx < w]
+                out[:, fi, y, xx] = torch.stack(sims).mean(0)
+    return out.reshape(x.shape[0], -1)
+
+
+@pytest.mark.parametrize("lattice", LATTICES)
+def test_coherence_matches_brute_force(lattice):
+    x = torch.randn(2, math.prod(lattice), 12, generator=torch.Generator().manual_seed(0))
+    _, valid = neighbour_table(lattice)
+    torch.testing.assert_close(coherence(neighbour_cosines(x, lattice), valid), _brute_coherence(x, lattice))
+
+
+@pytest.mark.parametrize("lattice", LATTICES)
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.75])
+def test_coredit_structure(lattice, ratio):
+    n = math.prod(lattice)
+    k = CoReDiT().kept_count(n, n - round(ratio * n), lattice)
+    x = torch.randn(3, n, 8, generator=torch.Generator().manual_seed(1))
+    sel = coredit_select(x, lattice, k)
+    assert sel.kept.shape == (3, k)
+    nbr, valid = neighbour_table(lattice)
+    for b in range(3):
+        kept = set(sel.kept[b].tolist())
+        assert len(kept) == k
+        torch.testing.assert_close(sel.w[b].sum(-1), torch.ones(n))  # rows sum to 1
+        for i in range(n):
+            if i in kept:
+                assert sel.kept[b, sel.src[b, i, 0]] == i and sel.w[b, i, 0] == 1
+            else:  # a pruned token aggregates only retained in-frame neighbours
+                assert any(nbr[i, d].item() in kept for d in range(8) if valid[i, d])
+                used = sel.w[b, i] > 0
+                assert sel.w[b, i, 0] == 0 and used.any()
+                sources = sel.kept[b, sel.src[b, i][used]].tolist()
+                assert all(s in nbr[i][valid[i]].tolist() for s in sources)
+
+
+def test_coredit_prunes_the_coherent_tokens():
+    # left half constant (coherent), right half noise: pruning takes the left half first
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 8, 8, 16, generator=g)
+    x[:, :, :4] = torch.randn(16, generator=g)
+    sel = coredit_select(x.reshape(1, 64, 16), (8, 8), 48)
+    kept = torch.zeros(64, dtype=torch.bool)
+    kept[sel.kept[0]] = True
+    kept = kept.reshape(8, 8)
+    assert (~kept[:, :4]).sum() == 16  # all 16 pruned tokens come from the coherent half
+
+
+@pytest.mark.parametrize("lattice", LATTICES)
+def test_constant_lattice_reconstructs_exactly(lattice):
+    n = math.prod(lattice)
+    x = torch.randn(1, 1, 6).expand(2, n, 6).contiguous()
+    sel = coredit_select(x, lattice, grouped_k(n, n // 2))
+    rec = reconstruct_tokens(reduce_tokens(x, sel, 1), sel, 1)
+    torch.testing.assert_close(rec, x)
+
+
+@pytest.mark.parametrize("lattice", [(6, 8), (5, 7), (2, 4, 6)])
+def test_tome_identical_2x2_groups_merge_and_unmerge_exactly(lattice):
+    f, h, w = (1, *lattice) if len(lattice) == 2 else lattice
+    g = torch.Generator().manual_seed(3)
+    per_window = torch.randn(2, f, math.ceil(h / 2), math.ceil(w / 2), 8, generator=g)
+    x = per_window.repeat_interleave(2, 2).repeat_interleave(2, 3)[:, :, :h, :w].reshape(2, f * h * w, 8)
+    n = f * h * w
+    k = tome_kept(n, n // 2, lattice)
+    sel = tome_select(x, lattice, k)
+    red = reduce_tokens(x, sel, 1)
+    assert red.shape == (2, k, 8)
+    torch.testing.assert_close(reconstruct_tokens(red, sel, 1), x)
+
+
+def test_tome_merge_is_the_mean_of_dst_and_its_sources():
+    lattice = (4, 4)
+    x = torch.randn(1, 16, 4, generator=torch.Generator().manual_seed(4))
+    sel = tome_select(x, lattice, 10)
+    t = tome_tables(lattice, 0)
+    red = reduce_tokens(x, sel, 1)
+    # reference: every source's target (by the unmerge map) averaged with its destination
+    target = sel.kept[0, sel.src[0, :, 0]]
+    for j, d in enumerate(t["dst_tok"].tolist()):
+        members = [i for i in range(16) if target[i] == d]
+        torch.testing.assert_close(red[0, j], x[0, members].mean(0))
+
+
+def test_todo_2x2_is_average_pooling():
+    x = torch.randn(2, 36, 5)
+    sel = todo_selection((6, 6), 9, "avg")
+    ref = F.avg_pool2d(x.transpose(1, 2).reshape(2, 5, 6, 6), 2).reshape(2, 5, 9).transpose(1, 2)
+    torch.testing.assert_close(reduce_tokens(x, sel, 1), ref)
+
+
+@pytest.mark.parametrize("method", ["tome", "random"])
+def test_same_seed_same_output_other_seed_differs(method):
+    model, kw = zoo.build("pixart", grid=(6, 6))
+    kw = dict(kw, return_dict=False)
+    outs = []
+    with torch.no_grad():
+        for seed in (0, 0, 1):
+            r = compile_with_reduction(model, {"method": method, "ratio": 0.5, "params": {method: {"seed": seed}}})
+            outs.append(r(**kw)[0])
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+
+
+def test_cfg_shared_selects_identically_in_both_halves():
+    x = torch.randn(4, 36, 8)
+    sel = coredit_select(x, (6, 6), 18, cfg="shared")
+    assert torch.equal(sel.kept[:2], sel.kept[2:])
+    assert not torch.equal(coredit_select(x, (6, 6), 18).kept[0], coredit_select(x, (6, 6), 18).kept[2])
+
+
+@pytest.mark.parametrize("family", ["pixart", "sd3", "flux", "cogvideox", "wan", "handdit"])
+def test_attention_proj_equals_attention_for_the_same_kept_set(family):
+    model, kw = zoo.build(family)
+    kw = kw if family == "handdit" else dict(kw, return_dict=False)
+    outs = {}
+    with torch.no_grad():
+        for scope in ("attention", "attention+proj"):
+            r = compile_with_reduction(model, {"method": "uniform", "ratio": 0.5, "scope": scope})
+            out = r(**kw)
+            outs[scope] = out[0] if isinstance(out, tuple) else out
+            rep = r.report()
+            assert {rec.scope for rec in rep if rec.reduced} == {scope}
+    torch.testing.assert_close(outs["attention"], outs["attention+proj"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["coredit", "tome"])
+def test_16k_tokens_lower_without_large_topk_or_banned_ops(method):
+    lattice, n = (128, 128), 128 * 128
+    fn = coredit_select if method == "coredit" else tome_select
+    k = grouped_k(n, n // 2) if method == "coredit" else tome_kept(n, n // 2, lattice)
+
+    class Select(torch.nn.Module):
+        def forward(self, x):
+            return tuple(t for t in fn(x, lattice, k) if t is not None)
+
+    ep = torch.export.export(Select(), (torch.randn(2, n, 8),), strict=False)
+    ops = [node for node in ep.graph.nodes if node.op == "call_function"]
+    topks = [node.args[1] for node in ops if node.target == torch.ops.aten.topk.default]
+    assert topks and max(topks) <= MAX_TOPK
+    banned = ("scatter_reduce", "scatter_add", "index_put", "nonzero", "masked_select", "sort")
+    assert not [str(node.target) for node in ops if any(b in str(node.target) for b in banned)]
+
+
+@pytest.mark.parametrize("scope", ["attention", "attention+proj", "block"])
+@pytest.mark.parametrize("method", ["coredit", "todo"])
+def test_report_flops_equal_the_flop_counter(scope, method):
+    model, kw = zoo.build("pixart", grid=(6, 6))
+    kw = dict(kw, return_dict=False)
+    r = compile_with_reduction(model, {"method": method, "ratio": 0.5, "scope": scope}, **kw)
+    dense = count_flops(lambda: model(**kw))
+    red = count_flops(lambda: r(**kw))
+    rep = r.report()
+    assert rep.totals() == (dense.attention, red.attention)
+    assert rep.model_flops == (dense.whole, red.whole)
+    assert red.whole < dense.whole
+
+
+def test_block_scope_reduces_mlp_and_cross_attention_queries():
+    model, kw = zoo.build("pixart", grid=(6, 6))
+    kw = dict(kw, return_dict=False)
+    flops = {}
+    for scope in ("attention+proj", "block"):
+        r = compile_with_reduction(model, {"method": "uniform", "ratio": 0.5, "scope": scope}, **kw)
+        flops[scope] = r.report().model_flops[1]
+    assert flops["block"] < flops["attention+proj"]
+
+
+def test_ratio_above_the_methods_limit_is_a_schedule_error():
+    model, kw = zoo.build("pixart")
+    r = compile_with_reduction(model, {"method": "coredit", "ratio": 0.8})
+    with pytest.raises(ScheduleError, match="up to 0.75"):
+        r(**dict(kw, return_dict=False))
+
+
+@pytest.mark.parametrize("params,match", [({"coredit": {"tua": 0.1}}, "no parameter"),
+                                          ({"coredit": {"cfg": "both"}}, "not one of"),
+                                          ({"tome": {"seed": "x"}}, "expected int")])
+def test_bad_method_params_are_schedule_errors(params, match):
+    from ditreduce import load_schedule
+
+    with pytest.raises(ScheduleError, match=match):
+        load_schedule({"method": "coredit", "params": params})
