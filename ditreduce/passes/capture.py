@@ -42,4 +42,20 @@ def capture(model: torch.nn.Module, kwargs: dict) -> torch.fx.GraphModule:
             f"ditreduce rewrites the exported graph and does not fall back to the dense model. "
             f"Models with data-dependent control flow (e.g. sequence packing from mask.tolist()) "
             f"are not supported.") from e
-    return ep.module()
+    gm = ep.module()
+    _views_to_reshapes(gm)
+    return gm
+
+
+def _views_to_reshapes(gm: torch.fx.GraphModule) -> None:
+    """aten.view → aten.reshape. Export drops a `.contiguous()` that was a no-op for the traced strides
+    (nn.MultiheadAttention: sdpa output follows the query's (L, B, H, D) memory order); once a region
+    returns another memory order, that view would fail. reshape is the same view where one is possible
+    and a copy otherwise — the values are identical, and the graph is functional (no aliasing to keep)."""
+    changed = False
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target == torch.ops.aten.view.default:
+            node.target = torch.ops.aten.reshape.default
+            changed = True
+    if changed:
+        gm.recompile()
