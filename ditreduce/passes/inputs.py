@@ -12,6 +12,7 @@ import torch
 
 TIMESTEP_NAMES = ("timestep", "timesteps", "t", "sigma", "sigmas", "time", "times", "ts", "noise_level",
                   "t_cond", "time_step")
+ID_COLUMNS = (2, 3, 4)
 _NOT_A_LATTICE_SOURCE = ("mask", "rope", "rotary", "freq", "cos", "sin")
 
 
@@ -46,28 +47,27 @@ def timestep_value(kwargs: dict):
 
 # --- lattice hints ----------------------------------------------------------------------------------
 def lattice_from_ids(ids: torch.Tensor) -> tuple[int, ...] | None:
-    """Position ids [N, c] / [B, N, c] (or [c, N] / [B, c, N]), c = 2 (row, col) or 3 (frame, row, col),
-    in row-major order. Returns (h, w) or (f, h, w); None if the rows are not one row-major lattice."""
+    """Position ids [N, c] / [B, N, c] (or [c, N] / [B, c, N]), c = 2-4 coordinate columns (Flux: frame,
+    row, col; Flux2: t, h, w, layer). The columns that vary must enumerate a row-major lattice of 2 or 3
+    axes; constant columns are ignored. Returns (h, w) or (f, h, w), else None."""
     if not isinstance(ids, torch.Tensor) or ids.dim() not in (2, 3) or ids.numel() == 0:
         return None
     if ids.dim() == 3:
         ids = ids[0]
-    if ids.shape[1] not in (2, 3) and ids.shape[0] in (2, 3):
+    if ids.shape[1] not in ID_COLUMNS and ids.shape[0] in ID_COLUMNS:
         ids = ids.t()
-    if ids.shape[1] not in (2, 3) or ids.shape[0] < 2:
+    if ids.shape[1] not in ID_COLUMNS or ids.shape[0] < 4:
         return None
     if ids.is_floating_point() and not torch.equal(ids, ids.round()):
         return None
     ids = ids.detach().cpu().round().long()
     cols = [ids[:, i] - ids[:, i].min() for i in range(ids.shape[1])]
+    cols = [c for c in cols if int(c.max()) > 0]
     sizes = [int(c.max()) + 1 for c in cols]
-    if math.prod(sizes) != ids.shape[0]:
+    if len(sizes) not in (2, 3) or math.prod(sizes) != ids.shape[0]:
         return None
     grid = torch.stack(torch.meshgrid(*[torch.arange(s) for s in sizes], indexing="ij"), -1).reshape(-1, len(sizes))
-    if not torch.equal(torch.stack(cols, -1), grid):
-        return None
-    lattice = tuple(s for i, s in enumerate(sizes) if not (i == 0 and len(sizes) == 3 and s == 1))
-    return lattice if len(lattice) >= 2 and all(s > 1 for s in lattice[-2:]) else None
+    return tuple(sizes) if torch.equal(torch.stack(cols, -1), grid) else None
 
 
 def lattice_from_shapes(shapes) -> tuple[int, ...] | None:
@@ -124,7 +124,7 @@ def lattice_hints(kwargs: dict) -> list[tuple[tuple[int, ...], str]]:
         low = name.lower()
         if any(s in low for s in _NOT_A_LATTICE_SOURCE):
             continue
-        if isinstance(v, torch.Tensor) and v.dim() in (2, 3) and (v.shape[-1] in (2, 3) or v.shape[-2] in (2, 3)):
+        if isinstance(v, torch.Tensor) and v.dim() in (2, 3) and (v.shape[-1] in ID_COLUMNS or v.shape[-2] in ID_COLUMNS):
             lat = lattice_from_ids(v)
             if lat:
                 out.append((lat, f"lattice {lat} from position ids {name}"))

@@ -238,6 +238,8 @@ def classify(site: Site, labels: dict, lost: dict, missing: str | None = None) -
         site.skip_reason = "query length 1 (pooled query): not a lattice"
     elif qlay is not None and all(seg.kind == "text" for seg in qlay.segments):
         site.skip_reason = "text-only sequence: no image lattice"
+    elif why_q and all(a[0] == "f" for seg in ql[-2] for a in seg):
+        site.skip_reason = "temporal attention (the sequence runs over frames only): no image lattice"
     elif qlay is None or not qlay.image_segments():
         site.lost_at = _nearest_loss(q, lost)
         site.skip_reason = (f"layout unknown: {why_q}" if why_q else "layout unknown") + (

@@ -289,7 +289,7 @@ def match_attention(gm: fx.GraphModule, model: torch.nn.Module | None = None) ->
             if _variant_to_sdpa(gm, node) is not None:
                 canon += 1
     if canon:
-        gm.graph.eliminate_dead_code()
+        _remove_dead(gm)
         gm.recompile()
     sites = []
     for node in gm.graph.nodes:
@@ -299,6 +299,18 @@ def match_attention(gm: fx.GraphModule, model: torch.nn.Module | None = None) ->
             sites.append(s)
     _number_blocks(sites)
     return MatchResult(sites, canon, _unmatched(model, sites) if model is not None else {})
+
+
+def _remove_dead(gm: fx.GraphModule) -> None:
+    """Dead-code elimination that also drops metadata asserts left on the replaced softmax chain."""
+    while True:
+        gm.graph.eliminate_dead_code()
+        asserts = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in IGNORED_USERS
+                   and isinstance(n.args[0], fx.Node) and len(n.args[0].users) == 1]
+        if not asserts:
+            return
+        for n in asserts:
+            gm.graph.erase_node(n)
 
 
 def _static(node: fx.Node) -> bool:

@@ -244,6 +244,25 @@ def _slice(node, xl):
     return _slice_like(xl, len(xs), d, start, end)
 
 
+@rule(aten.einsum.default)
+def _einsum(node, labels):
+    """Each output letter takes the label of that letter's dim in the inputs (a token-carrying one first)."""
+    eq = node.args[0].replace(" ", "")
+    if "..." in eq or "->" not in eq:
+        return None
+    ins, out = eq.split("->")
+    by_letter: dict = {}
+    for spec, arg in zip(ins.split(","), node.args[1]):
+        lab = _lab(labels, arg)
+        if lab is None or len(lab) != len(spec):
+            return None
+        for letter, dl in zip(spec, lab):
+            if letter not in by_letter or (not axes.dim_has_tokens(by_letter[letter]) and axes.dim_has_tokens(dl)):
+                by_letter[letter] = dl
+    shape = _shape(node)
+    return tuple(by_letter[c] if axes.dim_size(by_letter[c]) == shape[i] else opaque(shape[i]) for i, c in enumerate(out))
+
+
 @rule(aten.cat.default)
 def _cat(node, labels):
     tensors = [a for a in node.args[0] if _shape(a) is not None]
