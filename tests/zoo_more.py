@@ -222,16 +222,6 @@ def sanavideo(grid=(2, 4, 4), batch=2, seed=0, text=5):
                    timestep=torch.randint(0, 1000, (batch,), generator=g))
 
 
-def cosmos(grid=(2, 4, 4), batch=2, seed=0, text=6):
-    f, h, w = grid
-    m = _make("CosmosTransformer3DModel", seed, in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12,
-              num_layers=1, text_embed_dim=16, adaln_lora_dim=4, max_size=(4, 16, 16), patch_size=(1, 2, 2),
-              rope_scale=(2.0, 1.0, 1.0), concat_padding_mask=True, extra_pos_embed_type="learnable")
-    g = _g(seed + 1)
-    return m, dict(hidden_states=_r(g, batch, 4, f, h * 2, w * 2), timestep=torch.rand(batch, generator=g),
-                   encoder_hidden_states=_r(g, batch, text, 16), padding_mask=torch.zeros(1, 1, h * 2, w * 2), fps=24)
-
-
 def easyanimate(grid=(2, 4, 4), batch=2, seed=0, text=6):
     f, h, w = grid
     m = _make("EasyAnimateTransformer3DModel", seed, num_attention_heads=2, attention_head_dim=16, in_channels=4,
@@ -277,8 +267,8 @@ MORE = {
     "transformer2d": transformer2d, "latte": latte, "allegro": allegro, "auraflow": auraflow,
     "cogview3plus": cogview3plus, "cogview4": cogview4, "chroma": chroma, "ovis": ovis, "longcat": longcat,
     "bria": bria, "flux2": flux2, "ltx": ltx, "mochi": mochi, "hunyuanvideo": hunyuanvideo, "luminanext": luminanext,
-    "skyreels": skyreels, "chronoedit": chronoedit, "wanvace": wanvace, "sanavideo": sanavideo, "cosmos": cosmos,
+    "skyreels": skyreels, "chronoedit": chronoedit, "wanvace": wanvace, "sanavideo": sanavideo,
     "easyanimate": easyanimate, "hidream": hidream, "zimage": zimage, "prx": prx,
 }
-VIDEO = {"latte", "allegro", "ltx", "mochi", "hunyuanvideo", "skyreels", "chronoedit", "wanvace", "sanavideo", "cosmos",
+VIDEO = {"latte", "allegro", "ltx", "mochi", "hunyuanvideo", "skyreels", "chronoedit", "wanvace", "sanavideo",
          "easyanimate"}
