@@ -95,7 +95,7 @@ class OrigDiT(nn.Module):
         h, w = x.shape[-2] // self.p, x.shape[-1] // self.p
         x = self.x_embedder(x).flatten(2).transpose(1, 2)
         x = x + self.pos_embed[:, : h * w]
-        c = self.t_embedder(_sincos(t, 64)) + self.y_embedder(y)
+        c = self.t_embedder(_sincos(t, 64).to(x.dtype)) + self.y_embedder(y)
         for block in self.blocks:
             x = block(x, c)
         return self.unpatchify(self.final(self.final_norm(x)), h, w)
@@ -137,7 +137,7 @@ class XTransDiT(nn.Module):
         p, h, w = self.p, hh // self.p, ww // self.p
         tok = self.embed(x.reshape(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * p * p))
         ctx = self.context_proj(context)
-        seq = torch.cat([ctx, tok], dim=1) + self.time(_sincos(times, 32))[:, None]
+        seq = torch.cat([ctx, tok], dim=1) + self.time(_sincos(times, 32).to(x.dtype))[:, None]
         mask = torch.cat([context_mask, torch.ones(b, h * w, dtype=torch.bool, device=x.device)], dim=1)
         for norm1, attn, norm2, ff in self.layers:
             seq = seq + attn(norm1(seq), mask)
@@ -207,9 +207,9 @@ class PackedDiT(nn.Module):
         f_, h_, w_ = torch.meshgrid(torch.arange(num_frames), torch.arange(height), torch.arange(width), indexing="ij")
         pos = (f_ * 7 + h_ * 3 + w_).reshape(-1)  # a toy 3-D position mixed into one angle per token
         cos, sin = _rope_1d(pos, self.head_dim)
-        x = self.embed(tokens) + self.t(_sincos(sigma * 1000, 32))[:, None]
+        x = self.embed(tokens) + self.t(_sincos(sigma * 1000, 32).to(tokens.dtype))[:, None]
         for blk in self.blocks:
-            x = x + blk(x, cos, sin)
+            x = x + blk(x, cos.to(x.dtype), sin.to(x.dtype))
         return self.out(x)
 
 

@@ -12,10 +12,17 @@ class UnsupportedModelError(RuntimeError):
     """The model cannot be captured or rewritten; the message says which model and why."""
 
 
+class ModelCallError(TypeError):
+    """The call's arguments do not fit the model's forward signature (missing or unknown inputs)."""
+
+
 def bind_call(model: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
     """All call arguments as keywords (by the forward signature), so export and the step tracker see names."""
     sig = inspect.signature(model.forward)
-    bound = sig.bind(*args, **kwargs)
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as e:
+        raise ModelCallError(f"{type(model).__name__}.forward{sig}: {e}") from None
     out = {}
     for name, val in bound.arguments.items():
         if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
