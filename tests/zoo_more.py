@@ -272,3 +272,83 @@ MORE = {
 }
 VIDEO = {"latte", "allegro", "ltx", "mochi", "hunyuanvideo", "skyreels", "chronoedit", "wanvace", "sanavideo",
          "easyanimate"}
+
+
+# --- a second batch ---------------------------------------------------------------------------------
+def hunyuanimage(grid=(4, 4), batch=2, seed=0, text=6):
+    h, w = grid
+    m = _make("HunyuanImageTransformer2DModel", seed, in_channels=4, out_channels=4, num_attention_heads=2,
+              attention_head_dim=8, num_layers=1, num_single_layers=1, num_refiner_layers=1, patch_size=(1, 1),
+              text_embed_dim=16, rope_axes_dim=(4, 4))
+    g = _g(seed + 1)
+    return m, dict(hidden_states=_r(g, batch, 4, h, w), timestep=torch.rand(batch, generator=g) * 1000,
+                   encoder_hidden_states=_r(g, batch, text, 16), encoder_attention_mask=torch.ones(batch, text))
+
+
+def motifvideo(grid=(2, 4, 4), batch=2, seed=0, text=6):
+    f, h, w = grid
+    m = _make("MotifVideoTransformer3DModel", seed, in_channels=4, out_channels=4, num_attention_heads=2,
+              attention_head_dim=10, num_layers=1, num_single_layers=1, patch_size=1, patch_size_t=1,
+              text_embed_dim=16, rope_axes_dim=(2, 4, 4))
+    g = _g(seed + 1)
+    return m, dict(hidden_states=_r(g, batch, 4, f, h, w), timestep=torch.randint(0, 1000, (batch,), generator=g),
+                   encoder_hidden_states=_r(g, batch, text, 16), encoder_attention_mask=torch.ones(batch, text))
+
+
+def joyimage(grid=(2, 4, 4), batch=2, seed=0, text=6):
+    f, h, w = grid
+    m = _make("JoyImageEditTransformer3DModel", seed, patch_size=[1, 2, 2], in_channels=4, out_channels=4, hidden_size=16,
+              num_attention_heads=2, text_dim=16, num_layers=1, rope_dim_list=[2, 2, 4])
+    g = _g(seed + 1)
+    return m, dict(hidden_states=_r(g, batch, 4, f, h * 2, w * 2), timestep=torch.randint(0, 1000, (batch,), generator=g),
+                   encoder_hidden_states=_r(g, batch, text, 16))
+
+
+def flux3(grid=(4, 4), batch=2, seed=0, text=6):
+    h, w = grid
+    m = _make("Flux3Transformer2DModel", seed, in_channels=16, cond_in_channels=16, num_layers=1, num_single_layers=1,
+              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16, timestep_channels=16,
+              axes_dims_rope=(4, 4, 4, 4))
+    g = _g(seed + 1)
+    ids = torch.zeros(h, w, 4)
+    ids[..., 1] = torch.arange(h)[:, None]
+    ids[..., 2] = torch.arange(w)[None, :]
+    return m, dict(hidden_states=_r(g, batch, h * w, 16), encoder_hidden_states=_r(g, batch, text, 16),
+                   timestep=torch.rand(batch, generator=g), img_ids=ids.reshape(h * w, 4), txt_ids=torch.zeros(text, 4))
+
+
+def nucleusmoe(grid=(4, 4), batch=2, seed=0, text=7):
+    h, w = grid
+    m = _make("NucleusMoEImageTransformer2DModel", seed, patch_size=2, in_channels=16, num_layers=1, attention_head_dim=16,
+              num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(8, 4, 4), moe_enabled=False)
+    g = _g(seed + 1)
+    return m, dict(hidden_states=_r(g, batch, h * w, 16), encoder_hidden_states=_r(g, batch, text, 16),
+                   encoder_hidden_states_mask=torch.ones(batch, text), timestep=torch.rand(batch, generator=g),
+                   img_shapes=[(1, h, w)] * batch)
+
+
+def dreamlite(grid=(4, 4), batch=2, seed=0, text=5):
+    m = _make("DreamLiteTransformer2DModel", seed, num_attention_heads=2, attention_head_dim=8, in_channels=4,
+              out_channels=4, num_layers=1, norm_num_groups=1, cross_attention_dim=12)
+    g = _g(seed + 1)
+    return m, dict(hidden_states=_r(g, batch, 4, *grid), encoder_hidden_states=_r(g, batch, text, 12))
+
+
+def consisid(grid=(2, 4, 4), batch=2, seed=0, text=6):
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+    f, h, w = grid
+    m = _make("ConsisIDTransformer3DModel", seed, num_attention_heads=2, attention_head_dim=16, in_channels=4,
+              out_channels=4, time_embed_dim=4, text_embed_dim=16, num_layers=1, sample_width=w * 2, sample_height=h * 2,
+              sample_frames=(f - 1) * 4 + 1, patch_size=2, max_text_seq_length=text,
+              use_rotary_positional_embeddings=True)
+    g = _g(seed + 1)
+    cos, sin = get_3d_rotary_pos_embed(16, ((0, 0), (h, w)), (h, w), f)
+    return m, dict(hidden_states=_r(g, batch, f, 4, h * 2, w * 2), encoder_hidden_states=_r(g, batch, text, 16),
+                   timestep=torch.randint(0, 1000, (batch,), generator=g), image_rotary_emb=(cos, sin))
+
+
+MORE.update({"hunyuanimage": hunyuanimage, "motifvideo": motifvideo, "joyimage": joyimage,
+             "flux3": flux3, "nucleusmoe": nucleusmoe, "dreamlite": dreamlite,
+             "consisid": consisid})
+VIDEO |= {"motifvideo", "joyimage", "consisid"}

@@ -298,7 +298,7 @@ def match_attention(gm: fx.GraphModule, model: torch.nn.Module | None = None) ->
             s.origin = node.meta.get("ditreduce_origin", "sdpa")
             sites.append(s)
     _number_blocks(sites)
-    return MatchResult(sites, canon, _unmatched(model, sites) if model is not None else {})
+    return MatchResult(sites, canon, _unmatched(model, sites, gm) if model is not None else {})
 
 
 def _remove_dead(gm: fx.GraphModule) -> None:
@@ -330,9 +330,10 @@ def _number_blocks(sites: list[Site]) -> None:
             s.block = order[key]
 
 
-def _unmatched(model: torch.nn.Module, sites: list[Site]) -> dict[str, str]:
+def _unmatched(model: torch.nn.Module, sites: list[Site], gm: fx.GraphModule) -> dict[str, str]:
     """Attention modules (by class name) with no matched softmax-attention site inside."""
     matched = {s.module for s in sites}
+    ran = {module_of(n) for n in gm.graph.nodes if n.op == "call_function"}
     out = {}
     for name, mod in model.named_modules():
         cls = type(mod).__name__
@@ -341,6 +342,9 @@ def _unmatched(model: torch.nn.Module, sites: list[Site]) -> dict[str, str]:
         if any(m == name or m.startswith(name + ".") for m in matched):
             continue
         if any(name.startswith(o + ".") for o in out):
+            continue
+        if not any(m == name or m.startswith(name + ".") for m in ran):
+            out[name] = "not called in this forward (e.g. an optional input was absent): nothing to reduce"
             continue
         proc = type(getattr(mod, "processor", None)).__name__ if hasattr(mod, "processor") else cls
         out[name] = f"no softmax attention found (processor {proc}; e.g. linear attention): not matched"
