@@ -19,6 +19,7 @@ WORKS = {
     "hunyuanimage": (2, 3, "joint", (4, 4), 6), "motifvideo": (2, 2, "joint", (2, 4, 4), 6),
     "joyimage": (1, 1, "joint", (2, 4, 4), 6), "dreamlite": (1, 2, "self", (4, 4), 0),
     "consisid": (1, 1, "joint", (2, 4, 4), 6),
+    "krea2": (1, 3, "joint", (4, 4), 5),  # lattice from the last 16 rows of position_ids ([text | image])
     "flux3": (2, 4, {("self", (4, 4), 0), ("joint", (4, 4), 6)}),  # the image_cond block does not run here
 }
 # family -> (named error, what its message says)

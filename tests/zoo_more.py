@@ -352,3 +352,21 @@ MORE.update({"hunyuanimage": hunyuanimage, "motifvideo": motifvideo, "joyimage":
              "flux3": flux3, "nucleusmoe": nucleusmoe, "dreamlite": dreamlite,
              "consisid": consisid})
 VIDEO |= {"motifvideo", "joyimage", "consisid"}
+
+
+def krea2(grid=(4, 4), batch=2, seed=0, text=5):
+    h, w = grid
+    m = _make("Krea2Transformer2DModel", seed, in_channels=16, num_layers=1, attention_head_dim=16, num_attention_heads=2,
+              num_key_value_heads=1, intermediate_size=32, timestep_embed_dim=16, text_hidden_dim=16, num_text_layers=2,
+              text_num_attention_heads=2, text_num_key_value_heads=2, text_intermediate_size=32,
+              num_layerwise_text_blocks=1, num_refiner_text_blocks=1, axes_dims_rope=(4, 6, 6))
+    g = _g(seed + 1)
+    img = torch.zeros(h, w, 3)
+    img[..., 1] = torch.arange(h)[:, None]
+    img[..., 2] = torch.arange(w)[None, :]
+    pos = torch.cat([torch.zeros(text, 3), img.reshape(h * w, 3)])
+    return m, dict(hidden_states=_r(g, batch, h * w, 16), encoder_hidden_states=_r(g, batch, text, 2, 16),
+                   timestep=torch.rand(batch, generator=g), position_ids=pos)
+
+
+MORE["krea2"] = krea2

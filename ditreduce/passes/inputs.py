@@ -6,6 +6,7 @@ Pure functions of the bound keyword arguments; no graph needed.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -124,7 +125,7 @@ def lattice_hints(kwargs: dict) -> list[tuple[tuple[int, ...], str]]:
         low = name.lower()
         if any(s in low for s in _NOT_A_LATTICE_SOURCE):
             continue
-        if isinstance(v, torch.Tensor) and v.dim() in (2, 3) and (v.shape[-1] in ID_COLUMNS or v.shape[-2] in ID_COLUMNS):
+        if _id_like(name, v):
             lat = lattice_from_ids(v)
             if lat:
                 out.append((lat, f"lattice {lat} from position ids {name}"))
@@ -135,14 +136,39 @@ def lattice_hints(kwargs: dict) -> list[tuple[tuple[int, ...], str]]:
     return out
 
 
+def _id_like(name: str, v) -> bool:
+    return (isinstance(v, torch.Tensor) and v.dim() in (2, 3) and not any(s in name.lower() for s in _NOT_A_LATTICE_SOURCE)
+            and (v.shape[-1] in ID_COLUMNS or v.shape[-2] in ID_COLUMNS))
+
+
+def _rows(ids: torch.Tensor) -> torch.Tensor:
+    ids = ids[0] if ids.dim() == 3 else ids
+    return ids.t() if ids.shape[1] not in ID_COLUMNS and ids.shape[0] in ID_COLUMNS else ids
+
+
 def lattice_for_tokens(kwargs: dict, tokens: int) -> tuple[tuple[int, ...], str] | None:
-    """The lattice of a packed sequence of `tokens` image tokens, from whatever the call states."""
+    """The lattice of a packed sequence of `tokens` image tokens, from whatever the call states: ids of
+    exactly those tokens, or the first / last `tokens` rows of ids for a combined sequence (Krea2's
+    `position_ids` cover [text | image])."""
     for lat, note in lattice_hints(kwargs):
         if math.prod(lat) == tokens:
             return lat, note
+    for name, v in kwargs.items():
+        if _id_like(name, v) and _rows(v).shape[0] > tokens:
+            rows = _rows(v)
+            for part, where in ((rows[-tokens:], "last"), (rows[:tokens], "first")):
+                lat = lattice_from_ids(part)
+                if lat:
+                    return lat, f"lattice {lat} from the {where} {tokens} rows of position ids {name}"
     return lattice_from_int_args(kwargs, tokens)
 
 
 def lattice_signature(kwargs: dict) -> tuple:
-    """What of the lattice a capture depends on beyond shapes and plain values (ids tensors' content)."""
-    return tuple(lat for lat, _ in lattice_hints(kwargs))
+    """What of the lattice a capture depends on beyond shapes and plain values: the content of every
+    position-id-like tensor (its lattice, or a digest where it is not one lattice)."""
+    out = []
+    for name, v in kwargs.items():
+        if _id_like(name, v) and v.numel() <= 1 << 20:
+            lat = lattice_from_ids(v)
+            out.append((name, lat) if lat else (name, hashlib.sha1(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest()))
+    return tuple(out)

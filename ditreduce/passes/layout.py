@@ -6,7 +6,7 @@ Seeds (found by structure, names only break ties):
   put `in_channels` on the channel dim first), or packed tokens [B, N, C] whose N is a lattice the call
   states (position ids of any name, `img_shapes`, integer size arguments — see inputs.py). Where several
   readings exist, the one that brings a lattice to the most attention queries wins.
-- text: rank-3 floating inputs named like text (`encoder_*`, `context`, `text*`, `prompt*`, ...).
+- text: rank-3 (or [B, T, layers, C]) floating inputs named like text (`encoder_*`, `context`, `text*`, `prompt*`, ...).
 Where the labels are lost, the site is skipped and the op that stopped the analysis is named.
 """
 from __future__ import annotations
@@ -122,12 +122,12 @@ def seed_inputs(gm: fx.GraphModule, kwargs: dict, in_channels: int | None) -> Se
         notes.append(f"latent {node.name} {list(node.meta['val'].shape)} read as {how}: {_describe(lab)}")
     batch = labels[next(iter(labels))][0][0][0][1] if labels else None
     for node, val in floating:
-        if node.name == latent or val.dim() != 3 or not _named(node.name, TEXT_WORDS):
+        if node.name == latent or val.dim() not in (3, 4) or not _named(node.name, TEXT_WORDS):
             continue
         if _named(node.name, NOT_TOKENS) or (batch is not None and val.shape[0] not in (batch, 1)):
             continue
-        s = tuple(val.shape)
-        labels[node] = (plain(("b", s[0])), plain((f"t:{node.name}", s[1])), opaque(s[2]))
+        s = tuple(val.shape)  # [B, T, C] or [B, T, layers, C] (Krea2's stack of text-encoder layers)
+        labels[node] = (plain(("b", s[0])), plain((f"t:{node.name}", s[1])), *(opaque(d) for d in s[2:]))
         notes.append(f"{node.name} {list(s)} seeded as text")
     if missing is not None:
         notes.append(missing)
@@ -175,7 +175,7 @@ def run_propagation(gm: fx.GraphModule, seeds: Seeds) -> tuple[dict, dict]:
             out = _opaque_val(v)
             if _has_unbacked(v):
                 why = f"{node.target}: data-dependent shape"
-            if any(axes.has_tokens(labels.get(a)) for a in node.all_input_nodes):
+            if v is not None and any(axes.has_tokens(labels.get(a)) for a in node.all_input_nodes):
                 lost[node] = why
         labels[node] = out
     return labels, lost
@@ -247,6 +247,11 @@ def classify(site: Site, labels: dict, lost: dict, missing: str | None = None) -
             "; no image lattice reaches the query" + (f": {missing}" if missing else ""))
     elif len(qlay.image_segments()) > 1:
         site.skip_reason = "more than one image lattice in the sequence"
+    elif site.kv_len == site.q_len and not axes.has_tokens(kl):
+        lost_k = _nearest_loss(k, lost)
+        site.lost_at = lost_k
+        site.skip_reason = ("layout unknown: the keys carry no token labels" + (f"; lost at {lost_k}" if lost_k else "")
+                            + f" (queries: {qlay.describe()})")
 
 
 def apply_override(site: Site, override) -> None:

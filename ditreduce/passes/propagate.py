@@ -225,6 +225,16 @@ def _expand(node, xl):
     return tuple(opaque(out[i]) if i < lead or xs[i - lead] != out[i] else xl[i - lead] for i in range(len(out)))
 
 
+@unary(aten.repeat_interleave.self_int)
+def _repeat_interleave(node, xl):
+    """GQA's k / v head repeat: the repeated dim becomes opaque, the others keep their labels."""
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+    if dim is None:
+        return None
+    d = _dim(dim, len(xl))
+    return xl[:d] + (opaque(_shape(node)[d]),) + xl[d + 1:]
+
+
 @unary(aten.unbind.int)
 def _unbind(node, xl):
     d = _dim(node.args[1] if len(node.args) > 1 else 0, len(xl))
