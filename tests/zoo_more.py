@@ -370,3 +370,59 @@ def krea2(grid=(4, 4), batch=2, seed=0, text=5):
 
 
 MORE["krea2"] = krea2
+
+
+def anyflow(grid=(2, 4, 4), batch=2, seed=0, text=6):
+    f, h, w = grid
+    m = _make("AnyFlowTransformer3DModel", seed, patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+              in_channels=4, out_channels=4, text_dim=16, freq_dim=32, ffn_dim=32, num_layers=1, rope_max_seq_len=32)
+    g = _g(seed + 1)
+    t = torch.randint(500, 1000, (batch, 1), generator=g).float().expand(batch, f)
+    return m, dict(hidden_states=_r(g, batch, f, 4, h * 2, w * 2), timestep=t, r_timestep=t - 100,
+                   encoder_hidden_states=_r(g, batch, text, 16))
+
+
+def ernie(grid=(4, 4), batch=2, seed=0, text=6):
+    h, w = grid
+    m = _make("ErnieImageTransformer2DModel", seed, hidden_size=16, num_attention_heads=2, num_layers=1, ffn_hidden_size=32,
+              in_channels=4, out_channels=4, patch_size=1, text_in_dim=16, rope_axes_dim=(2, 2, 4))
+    g = _g(seed + 1)
+    return m, dict(hidden_states=_r(g, batch, 4, h, w), timestep=torch.rand(batch, generator=g) * 1000,
+                   text_bth=_r(g, batch, text, 16), text_lens=torch.full((batch,), text))
+
+
+def helios(grid=(2, 4, 4), batch=2, seed=0, text=6):
+    f, h, w = grid
+    m = _make("HeliosTransformer3DModel", seed, patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+              in_channels=4, out_channels=4, text_dim=16, freq_dim=32, ffn_dim=32, num_layers=1, rope_dim=(4, 4, 4))
+    g = _g(seed + 1)
+    return m, dict(hidden_states=_r(g, batch, 4, f, h * 2, w * 2), timestep=torch.randint(0, 1000, (batch,), generator=g),
+                   encoder_hidden_states=_r(g, batch, text, 16))
+
+
+def hunyuanvideo15(grid=(2, 4, 4), batch=2, seed=0, text=6):
+    f, h, w = grid
+    m = _make("HunyuanVideo15Transformer3DModel", seed, in_channels=4, out_channels=4, num_attention_heads=2,
+              attention_head_dim=10, num_layers=1, num_refiner_layers=1, text_embed_dim=16, text_embed_2_dim=8,
+              image_embed_dim=8, rope_axes_dim=(2, 4, 4), task_type="t2v")
+    g = _g(seed + 1)
+    return m, dict(hidden_states=_r(g, batch, 4, f, h, w), timestep=torch.rand(batch, generator=g) * 1000,
+                   encoder_hidden_states=_r(g, batch, text, 16), encoder_attention_mask=torch.ones(batch, text),
+                   encoder_hidden_states_2=_r(g, batch, 3, 8), encoder_attention_mask_2=torch.ones(batch, 3),
+                   image_embeds=torch.zeros(batch, 4, 8))
+
+
+def kandinsky5(grid=(2, 4, 4), batch=1, seed=0, text=6):
+    f, h, w = grid
+    m = _make("Kandinsky5Transformer3DModel", seed, in_visual_dim=4, in_text_dim=16, in_text_dim2=8, time_dim=16,
+              out_visual_dim=4, patch_size=(1, 2, 2), model_dim=16, ff_dim=32, num_text_blocks=1, num_visual_blocks=1,
+              axes_dims=(4, 2, 2))
+    g = _g(seed + 1)
+    return m, dict(hidden_states=_r(g, batch, f, h * 2, w * 2, 4), encoder_hidden_states=_r(g, batch, text, 16),
+                   timestep=torch.rand(batch, generator=g) * 1000, pooled_projections=_r(g, batch, 8),
+                   visual_rope_pos=[torch.arange(f), torch.arange(h), torch.arange(w)], text_rope_pos=torch.arange(text))
+
+
+MORE.update({"anyflow": anyflow, "ernie": ernie, "helios": helios, "hunyuanvideo15": hunyuanvideo15,
+             "kandinsky5": kandinsky5})
+VIDEO |= {"anyflow", "helios", "hunyuanvideo15", "kandinsky5"}

@@ -3,7 +3,9 @@ run_decompositions({}) so in-place writes (RoPE by slice assignment) become expl
 slice_scatter / copy nodes while aten.scaled_dot_product_attention stays one node."""
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 
 import torch
 
@@ -39,7 +41,7 @@ def capture(model: torch.nn.Module, kwargs: dict) -> torch.fx.GraphModule:
     """The functional ATen graph of `model(**kwargs)`; parameters as get_attr, inputs as placeholders."""
     name = type(model).__name__
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_torch_logs():
             ep = torch.export.export(model, (), kwargs, strict=False)
             ep = ep.run_decompositions({})
     except Exception as e:  # noqa: BLE001 — re-raised with the model named, never swallowed
@@ -52,6 +54,18 @@ def capture(model: torch.nn.Module, kwargs: dict) -> torch.fx.GraphModule:
     gm = ep.module()
     _views_to_reshapes(gm)
     return gm
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """torch logs whole graphs at ERROR level when export fails; the failure is re-raised, named, instead."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _views_to_reshapes(gm: torch.fx.GraphModule) -> None:

@@ -2,7 +2,7 @@
 lattice H×W or F×H×W) and which are text, by dataflow from the inputs (see axes.py, propagate.py).
 
 Seeds (found by structure, names only break ties):
-- the latent: a floating input [B, C, H, W] / [B, H, W, C] / [B, C, F, H, W] / [B, F, C, H, W] (orders that
+- the latent: a floating input [B, C, H, W] / [B, H, W, C] / [B, C, F, H, W] / [B, F, C, H, W] / [B, F, H, W, C] (orders that
   put `in_channels` on the channel dim first), or packed tokens [B, N, C] whose N is a lattice the call
   states (position ids of any name, `img_shapes`, integer size arguments — see inputs.py). Where several
   readings exist, the one that brings a lattice to the most attention queries wins.
@@ -66,7 +66,10 @@ def _latent_candidates(s: tuple, in_channels: int | None, kwargs: dict) -> list[
     elif len(s) == 5:  # [B, C, F, H, W] (Wan) or [B, F, C, H, W] (CogVideoX)
         cf = ((b, opaque(s[1]), plain(("f", s[2])), plain(("y", s[3])), plain(("x", s[4]))), "[B, C, F, H, W]")
         fc = ((b, plain(("f", s[1])), opaque(s[2]), plain(("y", s[3])), plain(("x", s[4]))), "[B, F, C, H, W]")
-        out = [fc, cf] if in_channels is not None and s[2] == in_channels != s[1] else [cf, fc]
+        fl = ((b, plain(("f", s[1])), plain(("y", s[2])), plain(("x", s[3])), opaque(s[4])), "[B, F, H, W, C]")
+        out = [fc, cf, fl] if in_channels is not None and s[2] == in_channels != s[1] else [cf, fc, fl]
+        if in_channels is not None and s[4] == in_channels not in (s[1], s[2]):
+            out = [fl, cf, fc]
     elif len(s) == 3:
         found = lattice_for_tokens(kwargs, s[1])
         if found is not None:
