@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import logging
+import sys
 
 import torch
 
@@ -58,14 +60,22 @@ def capture(model: torch.nn.Module, kwargs: dict) -> torch.fx.GraphModule:
 
 @contextlib.contextmanager
 def _quiet_torch_logs():
-    """torch logs whole graphs at ERROR level when export fails; the failure is re-raised, named, instead."""
-    logger = logging.getLogger("torch")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    """On an export failure torch prints the whole partial graph to stderr; the failure is re-raised, named,
+    instead. What was written is passed on to stderr when the export succeeds."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    buffer = io.StringIO()
+    failed = False
     try:
-        yield
+        with contextlib.redirect_stderr(buffer):
+            yield
+    except BaseException:
+        failed = True
+        raise
     finally:
-        logger.setLevel(level)
+        logging.disable(previous)
+        if not failed and buffer.getvalue():
+            sys.stderr.write(buffer.getvalue())
 
 
 def _views_to_reshapes(gm: torch.fx.GraphModule) -> None:
