@@ -20,7 +20,7 @@ WORKS = {
     "joyimage": (1, 1, "joint", (2, 4, 4), 6), "dreamlite": (1, 2, "self", (4, 4), 0),
     "consisid": (1, 1, "joint", (2, 4, 4), 6),
     "krea2": (1, 3, "joint", (4, 4), 5),
-    "ernie": (1, 1, "joint", (4, 4), 6), "helios": (1, 2, "self", (2, 4, 4), 0),
+    "ernie": (1, 1, "joint", (4, 4), 6), "briafibo": (2, 2, "joint", (4, 4), 6), "glmimage": (1, 1, "joint", (4, 4), 6), "helios": (1, 2, "self", (2, 4, 4), 0),
     "kandinsky5": (1, 3, "self", (2, 4, 4), 0),  # latent [B, F, H, W, C]
     "anyflow": (1, 2, "self", (2, 4, 4), 0),  # latent [B, F, C, H, W], per-frame timesteps  # lattice from the last 16 rows of position_ids ([text | image])
     "flux3": (2, 4, {("self", (4, 4), 0), ("joint", (4, 4), 6)}),  # the image_cond block does not run here
@@ -35,7 +35,7 @@ FAILS = {
     "hidream": (UnsupportedModelError, "HiDreamImageTransformer2DModel cannot be captured"),
     "hunyuanvideo15": (UnsupportedModelError, "HunyuanVideo15Transformer3DModel cannot be captured"),  # if all(x == 0)
 }
-SLOW = {"anyflow", "hunyuanimage", "flux3", "chroma", "ovis", "longcat", "bria", "flux2", "hunyuanvideo", "skyreels", "chronoedit", "wanvace", "hidream",
+SLOW = {"briafibo", "anyflow", "hunyuanimage", "flux3", "chroma", "ovis", "longcat", "bria", "flux2", "hunyuanvideo", "skyreels", "chronoedit", "wanvace", "hidream",
         "zimage"}
 
 

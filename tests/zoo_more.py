@@ -426,3 +426,26 @@ def kandinsky5(grid=(2, 4, 4), batch=1, seed=0, text=6):
 MORE.update({"anyflow": anyflow, "ernie": ernie, "helios": helios, "hunyuanvideo15": hunyuanvideo15,
              "kandinsky5": kandinsky5})
 VIDEO |= {"anyflow", "helios", "hunyuanvideo15", "kandinsky5"}
+
+
+def briafibo(grid=(4, 4), batch=2, seed=0, text=6):
+    m, g, kw = _fluxlike("BriaFiboTransformer2DModel", grid, batch, seed, text, patch_size=1, in_channels=16,
+                         num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                         joint_attention_dim=16, axes_dims_rope=[4, 6, 6], text_encoder_dim=8)
+    return m, dict(kw, encoder_hidden_states=_r(g, batch, text, 16), text_encoder_layers=[_r(g, batch, text, 8)] * 2)
+
+
+def glmimage(grid=(4, 4), batch=2, seed=0, text=6):
+    h, w = grid
+    m = _make("GlmImageTransformer2DModel", seed, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+              attention_head_dim=8, num_attention_heads=2, text_embed_dim=16, time_embed_dim=8, condition_dim=2,
+              prior_vq_quantizer_codebook_size=32)
+    g = _g(seed + 1)
+    size = torch.tensor([[h * 16, w * 16]] * batch, dtype=torch.float32)
+    return m, dict(hidden_states=_r(g, batch, 4, h * 2, w * 2), encoder_hidden_states=_r(g, batch, text, 16),
+                   prior_token_id=torch.randint(0, 32, (batch, h * w), generator=g),
+                   prior_token_drop=torch.zeros(batch, dtype=torch.bool),
+                   timestep=torch.randint(0, 1000, (batch,), generator=g), target_size=size, crop_coords=torch.zeros(batch, 2))
+
+
+MORE.update({"briafibo": briafibo, "glmimage": glmimage})
