@@ -115,11 +115,7 @@ def seed_inputs(gm: fx.GraphModule, kwargs: dict, in_channels: int | None) -> Se
             f"; packed tokens {', '.join(packed)} and no lattice stated by the call (position ids of a row-major "
             "lattice, img_shapes, or integer size arguments whose product is the token count)" if packed else ""))
     else:
-        if len(cands) > 1:
-            scored = [(-_lattice_sites(gm, {c[0]: c[1]}), c[3], i) for i, c in enumerate(cands)]
-            best = cands[min(scored)[2]]
-        else:
-            best = cands[0]
+        best = _best_candidate(gm, cands)
         node, lab, how, _ = best
         labels[node], latent = lab, node.name
         notes.append(f"latent {node.name} {list(node.meta['val'].shape)} read as {how}: {_describe(lab)}")
@@ -135,6 +131,23 @@ def seed_inputs(gm: fx.GraphModule, kwargs: dict, in_channels: int | None) -> Se
     if missing is not None:
         notes.append(missing)
     return Seeds(labels, notes, missing, latent)
+
+
+def _best_candidate(gm: fx.GraphModule, cands: list) -> tuple:
+    """The candidate that brings a lattice to the most attention queries; ties by name / order rank.
+    Candidates are tried in rank order and the search stops at one that reaches every query."""
+    cands = sorted(cands, key=lambda c: c[3])
+    if len(cands) == 1:
+        return cands[0]
+    total = sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target == SDPA)
+    best, best_score = cands[0], -1
+    for c in cands:
+        score = _lattice_sites(gm, {c[0]: c[1]})
+        if score > best_score:
+            best, best_score = c, score
+        if score == total:
+            break
+    return best
 
 
 def _static_unknown(v: torch.Tensor) -> bool:
