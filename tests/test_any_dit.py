@@ -240,3 +240,12 @@ def test_mochi_is_a_named_error():
     with pytest.raises(ScheduleError, match="data-dependent shape") as e:
         compile_with_reduction(model, "uniform-50")(**kw)
     assert "transformer_blocks.0.attn1" in str(e.value)
+
+
+def test_a_conditioning_tensor_of_id_like_shape_does_not_trigger_a_capture_per_call():
+    model, kw = anydit.regvit(batch=3)  # cond [3, 32]: shaped like [c, N] ids, but not integer-valued
+    r = compile_with_reduction(model, {"method": "uniform", "ratio": 0.5})
+    with torch.no_grad():
+        for seed in range(3):
+            r(**dict(kw, cond=torch.randn(3, 32, generator=torch.Generator().manual_seed(seed))))
+    assert len(r._captures) == 1

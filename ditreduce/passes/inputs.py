@@ -137,8 +137,12 @@ def lattice_hints(kwargs: dict) -> list[tuple[tuple[int, ...], str]]:
 
 
 def _id_like(name: str, v) -> bool:
-    return (isinstance(v, torch.Tensor) and v.dim() in (2, 3) and not any(s in name.lower() for s in _NOT_A_LATTICE_SOURCE)
-            and (v.shape[-1] in ID_COLUMNS or v.shape[-2] in ID_COLUMNS))
+    """Could this input be position ids: [N, c] / [B, N, c] (or transposed), c = 2-4, integer values."""
+    if not (isinstance(v, torch.Tensor) and v.dim() in (2, 3) and not v.is_complex()
+            and not any(s in name.lower() for s in _NOT_A_LATTICE_SOURCE)
+            and (v.shape[-1] in ID_COLUMNS or v.shape[-2] in ID_COLUMNS)):
+        return False
+    return not v.is_floating_point() or bool(torch.equal(v, v.round()))
 
 
 def _rows(ids: torch.Tensor) -> torch.Tensor:
@@ -170,5 +174,6 @@ def lattice_signature(kwargs: dict) -> tuple:
     for name, v in kwargs.items():
         if _id_like(name, v) and v.numel() <= 1 << 20:
             lat = lattice_from_ids(v)
-            out.append((name, lat) if lat else (name, hashlib.sha1(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest()))
+            data = v.detach().cpu().to(torch.float64).contiguous().numpy().tobytes()
+            out.append((name, lat) if lat else (name, hashlib.sha1(data).hexdigest()))
     return tuple(out)
