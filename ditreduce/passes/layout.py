@@ -300,7 +300,11 @@ def _undecided(site: Site) -> bool:
 
 def infer_layout(gm: fx.GraphModule, sites: list[Site], kwargs: dict, in_channels: int | None = None,
                  override=None) -> Seeds:
-    seeds = seed_inputs(gm, kwargs, in_channels)
+    try:
+        seeds = seed_inputs(gm, kwargs, in_channels)
+    except Exception as e:  # noqa: BLE001 — never a raw error: every site is skipped with this reason
+        why = f"reading the inputs failed ({type(e).__name__}: {str(e)[:120]})"
+        seeds = Seeds({}, [why], why)
     labels, lost = run_propagation(gm, seeds)
     for s in sites:
         if s.skip_reason is None:

@@ -274,21 +274,15 @@ def _site(node: fx.Node) -> Site:
 
 
 def match_attention(gm: fx.GraphModule, model: torch.nn.Module | None = None) -> MatchResult:
-    canon = 0
+    canon, failed = 0, {}
     for node in list(gm.graph.nodes):
-        if node.op != "call_function":
+        if node.op != "call_function" or node.target not in SOFTMAX | SDPA_VARIANTS:
             continue
-        if node.target in SOFTMAX:
-            m = _match_manual(node) if _static(node) else None
-            if m is not None:
-                pv, q, k, v, mask, scale = m
-                new = _canonicalise(gm, pv, q, k, v, mask, scale)
-                new.meta["ditreduce_origin"] = "matmul-softmax"
-                canon += 1
-        elif node.target in SDPA_VARIANTS:
-            if _variant_to_sdpa(gm, node) is not None:
-                canon += 1
-    if canon:
+        try:
+            canon += _match_one(gm, node)
+        except Exception as e:  # noqa: BLE001 — a spelling the matcher cannot read: reported, never raised raw
+            failed[module_of(node) or node.name] = f"attention matching failed here ({type(e).__name__}: {e}); left dense"
+    if canon or failed:
         _remove_dead(gm)
         gm.recompile()
     sites = []
@@ -298,7 +292,20 @@ def match_attention(gm: fx.GraphModule, model: torch.nn.Module | None = None) ->
             s.origin = node.meta.get("ditreduce_origin", "sdpa")
             sites.append(s)
     _number_blocks(sites)
-    return MatchResult(sites, canon, _unmatched(model, sites, gm) if model is not None else {})
+    unmatched = _unmatched(model, sites, gm) if model is not None else {}
+    return MatchResult(sites, canon, {**unmatched, **failed})
+
+
+def _match_one(gm: fx.GraphModule, node: fx.Node) -> int:
+    """Canonicalise one softmax-attention or sdpa-variant node; 1 if it was rewritten."""
+    if node.target in SOFTMAX:
+        m = _match_manual(node) if _static(node) else None
+        if m is None:
+            return 0
+        pv, q, k, v, mask, scale = m
+        _canonicalise(gm, pv, q, k, v, mask, scale).meta["ditreduce_origin"] = "matmul-softmax"
+        return 1
+    return int(_variant_to_sdpa(gm, node) is not None)
 
 
 def _remove_dead(gm: fx.GraphModule) -> None:
