@@ -249,3 +249,18 @@ def test_a_conditioning_tensor_of_id_like_shape_does_not_trigger_a_capture_per_c
         for seed in range(3):
             r(**dict(kw, cond=torch.randn(3, 32, generator=torch.Generator().manual_seed(seed))))
     assert len(r._captures) == 1
+
+
+def test_a_matcher_failure_is_reported_not_raised(monkeypatch):
+    import ditreduce.passes.match_attention as ma
+
+    def broken(node):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ma, "_match_manual", broken)
+    model, kw = anydit.origdit()
+    gm = capture(model, kw)
+    res = match_attention(gm, model)
+    assert res.sites == [] and any("attention matching failed here (RuntimeError: boom)" in why
+                                   for why in res.unmatched_modules.values())
+    torch.testing.assert_close(gm(**kw), model(**kw))  # the graph is left as it was: dense
