@@ -12,7 +12,8 @@ from torch.utils._pytree import tree_flatten
 
 from .backends import check_backend, prepare_variant
 from .passes import capture as capture_pass
-from .passes.layout import infer_layout, lattice_from_ids, lattice_from_shapes, run_propagation
+from .passes.inputs import lattice_signature, timestep_value
+from .passes.layout import infer_layout, run_propagation
 from .passes.scope import plan_scopes
 from .passes.match_attention import match_attention
 from .passes.rewrite import rewrite
@@ -33,11 +34,13 @@ class StepTracker:
         self.step = -1
         self.explicit: tuple[int, int | None] | None = None
 
-    def observe(self, timestep) -> int:
+    def observe(self, timestep) -> int | None:
+        """The step of this call; None when there is no timestep to count (only schedules with step rules
+        need one: they raise a ScheduleError that names set_step)."""
         if self.explicit is not None:
             return self.explicit[0]
         if timestep is None:
-            raise RuntimeError("the model was called without `timestep`: use set_step(i, num_steps)")
+            return None
         v = float(timestep.reshape(-1)[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
         if self.prev is None or v > self.prev:
             if self.prev is not None:
@@ -68,12 +71,7 @@ def _signature(kw: dict) -> tuple:
             parts.append(("T", tuple(leaf.shape), leaf.dtype, leaf.device.type))
         else:
             parts.append(("V", repr(leaf)))
-    hint = None
-    if isinstance(kw.get("img_ids"), torch.Tensor):
-        hint = lattice_from_ids(kw["img_ids"])
-    elif kw.get("img_shapes") is not None:
-        hint = lattice_from_shapes(kw["img_shapes"])
-    return (str(spec), tuple(parts), hint)
+    return (str(spec), tuple(parts), lattice_signature(kw))
 
 
 class ReducedModel(nn.Module):
@@ -167,10 +165,15 @@ class ReducedModel(nn.Module):
     def forward(self, *args, **kwargs):
         kw = capture_pass.bind_call(self.model, args, kwargs)
         cap = self._capture_for(kw)
-        step = self.tracker.observe(kw.get("timestep"))
+        step = self.tracker.observe(timestep_value(kw))
         try:
             key = plan_key(self.schedule, cap.sites, step, self.num_steps())
-        except NumStepsUnknown:
+        except NumStepsUnknown as e:
+            if str(e) == "step":
+                raise ScheduleError(
+                    f"the schedule has step rules, but {type(self.model).__name__} was called without a timestep "
+                    "ditreduce recognises (an argument named timestep / timesteps / t / sigma ..., or the only "
+                    "floating 0-/1-d tensor input): call set_step(i, num_steps) before each call") from None
             raise ScheduleError(
                 "the schedule has step_fraction rules (or negative step indices), so it needs the number of "
                 "denoising steps: set `num_steps:` in the schedule, call set_step(i, num_steps), or wrap the "

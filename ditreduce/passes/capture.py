@@ -3,7 +3,11 @@ run_decompositions({}) so in-place writes (RoPE by slice assignment) become expl
 slice_scatter / copy nodes while aten.scaled_dot_product_attention stays one node."""
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import logging
+import sys
 
 import torch
 
@@ -12,10 +16,17 @@ class UnsupportedModelError(RuntimeError):
     """The model cannot be captured or rewritten; the message says which model and why."""
 
 
+class ModelCallError(TypeError):
+    """The call's arguments do not fit the model's forward signature (missing or unknown inputs)."""
+
+
 def bind_call(model: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
     """All call arguments as keywords (by the forward signature), so export and the step tracker see names."""
     sig = inspect.signature(model.forward)
-    bound = sig.bind(*args, **kwargs)
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as e:
+        raise ModelCallError(f"{type(model).__name__}.forward{sig}: {e}") from None
     out = {}
     for name, val in bound.arguments.items():
         if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
@@ -32,7 +43,7 @@ def capture(model: torch.nn.Module, kwargs: dict) -> torch.fx.GraphModule:
     """The functional ATen graph of `model(**kwargs)`; parameters as get_attr, inputs as placeholders."""
     name = type(model).__name__
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_torch_logs():
             ep = torch.export.export(model, (), kwargs, strict=False)
             ep = ep.run_decompositions({})
     except Exception as e:  # noqa: BLE001 — re-raised with the model named, never swallowed
@@ -42,4 +53,40 @@ def capture(model: torch.nn.Module, kwargs: dict) -> torch.fx.GraphModule:
             f"ditreduce rewrites the exported graph and does not fall back to the dense model. "
             f"Models with data-dependent control flow (e.g. sequence packing from mask.tolist()) "
             f"are not supported.") from e
-    return ep.module()
+    gm = ep.module()
+    _views_to_reshapes(gm)
+    return gm
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """On an export failure torch prints the whole partial graph to stderr; the failure is re-raised, named,
+    instead. What was written is passed on to stderr when the export succeeds."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    buffer = io.StringIO()
+    failed = False
+    try:
+        with contextlib.redirect_stderr(buffer):
+            yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        logging.disable(previous)
+        if not failed and buffer.getvalue():
+            sys.stderr.write(buffer.getvalue())
+
+
+def _views_to_reshapes(gm: torch.fx.GraphModule) -> None:
+    """aten.view → aten.reshape. Export drops a `.contiguous()` that was a no-op for the traced strides
+    (nn.MultiheadAttention: sdpa output follows the query's (L, B, H, D) memory order); once a region
+    returns another memory order, that view would fail. reshape is the same view where one is possible
+    and a copy otherwise — the values are identical, and the graph is functional (no aliasing to keep)."""
+    changed = False
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target == torch.ops.aten.view.default:
+            node.target = torch.ops.aten.reshape.default
+            changed = True
+    if changed:
+        gm.recompile()

@@ -1,15 +1,18 @@
 """Pass 3 — layout inference: which positions of each attention sequence are image tokens (and their
 lattice H×W or F×H×W) and which are text, by dataflow from the inputs (see axes.py, propagate.py).
 
-Seeds: the latent input `hidden_states` [B, C, H, W] / [B, C, F, H, W] / [B, F, C, H, W] (the channel
-dim is the one of the model's `in_channels`); packed tokens [B, N, C] take their lattice from the
-call's `img_ids` ([N, 3] rows (frame, row, col)) or `img_shapes` ([(F, H, W)] per sample); any input
-named `*encoder_hidden_states*` of rank 3 is a text segment. Where the labels are lost, the site is
-skipped and the op that stopped the analysis is named.
+Seeds (found by structure, names only break ties):
+- the latent: a floating input [B, C, H, W] / [B, H, W, C] / [B, C, F, H, W] / [B, F, C, H, W] / [B, F, H, W, C] (orders that
+  put `in_channels` on the channel dim first), or packed tokens [B, N, C] whose N is a lattice the call
+  states (position ids of any name, `img_shapes`, integer size arguments — see inputs.py). Where several
+  readings exist, the one that brings a lattice to the most attention queries wins.
+- text: rank-3 (or [B, T, layers, C]) floating inputs named like text (`encoder_*`, `context`, `text*`, `prompt*`, ...).
+Where the labels are lost, the site is skipped and the op that stopped the analysis is named.
 """
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -18,6 +21,8 @@ import torch.fx as fx
 
 from . import axes
 from .axes import opaque, opaque_label, plain
+from .inputs import lattice_for_tokens, lattice_from_ids, lattice_from_shapes  # noqa: F401 (re-exported)
+from .match_attention import SDPA
 from .propagate import propagate
 from .site import Layout, Segment, Site
 
@@ -28,41 +33,21 @@ class LayoutError(ValueError):
 
 @dataclass
 class Seeds:
-    labels: dict            # placeholder name -> Label
+    labels: dict            # placeholder node -> Label
     notes: list[str]        # what was seeded and from where
     missing: str | None = None  # why the latent carries no lattice, if it does not
+    latent: str | None = None   # the placeholder seeded as the latent
 
 
-def lattice_from_ids(ids: torch.Tensor) -> tuple[int, ...] | None:
-    """Flux-style position ids [N, 3] (or [B, N, 3]): (frame, row, col) in row-major order."""
-    if ids.dim() == 3:
-        ids = ids[0]
-    if ids.dim() != 2 or ids.shape[1] != 3:
-        return None
-    ids = ids.round().long()
-    rows = ids[:, 1] - ids[:, 1].min()
-    cols = ids[:, 2] - ids[:, 2].min()
-    h, w = int(rows.max()) + 1, int(cols.max()) + 1
-    if h * w != ids.shape[0]:
-        return None
-    expect = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)
-    if not (torch.equal(rows.cpu(), expect[0]) and torch.equal(cols.cpu(), expect[1])):
-        return None
-    return (h, w)
+def _named(name: str, words) -> bool:
+    """Does a word of the input's name (split at `_`) start with one of `words`?"""
+    return bool(re.search(r"(^|_)(" + "|".join(words) + ")", name.lower()))
 
 
-def lattice_from_shapes(shapes) -> tuple[int, ...] | None:
-    """QwenImage-style img_shapes: [(frames, h, w)] or [[(frames, h, w)]] per sample, all equal."""
-    try:
-        first = shapes[0]
-        if isinstance(first, list):
-            if len(first) != 1:
-                return None
-            first = first[0]
-        f, h, w = (int(v) for v in first)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return (h, w) if f == 1 else (f, h, w)
+LATENT_NAMES = ("hidden_states", "x", "latent", "latents", "sample", "z", "x_t", "xt", "img", "image", "video",
+                "noisy_latents", "input", "inputs")
+TEXT_WORDS = ("encoder", "context", "text", "txt", "prompt", "caption", "cap_feat", "clip", "t5", "llm", "cross")
+NOT_TOKENS = ("mask", "rope", "rotary", "freq", "cos", "sin", "pos", "ids", "coord")
 
 
 def _lattice_dim(lattice: tuple[int, ...]) -> axes.DimLabel:
@@ -70,51 +55,104 @@ def _lattice_dim(lattice: tuple[int, ...]) -> axes.DimLabel:
     return plain(*zip(names, lattice))
 
 
+def _latent_candidates(s: tuple, in_channels: int | None, kwargs: dict) -> list[tuple[tuple, str]]:
+    """(label, how) for each reading of a floating input as the latent, the in_channels one first."""
+    b = plain(("b", s[0]))
+    out = []
+    if len(s) == 4:
+        first = ((b, opaque(s[1]), plain(("y", s[2])), plain(("x", s[3]))), "[B, C, H, W]")
+        last = ((b, plain(("y", s[1])), plain(("x", s[2])), opaque(s[3])), "[B, H, W, C]")
+        out = [last, first] if in_channels is not None and s[3] == in_channels != s[1] else [first, last]
+    elif len(s) == 5:  # [B, C, F, H, W] (Wan) or [B, F, C, H, W] (CogVideoX)
+        cf = ((b, opaque(s[1]), plain(("f", s[2])), plain(("y", s[3])), plain(("x", s[4]))), "[B, C, F, H, W]")
+        fc = ((b, plain(("f", s[1])), opaque(s[2]), plain(("y", s[3])), plain(("x", s[4]))), "[B, F, C, H, W]")
+        fl = ((b, plain(("f", s[1])), plain(("y", s[2])), plain(("x", s[3])), opaque(s[4])), "[B, F, H, W, C]")
+        out = [fc, cf, fl] if in_channels is not None and s[2] == in_channels != s[1] else [cf, fc, fl]
+        if in_channels is not None and s[4] == in_channels not in (s[1], s[2]):
+            out = [fl, cf, fc]
+    elif len(s) == 3:
+        found = lattice_for_tokens(kwargs, s[1])
+        if found is not None:
+            out = [((b, _lattice_dim(found[0]), opaque(s[2])), f"packed [B, N, C], {found[1]}")]
+    return out
+
+
+def _name_rank(name: str) -> int:
+    low = name.lower()
+    return LATENT_NAMES.index(low) if low in LATENT_NAMES else len(LATENT_NAMES)
+
+
+def _lattice_sites(gm: fx.GraphModule, seed: dict) -> int:
+    """How many attention queries carry an image lattice when only `seed` is seeded."""
+    labels, _ = run_propagation(gm, Seeds(seed, []))
+    count = 0
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and n.target == SDPA:
+            ql = labels.get(n.args[0])
+            if isinstance(ql, tuple) and len(ql) >= 2:
+                lay, _ = _layout(ql[-2])
+                count += bool(lay is not None and lay.image_segments())
+    return count
+
+
 def seed_inputs(gm: fx.GraphModule, kwargs: dict, in_channels: int | None) -> Seeds:
-    labels, notes, missing = {}, [], "no input named hidden_states: the latent could not be identified"
-    hint = None
-    if isinstance(kwargs.get("img_ids"), torch.Tensor):
-        hint = lattice_from_ids(kwargs["img_ids"])
-        notes.append(f"lattice {hint} from img_ids" if hint else "img_ids present but not a row-major lattice")
-    elif kwargs.get("img_shapes") is not None:
-        hint = lattice_from_shapes(kwargs["img_shapes"])
-        notes.append(f"lattice {hint} from img_shapes" if hint else "img_shapes present but not one lattice")
-    for node in gm.graph.nodes:
-        if node.op != "placeholder":
+    """Seed the latent (found by structure: the floating rank-4/5 input, or a packed [B, N, C] one whose
+    N is a lattice the call states, that brings a lattice to the most attention queries; its name and
+    `in_channels` only break ties) and the text inputs (rank-3 floating inputs named like text)."""
+    inputs = [(n, n.meta["val"]) for n in gm.graph.nodes
+              if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor)]
+    floating = [(n, v) for n, v in inputs if v.is_floating_point() and not _static_unknown(v)]
+    cands = []
+    for order, (node, val) in enumerate(floating):
+        if _named(node.name, TEXT_WORDS + NOT_TOKENS):
             continue
-        val = node.meta.get("val")
-        if not isinstance(val, torch.Tensor):
+        for rank, (lab, how) in enumerate(_latent_candidates(tuple(val.shape), in_channels, kwargs)):
+            cands.append((node, lab, how, (_name_rank(node.name), rank, order)))
+    labels, notes, missing, latent = {}, [], None, None
+    if not cands:
+        packed = [n.name for n, v in floating if v.dim() == 3 and not _named(n.name, TEXT_WORDS)]
+        missing = ("no floating [B, C, H, W] / [B, C, F, H, W] input" + (
+            f"; packed tokens {', '.join(packed)} and no lattice stated by the call (position ids of a row-major "
+            "lattice, img_shapes, or integer size arguments whose product is the token count)" if packed else ""))
+    else:
+        best = _best_candidate(gm, cands)
+        node, lab, how, _ = best
+        labels[node], latent = lab, node.name
+        notes.append(f"latent {node.name} {list(node.meta['val'].shape)} read as {how}: {_describe(lab)}")
+    batch = labels[next(iter(labels))][0][0][0][1] if labels else None
+    for node, val in floating:
+        if node.name == latent or val.dim() not in (3, 4) or not _named(node.name, TEXT_WORDS):
             continue
-        s = tuple(val.shape)
-        name = node.name
-        if name == "hidden_states" and val.is_floating_point():
-            lab = _seed_latent(s, in_channels, hint)
-            if lab is not None:
-                labels[node], missing = lab, None
-                notes.append(f"hidden_states {list(s)} seeded as {_describe(lab)}")
-            else:
-                missing = (f"the latent input hidden_states {list(s)} carries no lattice"
-                           + (f" ({notes[0]})" if notes else " (packed tokens and no img_ids / img_shapes)"))
-        elif "encoder_hidden_states" in name and val.dim() == 3 and val.is_floating_point():
-            labels[node] = (plain(("b", s[0])), plain((f"t:{name}", s[1])), opaque(s[2]))
-            notes.append(f"{name} {list(s)} seeded as text")
+        if _named(node.name, NOT_TOKENS) or (batch is not None and val.shape[0] not in (batch, 1)):
+            continue
+        s = tuple(val.shape)  # [B, T, C] or [B, T, layers, C] (Krea2's stack of text-encoder layers)
+        labels[node] = (plain(("b", s[0])), plain((f"t:{node.name}", s[1])), *(opaque(d) for d in s[2:]))
+        notes.append(f"{node.name} {list(s)} seeded as text")
     if missing is not None:
         notes.append(missing)
-    return Seeds(labels, notes, missing)
+    return Seeds(labels, notes, missing, latent)
 
 
-def _seed_latent(s, in_channels, hint):
-    b = plain(("b", s[0]))
-    if len(s) == 4:
-        return (b, opaque(s[1]), plain(("y", s[2])), plain(("x", s[3])))
-    if len(s) == 5:
-        # [B, C, F, H, W] (Wan) or [B, F, C, H, W] (CogVideoX): the channel dim is the in_channels one
-        if in_channels is not None and s[2] == in_channels and s[1] != in_channels:
-            return (b, plain(("f", s[1])), opaque(s[2]), plain(("y", s[3])), plain(("x", s[4])))
-        return (b, opaque(s[1]), plain(("f", s[2])), plain(("y", s[3])), plain(("x", s[4])))
-    if len(s) == 3 and hint is not None and math.prod(hint) == s[1]:
-        return (b, _lattice_dim(hint), opaque(s[2]))
-    return None
+def _best_candidate(gm: fx.GraphModule, cands: list) -> tuple:
+    """The candidate that brings a lattice to the most attention queries; ties by name / order rank.
+    Candidates are tried in rank order and the search stops at one that reaches every query."""
+    cands = sorted(cands, key=lambda c: c[3])
+    if len(cands) == 1:
+        return cands[0]
+    total = sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target == SDPA)
+    best, best_score = cands[0], -1
+    for c in cands:
+        score = _lattice_sites(gm, {c[0]: c[1]})
+        if score > best_score:
+            best, best_score = c, score
+        if score == total:
+            break
+    return best
+
+
+def _static_unknown(v: torch.Tensor) -> bool:
+    """A shape with data-dependent (unbacked) sizes: nothing to seed."""
+    return not all(isinstance(d, int) for d in v.shape)
 
 
 def _describe(lab) -> str:
@@ -122,32 +160,49 @@ def _describe(lab) -> str:
         "·".join(f"{a[0] or '_'}{a[1]}" for a in seg) for seg in dl) for dl in lab) + "]"
 
 
+def _opaque_val(v):
+    """Opaque labels for a node's value; None where a size is data-dependent (no static token count)."""
+    if isinstance(v, torch.Tensor):
+        return None if _static_unknown(v) else opaque_label(v.shape)
+    if isinstance(v, (tuple, list)):
+        return [_opaque_val(x) if isinstance(x, torch.Tensor) else None for x in v]
+    return None
+
+
 def run_propagation(gm: fx.GraphModule, seeds: Seeds) -> tuple[dict, dict]:
+    """Labels of every node from the seeds; `lost` names the ops where token labels were dropped (an op
+    the analysis does not understand, sizes that do not factor, or a data-dependent shape)."""
     labels = dict(seeds.labels)
     lost: dict[fx.Node, str] = {}
     for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            if node not in labels and isinstance(node.meta.get("val"), torch.Tensor):
-                labels[node] = opaque_label(node.meta["val"].shape)
-            continue
-        if node.op == "get_attr":
-            v = node.meta.get("val")
-            if isinstance(v, torch.Tensor):
-                labels[node] = opaque_label(v.shape)
+        if node.op in ("placeholder", "get_attr"):
+            if node not in labels:
+                labels[node] = _opaque_val(node.meta.get("val"))
             continue
         if node.op != "call_function":
             continue
-        out = propagate(node, labels)
-        if out is None:  # an op the analysis does not understand, or sizes that do not factor
-            v = node.meta.get("val")
-            if isinstance(v, torch.Tensor):
-                out = opaque_label(v.shape)
-            elif isinstance(v, (tuple, list)):
-                out = [opaque_label(x.shape) if isinstance(x, torch.Tensor) else None for x in v]
-            if any(axes.has_tokens(labels.get(a)) for a in node.all_input_nodes):
-                lost[node] = str(node.target)
+        v = node.meta.get("val")
+        try:
+            out = None if _has_unbacked(v) else propagate(node, labels)
+            why = str(node.target)
+        except Exception as e:  # noqa: BLE001 — a rule that cannot read this node loses the labels here
+            out, why = None, f"{node.target} ({type(e).__name__})"
+        if out is None:
+            out = _opaque_val(v)
+            if _has_unbacked(v):
+                why = f"{node.target}: data-dependent shape"
+            if v is not None and any(axes.has_tokens(labels.get(a)) for a in node.all_input_nodes):
+                lost[node] = why
         labels[node] = out
     return labels, lost
+
+
+def _has_unbacked(v) -> bool:
+    if isinstance(v, torch.Tensor):
+        return _static_unknown(v)
+    if isinstance(v, (tuple, list)):
+        return any(_has_unbacked(x) for x in v)
+    return False
 
 
 def _layout(dl: axes.DimLabel) -> tuple[Layout | None, str | None]:
@@ -199,6 +254,8 @@ def classify(site: Site, labels: dict, lost: dict, missing: str | None = None) -
         site.skip_reason = "query length 1 (pooled query): not a lattice"
     elif qlay is not None and all(seg.kind == "text" for seg in qlay.segments):
         site.skip_reason = "text-only sequence: no image lattice"
+    elif why_q and all(a[0] == "f" for seg in ql[-2] for a in seg):
+        site.skip_reason = "temporal attention (the sequence runs over frames only): no image lattice"
     elif qlay is None or not qlay.image_segments():
         site.lost_at = _nearest_loss(q, lost)
         site.skip_reason = (f"layout unknown: {why_q}" if why_q else "layout unknown") + (
@@ -206,6 +263,11 @@ def classify(site: Site, labels: dict, lost: dict, missing: str | None = None) -
             "; no image lattice reaches the query" + (f": {missing}" if missing else ""))
     elif len(qlay.image_segments()) > 1:
         site.skip_reason = "more than one image lattice in the sequence"
+    elif site.kv_len == site.q_len and not axes.has_tokens(kl):
+        lost_k = _nearest_loss(k, lost)
+        site.lost_at = lost_k
+        site.skip_reason = ("layout unknown: the keys carry no token labels" + (f"; lost at {lost_k}" if lost_k else "")
+                            + f" (queries: {qlay.describe()})")
 
 
 def apply_override(site: Site, override) -> None:
@@ -238,10 +300,18 @@ def _undecided(site: Site) -> bool:
 
 def infer_layout(gm: fx.GraphModule, sites: list[Site], kwargs: dict, in_channels: int | None = None,
                  override=None) -> Seeds:
-    seeds = seed_inputs(gm, kwargs, in_channels)
+    try:
+        seeds = seed_inputs(gm, kwargs, in_channels)
+    except Exception as e:  # noqa: BLE001 — never a raw error: every site is skipped with this reason
+        why = f"reading the inputs failed ({type(e).__name__}: {str(e)[:120]})"
+        seeds = Seeds({}, [why], why)
     labels, lost = run_propagation(gm, seeds)
     for s in sites:
-        classify(s, labels, lost, seeds.missing)
+        if s.skip_reason is None:
+            try:
+                classify(s, labels, lost, seeds.missing)
+            except Exception as e:  # noqa: BLE001 — never a raw torch error: the site is skipped, named
+                s.skip_reason = f"layout unknown: the analysis failed here ({type(e).__name__}: {str(e)[:120]})"
         if override is not None and _undecided(s):
             apply_override(s, override)
         if _undecided(s):

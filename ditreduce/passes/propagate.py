@@ -92,20 +92,6 @@ def _matmul(node, labels):
     return batch + (al[-2], bl[-1])
 
 
-def _reduce_dims(node, labels):
-    x = node.args[0]
-    xl = _lab(labels, x)
-    if xl is None:
-        return None
-    rank = len(xl)
-    dims = node.args[1] if len(node.args) > 1 else None
-    if dims is None:
-        return opaque_label(_shape(node))
-    dims = {_dim(d, rank) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
-    keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-    return tuple(opaque(1) if d in dims else xl[d] for d in range(rank) if keep or d not in dims)
-
-
 def _slice_like(xl, rank, dim, start, end):
     dim = _dim(dim, rank)
     sl = axes.slice_dim(xl[dim], start, end)
@@ -154,6 +140,29 @@ def unary(*ops):
     return deco
 
 
+def _reduced(xl, out_shape, dims, keep):
+    """Labels after reducing `dims` (None: all) with or without keepdim."""
+    if dims is None:
+        return opaque_label(out_shape)
+    rank = len(xl)
+    dims = {_dim(d, rank) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
+    return tuple(opaque(1) if d in dims else xl[d] for d in range(rank) if keep or d not in dims)
+
+
+@unary(aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.var.correction, aten.std.correction)
+def _reduce_dims(node, xl):
+    dims = node.args[1] if len(node.args) > 1 else None
+    keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    return _reduced(xl, _shape(node), dims, keep)
+
+
+@unary(aten.linalg_vector_norm.default)  # (self, ord, dim, keepdim): F.normalize's per-head q / k norm
+def _vector_norm(node, xl):
+    dims = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+    keep = node.args[3] if len(node.args) > 3 else node.kwargs.get("keepdim", False)
+    return _reduced(xl, _shape(node), dims, keep)
+
+
 @rule(operator.getitem)
 def _getitem(node, labels):
     src = labels.get(node.args[0])
@@ -182,8 +191,7 @@ rule(aten.addmm.default)(lambda node, labels: None if _lab(labels, node.args[1])
                          else (_lab(labels, node.args[1])[0], opaque(_shape(node)[-1])))
 rule(aten.matmul.default, aten.bmm.default, aten.mm.default)(_matmul)
 rule(aten.convolution.default, aten.conv1d.default, aten.conv2d.default, aten.conv3d.default)(_conv)
-rule(aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.var.correction, aten.std.correction)(_reduce_dims)
-rule(aten.var_mean.correction)(lambda node, labels: None if (r := _reduce_dims(node, labels)) is None else [r, r])
+unary(aten.var_mean.correction)(lambda node, xl: [_reduce_dims(node, xl)] * 2)
 rule(aten.split_with_sizes.default, aten.split.Tensor)(_split)
 rule(aten.copy.default, aten.where.self, aten.masked_fill.Scalar, aten.masked_fill.Tensor, aten.lerp.Scalar)(_ew)
 
@@ -217,6 +225,16 @@ def _expand(node, xl):
     return tuple(opaque(out[i]) if i < lead or xs[i - lead] != out[i] else xl[i - lead] for i in range(len(out)))
 
 
+@unary(aten.repeat_interleave.self_int)
+def _repeat_interleave(node, xl):
+    """GQA's k / v head repeat: the repeated dim becomes opaque, the others keep their labels."""
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+    if dim is None:
+        return None
+    d = _dim(dim, len(xl))
+    return xl[:d] + (opaque(_shape(node)[d]),) + xl[d + 1:]
+
+
 @unary(aten.unbind.int)
 def _unbind(node, xl):
     d = _dim(node.args[1] if len(node.args) > 1 else 0, len(xl))
@@ -234,6 +252,25 @@ def _slice(node, xl):
     if step != 1:  # a strided slice keeps no segment whole
         return None if axes.dim_has_tokens(xl[d]) else xl[:d] + (opaque(_shape(node)[d]),) + xl[d + 1:]
     return _slice_like(xl, len(xs), d, start, end)
+
+
+@rule(aten.einsum.default)
+def _einsum(node, labels):
+    """Each output letter takes the label of that letter's dim in the inputs (a token-carrying one first)."""
+    eq = node.args[0].replace(" ", "")
+    if "..." in eq or "->" not in eq:
+        return None
+    ins, out = eq.split("->")
+    by_letter: dict = {}
+    for spec, arg in zip(ins.split(","), node.args[1]):
+        lab = _lab(labels, arg)
+        if lab is None or len(lab) != len(spec):
+            return None
+        for letter, dl in zip(spec, lab):
+            if letter not in by_letter or (not axes.dim_has_tokens(by_letter[letter]) and axes.dim_has_tokens(dl)):
+                by_letter[letter] = dl
+    shape = _shape(node)
+    return tuple(by_letter[c] if axes.dim_size(by_letter[c]) == shape[i] else opaque(shape[i]) for i, c in enumerate(out))
 
 
 @rule(aten.cat.default)

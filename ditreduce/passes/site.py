@@ -82,7 +82,7 @@ class Site:
 
     @property
     def image_tokens(self) -> int:
-        return self.layout.length - self.layout.text_tokens if self.layout else 0
+        return sum(seg.length for _, seg in self.layout.image_segments()) if self.layout else 0
 
     @property
     def text_tokens(self) -> int:

@@ -1,0 +1,256 @@
+"""Hand-written DiTs in the styles research code uses, for tests/test_any_dit.py and the zoo table.
+
+- OrigDiT: the original DiT repository (facebookresearch/DiT, also SiT): forward(x, t, y), conv patchify,
+  timm-style Attention with fused qkv, per-head q/k LayerNorm, scale folded into q, dropout in eval.
+- XTransDiT: x-transformers style joint attention over [context | image]: einsum logits,
+  masked_fill(~mask, -finfo.max) with a boolean key-padding mask, softmax(dtype=float32) and a cast back.
+- RegViT: a plain ViT denoiser with a class token before and register tokens after the image tokens; the
+  time input `cond` is already an embedding [B, D] (no timestep to count).
+- PackedDiT: packed tokens [B, N, C] with the lattice given as integer arguments (num_frames, height,
+  width), sigma as time input, F.normalize per-head q / k, sdpa, RoPE built from the integer sizes.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _sincos(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimmAttention(nn.Module):
+    def __init__(self, dim, heads, qk_norm=True, fused=False):
+        super().__init__()
+        self.heads, self.head_dim, self.fused = heads, dim // heads, fused
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.attn_drop, self.proj = nn.Dropout(0.1), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.fused:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            q = q * self.scale
+            attn = q @ k.transpose(-2, -1)
+            attn = attn.softmax(dim=-1)
+            attn = self.attn_drop(attn)
+            x = attn @ v
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+def _modulate(x, shift, scale):
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = TimmAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(approximate="tanh"), nn.Linear(2 * dim, dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x, c):
+        s1, sc1, g1, s2, sc2, g2 = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + g1.unsqueeze(1) * self.attn(_modulate(self.norm1(x), s1, sc1))
+        return x + g2.unsqueeze(1) * self.mlp(_modulate(self.norm2(x), s2, sc2))
+
+
+class OrigDiT(nn.Module):
+    def __init__(self, input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=4,
+                 num_classes=10, learn_sigma=True):
+        super().__init__()
+        self.in_channels, self.p = in_channels, patch_size
+        self.out_channels = in_channels * 2 if learn_sigma else in_channels
+        self.x_embedder = nn.Conv2d(in_channels, hidden_size, patch_size, patch_size)
+        self.t_embedder = nn.Sequential(nn.Linear(64, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.y_embedder = nn.Embedding(num_classes + 1, hidden_size)
+        n = (input_size // patch_size) ** 2
+        self.pos_embed = nn.Parameter(torch.randn(1, n, hidden_size) * 0.02, requires_grad=False)
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads) for _ in range(depth))
+        self.final_norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.final = nn.Linear(hidden_size, patch_size * patch_size * self.out_channels)
+
+    def unpatchify(self, x, h, w):
+        c, p = self.out_channels, self.p
+        x = x.reshape(x.shape[0], h, w, p, p, c)
+        x = torch.einsum("nhwpqc->nchpwq", x)
+        return x.reshape(x.shape[0], c, h * p, w * p)
+
+    def forward(self, x, t, y):
+        h, w = x.shape[-2] // self.p, x.shape[-1] // self.p
+        x = self.x_embedder(x).flatten(2).transpose(1, 2)
+        x = x + self.pos_embed[:, : h * w]
+        c = self.t_embedder(_sincos(t, 64).to(x.dtype)) + self.y_embedder(y)
+        for block in self.blocks:
+            x = block(x, c)
+        return self.unpatchify(self.final(self.final_norm(x)), h, w)
+
+
+class XAttention(nn.Module):
+    """x-transformers' Attend: einsum logits, boolean keep-mask via masked_fill, fp32 softmax."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.to_qkv, self.to_out, self.dropout = nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim), nn.Dropout(0.1)
+
+    def forward(self, x, mask):
+        b, n, _ = x.shape
+        q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2) for t in self.to_qkv(x).chunk(3, dim=-1))
+        sim = torch.einsum("b h i d, b h j d -> b h i j", q, k) * self.scale
+        sim = sim.masked_fill(~mask[:, None, None, :], -torch.finfo(sim.dtype).max)
+        attn = sim.softmax(dim=-1, dtype=torch.float32).type(q.dtype)
+        attn = self.dropout(attn)
+        out = torch.einsum("b h i j, b h j d -> b h i d", attn, v)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class XTransDiT(nn.Module):
+    def __init__(self, channels=4, patch=2, dim=32, heads=4, depth=2, context_dim=12):
+        super().__init__()
+        self.p, self.c = patch, channels
+        self.embed = nn.Linear(channels * patch * patch, dim)
+        self.context_proj = nn.Linear(context_dim, dim)
+        self.time = nn.Sequential(nn.Linear(32, dim), nn.SiLU())
+        self.layers = nn.ModuleList(nn.ModuleList([nn.LayerNorm(dim), XAttention(dim, heads), nn.LayerNorm(dim),
+                                                   nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))])
+                                    for _ in range(depth))
+        self.out = nn.Linear(dim, channels * patch * patch)
+
+    def forward(self, x, times, context, context_mask):
+        b, c, hh, ww = x.shape
+        p, h, w = self.p, hh // self.p, ww // self.p
+        tok = self.embed(x.reshape(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * p * p))
+        ctx = self.context_proj(context)
+        seq = torch.cat([ctx, tok], dim=1) + self.time(_sincos(times, 32).to(x.dtype))[:, None]
+        mask = torch.cat([context_mask, torch.ones(b, h * w, dtype=torch.bool, device=x.device)], dim=1)
+        for norm1, attn, norm2, ff in self.layers:
+            seq = seq + attn(norm1(seq), mask)
+            seq = seq + ff(norm2(seq))
+        img = self.out(seq[:, ctx.shape[1]:])
+        return img.reshape(b, h, w, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, hh, ww)
+
+
+class RegViT(nn.Module):
+    def __init__(self, channels=3, patch=2, dim=32, heads=4, depth=2, registers=3, max_tokens=64):
+        super().__init__()
+        self.p, self.c = patch, channels
+        self.patch = nn.Conv2d(channels, dim, patch, patch)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.registers = nn.Parameter(torch.randn(1, registers, dim) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, max_tokens, dim) * 0.02)
+        self.blocks = nn.ModuleList(nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True,
+                                                               norm_first=True) for _ in range(depth))
+        self.cond = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, channels * patch * patch)
+
+    def forward(self, pixels, cond):
+        b, c, hh, ww = pixels.shape
+        p, h, w = self.p, hh // self.p, ww // self.p
+        x = self.patch(pixels).flatten(2).transpose(1, 2) + self.pos[:, : h * w] + self.cond(cond)[:, None]
+        x = torch.cat([self.cls.expand(b, -1, -1), x, self.registers.expand(b, -1, -1)], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        img = self.head(x[:, 1: 1 + h * w]) + x[:, :1].mean(-1, keepdim=True)
+        return img.reshape(b, h, w, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, hh, ww)
+
+
+def _rope_1d(pos: torch.Tensor, dim: int):
+    freqs = 1.0 / (100 ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    ang = pos.float()[:, None] * freqs[None]
+    return ang.cos(), ang.sin()
+
+
+class PackedAttention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x, cos, sin):
+        b, n, c = x.shape
+        q, k, v = (f(x).view(b, n, self.heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)  # per-head q / k norm
+
+        def rope(t):
+            t1, t2 = t[..., 0::2], t[..., 1::2]
+            return torch.stack([t1 * cos - t2 * sin, t1 * sin + t2 * cos], dim=-1).flatten(-2)
+
+        out = F.scaled_dot_product_attention(rope(q), rope(k), v, scale=4.0)
+        return self.o(out.transpose(1, 2).reshape(b, n, c))
+
+
+class PackedDiT(nn.Module):
+    def __init__(self, in_dim=8, dim=32, heads=2, depth=2):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.embed, self.t = nn.Linear(in_dim, dim), nn.Linear(32, dim)
+        self.blocks = nn.ModuleList(PackedAttention(dim, heads) for _ in range(depth))
+        self.out = nn.Linear(dim, in_dim)
+
+    def forward(self, tokens, sigma, num_frames: int, height: int, width: int):
+        f_, h_, w_ = torch.meshgrid(torch.arange(num_frames), torch.arange(height), torch.arange(width), indexing="ij")
+        pos = (f_ * 7 + h_ * 3 + w_).reshape(-1)  # a toy 3-D position mixed into one angle per token
+        cos, sin = _rope_1d(pos, self.head_dim)
+        x = self.embed(tokens) + self.t(_sincos(sigma * 1000, 32).to(tokens.dtype))[:, None]
+        for blk in self.blocks:
+            x = x + blk(x, cos.to(x.dtype), sin.to(x.dtype))
+        return self.out(x)
+
+
+def _g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def origdit(grid=(4, 4), batch=2, seed=0):
+    torch.manual_seed(seed)
+    m = OrigDiT(input_size=max(grid) * 2)
+    g = _g(seed + 1)
+    return m.eval(), dict(x=torch.randn(batch, 4, grid[0] * 2, grid[1] * 2, generator=g),
+                          t=torch.randint(0, 1000, (batch,), generator=g), y=torch.randint(0, 10, (batch,), generator=g))
+
+
+def xtransdit(grid=(4, 4), batch=2, seed=0, text=5):
+    torch.manual_seed(seed)
+    m = XTransDiT()
+    g = _g(seed + 1)
+    mask = torch.ones(batch, text, dtype=torch.bool)
+    mask[0, text // 2:] = False  # padded caption
+    return m.eval(), dict(x=torch.randn(batch, 4, grid[0] * 2, grid[1] * 2, generator=g),
+                          times=torch.rand(batch, generator=g) * 1000,
+                          context=torch.randn(batch, text, 12, generator=g), context_mask=mask)
+
+
+def regvit(grid=(4, 4), batch=2, seed=0):
+    torch.manual_seed(seed)
+    m = RegViT(max_tokens=max(64, grid[0] * grid[1]))
+    g = _g(seed + 1)
+    return m.eval(), dict(pixels=torch.randn(batch, 3, grid[0] * 2, grid[1] * 2, generator=g),
+                          cond=torch.randn(batch, 32, generator=g))
+
+
+def packeddit(grid=(2, 3, 4), batch=2, seed=0):
+    torch.manual_seed(seed)
+    m = PackedDiT()
+    g = _g(seed + 1)
+    f, h, w = grid if len(grid) == 3 else (1, *grid)
+    return m.eval(), dict(tokens=torch.randn(batch, f * h * w, 8, generator=g), sigma=torch.rand(batch, generator=g),
+                          num_frames=f, height=h, width=w)
+
+
+HAND = {"origdit": origdit, "xtransdit": xtransdit, "regvit": regvit, "packeddit": packeddit}

@@ -1,0 +1,266 @@
+"""DiTs written the way research code writes them: the latent, timestep and lattice are found by structure,
+research attention spellings become one sdpa with the same numbers, extra tokens are kept, and every
+failure is a named error."""
+import pytest
+import torch
+from torch import nn
+
+import anydit
+from ditreduce import ScheduleError, UnsupportedModelError, compile_with_reduction
+from ditreduce.passes.capture import capture
+from ditreduce.passes.inputs import find_timestep, lattice_for_tokens, lattice_from_ids
+from ditreduce.passes.match_attention import SDPA, match_attention
+
+# family -> (kind, grid, text tokens, other tokens) of every reduced site
+EXPECTED = {
+    "origdit": ("self", (4, 4), 0, 0),
+    "xtransdit": ("joint", (4, 4), 5, 0),
+    "regvit": ("self", (4, 4), 0, 4),     # class token before, 3 registers after
+    "packeddit": ("self", (2, 3, 4), 0, 0),
+}
+
+
+def _ratio(family, ratio, **build):
+    model, kw = anydit.HAND[family](**build)
+    reduced = compile_with_reduction(model, {"method": "uniform", "ratio": ratio})
+    with torch.no_grad():
+        ref, out = model(**kw), reduced(**kw)
+    return reduced, ref, out
+
+
+@pytest.mark.parametrize("family", sorted(EXPECTED))
+def test_ratio_zero_is_the_dense_output_and_the_layout_is_found(family):
+    reduced, ref, out = _ratio(family, 0.0)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    kind, grid, text, other = EXPECTED[family]
+    rep = reduced.report()
+    assert len(rep) == 2 and all(r.reduced for r in rep)
+    assert {(r.kind, r.grid, r.text_tokens) for r in rep} == {(kind, grid, text)}
+    for site in reduced._last.sites:
+        extra = sum(s.length for s in site.layout.segments if s.kind == "other")
+        assert extra == other and site.image_tokens == torch.Size(grid).numel()
+
+
+@pytest.mark.parametrize("family", sorted(EXPECTED))
+def test_ratio_half_keeps_shapes_and_changes_the_output(family):
+    reduced, ref, out = _ratio(family, 0.5)
+    assert out.shape == ref.shape and torch.isfinite(out).all() and not torch.allclose(out, ref)
+    d, r = reduced.report().totals()
+    assert r < d
+
+
+def test_latent_is_found_whatever_its_name():
+    _, kw = anydit.origdit()
+    reduced, _, _ = _ratio("origdit", 0.0)
+    assert any(n.startswith("latent x ") for n in reduced._last.notes)
+    assert list(kw) == ["x", "t", "y"]
+
+
+def test_channels_last_latent_is_read_by_structure():
+    class ChannelsLast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = anydit.OrigDiT()
+
+        def forward(self, img, t, y):  # [B, H, W, C] in, [B, H, W, C] out
+            return self.inner(img.permute(0, 3, 1, 2), t, y).permute(0, 2, 3, 1)
+
+    torch.manual_seed(0)
+    model = ChannelsLast().eval()
+    kw = dict(img=torch.randn(2, 8, 6, 4), t=torch.tensor([5, 5]), y=torch.tensor([1, 2]))
+    r = compile_with_reduction(model, {"method": "uniform", "ratio": 0.0})
+    with torch.no_grad():
+        torch.testing.assert_close(r(**kw), model(**kw), rtol=1e-5, atol=1e-5)
+    assert {x.grid for x in r.report()} == {(4, 3)}
+
+
+def test_timestep_by_name_or_structure_and_none_when_it_is_an_embedding():
+    b = 2
+    assert find_timestep({"x": torch.zeros(b, 4, 8, 8), "t": torch.tensor([3, 3])})[0] == "t"
+    assert find_timestep({"tokens": torch.zeros(b, 8, 4), "sigma": torch.rand(b)})[0] == "sigma"
+    assert find_timestep({"x": torch.zeros(b, 4, 8, 8), "noise": torch.rand(b)})[0] == "noise"  # the only 1-d float
+    assert find_timestep({"pixels": torch.zeros(b, 3, 8, 8), "cond": torch.zeros(b, 32)}) is None
+
+
+def test_schedule_without_step_rules_needs_no_timestep_and_step_rules_name_set_step():
+    model, kw = anydit.regvit()  # its time input `cond` is already an embedding
+    plain = compile_with_reduction(model, {"method": "uniform", "ratio": 0.5})
+    with torch.no_grad():
+        plain(**kw)
+        plain(**kw)
+    stepped = compile_with_reduction(model, {"ratio": 0.5, "rules": [{"steps": [0], "method": "none"}]})
+    with pytest.raises(ScheduleError, match=r"set_step\(i, num_steps\)"), torch.no_grad():
+        stepped(**kw)
+    stepped.set_step(0, 10)
+    with torch.no_grad():
+        dense = stepped(**kw)
+    torch.testing.assert_close(dense, model(**kw), rtol=0, atol=0)  # step 0 is dense
+
+
+def test_steps_are_counted_from_sigma():
+    model, kw = anydit.packeddit()
+    r = compile_with_reduction(model, {"ratio": 0.5, "rules": [{"steps": [0], "method": "none"}]})
+    keys = []
+    with torch.no_grad():
+        for s in (0.9, 0.5):
+            r(**dict(kw, sigma=torch.full((2,), s)))
+            keys.append(r.last_key)
+    assert all(c is None for c in keys[0]) and all(c is not None for c in keys[1])
+
+
+def test_lattice_from_integer_arguments_and_ids_of_any_name():
+    assert lattice_for_tokens({"num_frames": 2, "height": 3, "width": 4}, 24)[0] == (2, 3, 4)
+    assert lattice_for_tokens({"num_frames": 1, "height": 3, "width": 5}, 15)[0] == (3, 5)
+    assert lattice_for_tokens({"size": (5, 3), "steps": 10}, 15)[0] == (5, 3)
+    assert lattice_for_tokens({"height": 3, "width": 5}, 16) is None
+    h, w = 3, 5
+    ids = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), -1).reshape(-1, 2)
+    assert lattice_for_tokens({"coords": ids.float()}, 15)[0] == (3, 5)
+    assert lattice_from_ids(ids.t()[None]) == (3, 5)                    # [B, c, N]
+    assert lattice_from_ids(ids[torch.randperm(15)]) is None              # not row-major
+    assert lattice_from_ids(torch.cat([torch.zeros(15, 1), ids, torch.zeros(15, 1)], 1)) == (3, 5)  # Flux2: t,h,w,l
+
+
+def test_odd_packed_lattice_from_integer_arguments():
+    reduced, ref, out = _ratio("packeddit", 0.0, grid=(3, 5, 3))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert {r.grid for r in reduced.report()} == {(3, 5, 3)}
+
+
+def test_packed_tokens_without_a_stated_lattice_are_named_and_the_override_fixes_it():
+    model, kw = anydit.packeddit()
+
+    class NoSizes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, tokens, sigma):
+            return self.m(tokens, sigma, 2, 3, 4)
+
+    wrapped = NoSizes().eval()
+    args = dict(tokens=kw["tokens"], sigma=kw["sigma"])
+    with pytest.warns(UserWarning, match="layout unknown"), pytest.raises(ScheduleError, match="no lattice stated"):
+        compile_with_reduction(wrapped, "uniform-50")(**args)
+    fixed = compile_with_reduction(wrapped, {"ratio": 0.5, "layout": {"grid": [2, 3, 4]}})
+    with torch.no_grad():
+        fixed(**args)
+    assert {r.grid for r in fixed.report()} == {(2, 3, 4)}
+
+
+# --- attention spellings -----------------------------------------------------------------------------
+class XAttend(nn.Module):
+    def forward(self, q, k, v, keep):
+        sim = torch.einsum("b h i d, b h j d -> b h i j", q, k) * q.shape[-1] ** -0.5
+        sim = sim.masked_fill(~keep[:, None, None, :], -torch.finfo(sim.dtype).max)
+        attn = sim.softmax(dim=-1, dtype=torch.float32).type(q.dtype)
+        return torch.einsum("b h i j, b h j d -> b h i d", nn.functional.dropout(attn, 0.1, training=False), v)
+
+
+class EqZeroMask(nn.Module):
+    """mask == 0 filled with -inf, scale after the fill, upcast scores."""
+
+    def forward(self, q, k, v, keep):
+        s = (q @ k.transpose(-1, -2)).float()
+        s = s.masked_fill(keep[:, None, None, :] == 0, float("-inf")) / 3.0
+        return torch.softmax(s, -1).to(q.dtype) @ v
+
+
+class Baddbmm(nn.Module):
+    def forward(self, q, k, v, keep):
+        b, h, n, d = q.shape
+        q3, k3, v3 = (t.reshape(b * h, n, d) for t in (q, k, v))
+        s = torch.baddbmm(torch.empty(b * h, n, n, dtype=q.dtype), q3, k3.transpose(-1, -2), beta=0, alpha=d ** -0.5)
+        return torch.bmm(s.softmax(-1), v3).reshape(b, h, n, d)
+
+
+class ScaledK(nn.Module):
+    def forward(self, q, k, v, keep):
+        return (q @ (k * 0.5).transpose(-2, -1)).softmax(-1) @ v
+
+
+@pytest.mark.parametrize("module", [XAttend(), EqZeroMask(), Baddbmm(), ScaledK()], ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_research_spellings_become_one_sdpa_with_the_same_numbers(module, dtype):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=g).to(dtype) for _ in range(3))
+    keep = torch.ones(2, 7, dtype=torch.bool)
+    keep[0, 4:] = False
+    kw = dict(q=q, k=k, v=v, keep=keep)
+    gm = capture(module, kw)
+    res = match_attention(gm)
+    assert res.canonicalised == 1 and len(res.sites) == 1
+    ops = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert ops.count(SDPA) == 1 and not any("softmax" in str(o) for o in ops)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(gm(**kw), module(**kw), rtol=tol, atol=tol)
+
+
+def test_diffusers_baddbmm_processor_is_canonicalised():
+    import zoo
+    from diffusers.models.attention_processor import AttnProcessor
+
+    model, kw = zoo.pixart()
+    model.set_attn_processor(AttnProcessor())  # get_attention_scores: baddbmm + softmax + bmm
+    kw = dict(kw, return_dict=False)
+    r = compile_with_reduction(model, {"method": "uniform", "ratio": 0.0})
+    with torch.no_grad():
+        torch.testing.assert_close(r(**kw)[0], model(**kw)[0], rtol=1e-5, atol=1e-5)
+    assert [(x.kind, x.grid) for x in r.report()] == [("self", (4, 4)), ("cross", (4, 4))] * 2
+    assert all(s.origin == "matmul-softmax" for s in r._last.sites)
+
+
+# --- named errors ------------------------------------------------------------------------------------
+class DataDependent(nn.Module):
+    """Attention over the valid tokens of the sample only (Mochi): a data-dependent sequence length."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Conv2d(4, 16, 2, 2)
+
+    def forward(self, x, t, mask):
+        tok = self.proj(x).flatten(2).transpose(1, 2)
+        valid = tok[0, mask[0]][None, None]
+        out = nn.functional.scaled_dot_product_attention(valid, valid, valid)
+        return out.sum() + tok.sum()
+
+
+def test_data_dependent_attention_is_a_named_error_not_a_torch_exception():
+    x, mask = torch.randn(1, 4, 8, 8), torch.ones(1, 16, dtype=torch.bool)
+    r = compile_with_reduction(DataDependent().eval(), "uniform-50")
+    with pytest.raises((ScheduleError, UnsupportedModelError)) as e:
+        r(x=x, t=torch.tensor([1.0]), mask=mask)
+    assert "DataDependent" in str(e.value) or "data-dependent" in str(e.value)
+
+
+def test_mochi_is_a_named_error():
+    import zoo_more
+
+    model, kw = zoo_more.mochi()
+    with pytest.raises(ScheduleError, match="data-dependent shape") as e:
+        compile_with_reduction(model, "uniform-50")(**kw)
+    assert "transformer_blocks.0.attn1" in str(e.value)
+
+
+def test_a_conditioning_tensor_of_id_like_shape_does_not_trigger_a_capture_per_call():
+    model, kw = anydit.regvit(batch=3)  # cond [3, 32]: shaped like [c, N] ids, but not integer-valued
+    r = compile_with_reduction(model, {"method": "uniform", "ratio": 0.5})
+    with torch.no_grad():
+        for seed in range(3):
+            r(**dict(kw, cond=torch.randn(3, 32, generator=torch.Generator().manual_seed(seed))))
+    assert len(r._captures) == 1
+
+
+def test_a_matcher_failure_is_reported_not_raised(monkeypatch):
+    import ditreduce.passes.match_attention as ma
+
+    def broken(node):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ma, "_match_manual", broken)
+    model, kw = anydit.origdit()
+    gm = capture(model, kw)
+    res = match_attention(gm, model)
+    assert res.sites == [] and any("attention matching failed here (RuntimeError: boom)" in why
+                                   for why in res.unmatched_modules.values())
+    torch.testing.assert_close(gm(**kw), model(**kw))  # the graph is left as it was: dense
