@@ -153,6 +153,7 @@ def main(argv=None) -> int:
     s.set_defaults(fn=lambda a: print(__import__("ditreduce.schedules", fromlist=["json_schema"]).json_schema()) or 0)
     importlib.import_module(".bench.cli", __package__).add_subcommands(sub)
     __import__("ditreduce.backends.cli", fromlist=["add_subcommands"]).add_subcommands(sub)
+    importlib.import_module(".calibration.cli", __package__).add_subcommands(sub)
     args = ap.parse_args(argv)
     return args.fn(args)
 

@@ -1,0 +1,137 @@
+"""`ditreduce calibrate --method coredit`: a progressive, block-adaptive CoReDiT schedule from measured
+redundancy.
+
+1. Measure: a few dense generations; at every reducible site and step, the mean spatial-coherence score
+   of the image tokens entering the site's attention (the tokens CoReDiT scores).
+2. Allocate: the first `dense_fraction` of the steps stay dense; the rest is split into `phases`
+   (each phase is one variant graph); in phase p the ratio of block b is
+       r[b, p] = clip(scale · ramp(p) · S[b, p] / mean(S), 0, max_ratio)
+   where S is the measured coherence (more redundancy → more pruning) and ramp rises linearly from
+   `ramp_start` to 1 (pruning grows as the image settles). `scale` is found by bisection so that the
+   self-attention FLOPs removed over the whole run, 1 − Σ(1 − r)² / Σ 1, equal the `budget`.
+3. Write: an ordinary version-1 schedule (one rule per block and phase), readable and editable.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..methods.coredit import CoReDiT, coherence
+from ..methods.lattice import neighbour_cosines, neighbour_table
+from ..schedules.lower import eligible, quantise
+
+
+@dataclass
+class Redundancy:
+    """Mean coherence per (site, step): blocks[i] is the block of row i, values[i][t] its mean at step t."""
+
+    modules: list[str]
+    blocks: list[int]
+    values: torch.Tensor  # [sites, steps]
+
+
+def _image_tokens(x: torch.Tensor, site) -> torch.Tensor:
+    start, seg = site.image
+    return x[:, start:start + seg.length]
+
+
+def measure_redundancy(reduced, generate: Callable[[], None], num_steps: int) -> Redundancy:
+    """Run `generate()` (dense generations through `reduced.model`) and record the mean coherence of every
+    reducible site's attention input per step. `reduced` must have been captured (it knows the sites)."""
+    cap = reduced._last
+    if cap is None:
+        raise RuntimeError("capture the model first (reduced.capture(**example_kwargs)) so the sites are known")
+    sites = [s for s in cap.sites if eligible(s, reduced.schedule) is None]
+    model = reduced.model
+    sums = torch.zeros(len(sites), num_steps)
+    counts = torch.zeros(len(sites), num_steps)
+    state = {"step": -1, "t": None}
+
+    def on_model(_mod, args, kwargs):
+        t = kwargs.get("timestep", args[2] if len(args) > 2 else None)
+        v = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else t
+        if state["t"] is None or v > state["t"]:
+            state["step"] = 0
+        elif v < state["t"]:
+            state["step"] += 1
+        state["t"] = v
+
+    def on_attention(i, site):
+        _, valid = neighbour_table(tuple(site.grid))
+
+        def hook(_mod, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            if x.dim() != 3 or x.shape[1] != site.q_len or not 0 <= state["step"] < num_steps:
+                return
+            sc = coherence(neighbour_cosines(_image_tokens(x, site), site.grid), valid)
+            sums[i, state["step"]] += float(sc.mean())
+            counts[i, state["step"]] += 1
+        return hook
+
+    modules = dict(model.named_modules())
+    missing = [s.module for s in sites if s.module not in modules]
+    if missing:
+        raise RuntimeError(f"attention modules {missing} not found by name: calibrate needs module-level sites")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_hook(model.register_forward_pre_hook(on_model, with_kwargs=True)))
+        for i, s in enumerate(sites):
+            stack.enter_context(_hook(modules[s.module].register_forward_pre_hook(on_attention(i, s),
+                                                                                  with_kwargs=True)))
+        with torch.no_grad():
+            generate()
+    if (counts == 0).any():
+        raise RuntimeError("some (site, step) pairs were never observed: does generate() run num_steps steps?")
+    return Redundancy([s.module for s in sites], [s.block for s in sites], sums / counts)
+
+
+@contextlib.contextmanager
+def _hook(handle):
+    try:
+        yield handle
+    finally:
+        handle.remove()
+
+
+def allocate(red: Redundancy, num_steps: int, budget: float, dense_fraction: float = 0.2, phases: int = 4,
+             ramp_start: float = 0.5, max_ratio: float = CoReDiT.max_ratio, ratio_step: float = 0.05) -> dict:
+    """(schedule document, calibration info) for a self-attention FLOPs budget (fraction removed over the run)."""
+    first = round(dense_fraction * num_steps)
+    live = num_steps - first
+    most = (1 - (1 - max_ratio) ** 2) * live / num_steps
+    if not 0 < budget < most:
+        raise ValueError(f"--budget {budget}: must be in (0, {most:.2f}) for {num_steps} steps with {first} dense "
+                         f"(CoReDiT prunes at most {max_ratio:g} of the tokens)")
+    phases = max(1, min(phases, live))
+    bounds = [first + round(p * live / phases) for p in range(phases + 1)]
+    blocks = sorted(set(red.blocks))
+    s = torch.stack([torch.stack([red.values[[i for i, b in enumerate(red.blocks) if b == blk]][:, lo:hi].mean()
+                                  for lo, hi in zip(bounds, bounds[1:])]) for blk in blocks])  # [blocks, phases]
+    s = s.clamp(min=1e-3)
+    ramp = torch.linspace(ramp_start, 1.0, phases) if phases > 1 else torch.ones(1)
+    shape = ramp[None] * s / s.mean()
+    steps_per_phase = torch.tensor([hi - lo for lo, hi in zip(bounds, bounds[1:])], dtype=torch.float32)
+
+    def removed(scale: float) -> tuple[float, torch.Tensor]:
+        r = (scale * shape).clamp(0, max_ratio)
+        r = torch.round(r / ratio_step) * ratio_step
+        kept = ((1 - r) ** 2 * steps_per_phase[None]).sum() + first * len(blocks)
+        return float(1 - kept / (num_steps * len(blocks))), r
+
+    lo, hi = 0.0, 10.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if removed(mid)[0] < budget else (lo, mid)
+    achieved, ratios = removed(hi)
+    rules = [{"step_fraction": {"start": 0.0, "stop": round(first / num_steps, 6)}, "method": "none"}] if first else []
+    for bi, blk in enumerate(blocks):
+        for p, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            rules.append({"blocks": [blk], "steps": {"start": a, "stop": b}, "ratio": quantise(float(ratios[bi, p]), ratio_step)})
+    doc = {"version": 1, "method": "coredit", "ratio": 0.0, "scope": "attention+proj", "num_steps": num_steps,
+           "ratio_step": ratio_step, "rules": rules}
+    info = {"budget": budget, "self_attention_flops_removed": round(achieved, 4), "dense_steps": first,
+            "phases": phases, "blocks": blocks,
+            "coherence_per_block_phase": [[round(float(v), 4) for v in row] for row in s]}
+    return doc, info
