@@ -36,6 +36,14 @@ def count_flops(fn: Callable[[], object]) -> Flops:
     return Flops(int(counter.get_total_flops()), int(attention))
 
 
+def fake_mode() -> FakeTensorMode:
+    """A fake mode for re-running captured graphs: real parameters allowed, and a shape environment so
+    that data-dependent ops a model already had (boolean-mask indexing) get unbacked sizes."""
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    return FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv())
+
+
 def fake_inputs(gm: fx.GraphModule, mode: FakeTensorMode) -> list:
     """Fresh fake tensors in `mode` shaped like gm's placeholders (from their meta["val"])."""
     out = []
@@ -49,7 +57,7 @@ def fake_inputs(gm: fx.GraphModule, mode: FakeTensorMode) -> list:
 
 def graph_flops(gm: fx.GraphModule, ref: fx.GraphModule | None = None) -> Flops:
     """FLOPs of one run of a captured / rewritten graph, on fake tensors shaped like ref's inputs."""
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    mode = fake_mode()
     args = fake_inputs(ref if ref is not None else gm, mode)
     with mode:
         return count_flops(lambda: fx.Interpreter(gm).run(*args))

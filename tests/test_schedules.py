@@ -35,15 +35,16 @@ def test_yaml_is_loaded_safely(tmp_path):
 @pytest.mark.parametrize("doc, field, allowed", [
     ({"ratio": 1.5}, "ratio", "less than or equal to 0.95"),
     ({"metod": "uniform"}, "metod", "allowed keys here: version, method, ratio"),
-    ({"method": "tome2"}, "method", "allowed: uniform, none"),
+    ({"method": "tome2"}, "method", "allowed: coredit, random, todo, tome, uniform, none"),
     ({"rules": [{"bloks": 1, "ratio": 0.1}]}, "rules[0].bloks", "allowed keys here: blocks, modules"),
     ({"rules": [{"blocks": "a:b", "ratio": 0.1}]}, "rules[0].blocks", "integers"),
     ({"rules": [{"kinds": ["selff"], "ratio": 0.1}]}, "rules[0].kinds[0]", "'self', 'cross' or 'joint'"),
-    ({"rules": [{"modules": "*"}]}, "rules[0]", "at least one of: ratio, method, params"),
-    ({"rules": [{"ratio": 0.1, "method": "nope"}]}, "rules[0].method", "allowed: uniform, none"),
+    ({"rules": [{"modules": "*"}]}, "rules[0]", "at least one of: ratio, method, scope, params"),
+    ({"rules": [{"ratio": 0.1, "method": "nope"}]}, "rules[0].method", "allowed: coredit, random, todo, tome"),
     ({"version": 2}, "version", "1"),
     ({"layout": {"grid": [4]}}, "layout.grid", "at least 2"),
-    ({"scope": "block"}, "scope", "'attention'"),
+    ({"scope": "blocks"}, "scope", "'attention', 'attention+proj' or 'block'"),
+    ({"params": {"coredit": {"slots": 9}}}, "params", "not one of"),
 ])
 def test_invalid_documents_name_the_field(doc, field, allowed):
     with pytest.raises(ScheduleError) as e:

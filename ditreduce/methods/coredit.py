@@ -20,12 +20,13 @@ import math
 
 import torch
 
-from ..regions import Selection, identity_selection
+from ..regions import Selection, identity_selection, take_tokens
 from .base import Method, register_method
-from .lattice import (frames, grouped_k, inverse_positions, neighbour_cosines, neighbour_table, share_cfg_halves,
+from .lattice import (DIRECTIONS, frames, grouped_k, inverse_positions, neighbour_cosines, neighbour_table, share_cfg_halves,
                       topk_indices, window_argmin)
 
-ANCHOR_PRIORITY = 1e4  # added to the keep score of a window's anchor: always kept
+ANCHOR_PRIORITY = 1e4
+OPPOSITE = torch.tensor([DIRECTIONS.index((-dy, -dx)) for dy, dx in DIRECTIONS])  # added to the keep score of a window's anchor: always kept
 
 
 def coherence(sims: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -35,7 +36,7 @@ def coherence(sims: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def coredit_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, tau: float = 0.1,
-                   cfg: str = "per_sample", slots: int = 3) -> Selection:
+                   cfg: str = "per_sample", slots: int = 3, pool: bool = True) -> Selection:
     """In-graph selection on the image tokens x [B, N, C] of one region."""
     b, n, _ = x.shape
     if k >= n:
@@ -57,7 +58,17 @@ def coredit_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, tau: float
     w = torch.cat([keep[..., None], wn], -1)                      # [B, N, 1 + slots]
     src_n = inv.index_select(1, nbr.reshape(-1)).reshape(b, n, -1).gather(2, slot)
     src = torch.cat([inv[..., None], src_n], -1)
-    return Selection(kept, src, w.to(x.dtype))
+    if not pool:
+        return Selection(kept, src, w.to(x.dtype))
+    # pooled reduce: a kept token enters attention as the mean of itself and the pruned neighbours that
+    # will be rebuilt from it, weighted by the reconstruct weights (their transpose)
+    w8 = torch.zeros_like(sims).scatter(2, slot, wn)             # weight token i gives its neighbour in dir d
+    incoming = w8.reshape(b, -1).index_select(1, (nbr * 8 + OPPOSITE.to(x.device)).reshape(-1)).reshape(b, n, 8)
+    incoming = incoming * valid
+    mw = torch.cat([torch.ones(b, k, 1, device=x.device), take_tokens(incoming, kept, 1)], -1)
+    mw = mw / mw.sum(-1, keepdim=True)
+    msrc = torch.cat([kept[..., None], nbr.index_select(0, kept.reshape(-1)).reshape(b, k, 8)], -1)
+    return Selection(kept, src, w.to(x.dtype), msrc, mw.to(x.dtype))
 
 
 @register_method
@@ -65,7 +76,7 @@ class CoReDiT(Method):
     name = "coredit"
     static = False
     max_ratio = 0.75
-    defaults = {"tau": 0.1, "cfg": "per_sample", "slots": 3}
+    defaults = {"tau": 0.1, "cfg": "shared", "slots": 3, "pool": True}
     choices = {"cfg": ("per_sample", "shared"), "slots": tuple(range(1, 9))}
 
     def kept_count(self, n, k, lattice):

@@ -159,7 +159,7 @@ class ToMe(Method):
     name = "tome"
     static = False
     max_ratio = 0.75
-    defaults = {"seed": 0, "cfg": "per_sample"}
+    defaults = {"seed": 0, "cfg": "shared"}
     choices = {"cfg": ("per_sample", "shared")}
 
     def kept_count(self, n, k, lattice):

@@ -18,11 +18,10 @@ import operator
 
 import torch
 import torch.fx as fx
-from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from .. import regions
-from ..flops import fake_inputs
+from ..flops import fake_inputs, fake_mode
 from ..methods import get_method
 from ..methods.graph import embed, image_tokens, select_tokens
 from . import axes
@@ -249,8 +248,12 @@ def _refresh_meta(gm: fx.GraphModule, ref: fx.GraphModule) -> None:
     from torch.utils._python_dispatch import _disable_current_modes
 
     with _disable_current_modes():  # shape bookkeeping: invisible to the caller's dispatch modes (FLOP counters)
-        mode = FakeTensorMode(allow_non_fake_inputs=True)
-        FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fake_inputs(ref, mode))
+        mode = fake_mode()
+        try:
+            FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fake_inputs(ref, mode))
+        except Exception as e:  # noqa: BLE001 — a model with data-dependent ops of its own (GlmImage's
+            # boolean-mask indexing) cannot be re-propagated on fresh fake tensors; the variant still runs
+            gm.meta["ditreduce_meta_stale"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple, labels: dict | None = None) -> fx.GraphModule:
