@@ -61,22 +61,18 @@ def take_tokens(x: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
     return flat.reshape(*lead, k, *shape[dim + 1:])
 
 
-def _bcast(t: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
-    """[Bs, L] weights shaped to broadcast against `like` whose token dim is `dim`."""
-    shape = [1] * like.dim()
-    shape[0], shape[dim] = t.shape[0], t.shape[1]
-    return t.to(like.dtype).reshape(shape)
-
-
 def _slot_sum(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor | None, dim: int) -> torch.Tensor:
-    """sum_m w[..., m] * gather(x, idx[..., m]) along dim; M is small and static."""
-    out = None
-    for j in range(idx.shape[-1]):
-        term = take_tokens(x, idx[:, :, j], dim)
-        if w is not None:
-            term = term * _bcast(w[:, :, j], term, dim)
-        out = term if out is None else out + term
-    return out
+    """sum_m w[..., m] * gather(x, idx[..., m]) along dim, M small and static: one row gather of all
+    L·M slots, then one contraction over M (a batched matmul: the slots are read once)."""
+    bs, length, m = idx.shape
+    g = take_tokens(x, idx.reshape(bs, length * m), dim)
+    g = g.reshape(*g.shape[:dim], length, m, *g.shape[dim + 1:])
+    if w is None:
+        return g.squeeze(dim + 1)
+    letters = "acdefghijk"
+    lead, rest = letters[:dim - 1], letters[dim - 1:dim - 1 + x.dim() - dim - 1]
+    w = w.to(x.dtype).expand(x.shape[0], length, m)
+    return torch.einsum(f"b{lead}lm{rest},blm->b{lead}l{rest}", g, w)
 
 
 def reduce_tokens(x: torch.Tensor, sel: Selection, dim: int = -2) -> torch.Tensor:

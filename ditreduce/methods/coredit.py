@@ -58,8 +58,10 @@ def coredit_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, tau: float
     w = torch.cat([keep[..., None], wn], -1)                      # [B, N, 1 + slots]
     src_n = inv.index_select(1, nbr.reshape(-1)).reshape(b, n, -1).gather(2, slot)
     src = torch.cat([inv[..., None], src_n], -1)
+    if slots == 1:  # copy from the most similar kept neighbour: one slot, no weights
+        src, w = torch.where(keep[..., None] > 0, inv[..., None], src_n), None
     if not pool:
-        return Selection(kept, src, w.to(x.dtype))
+        return Selection(kept, src, None if w is None else w.to(x.dtype))
     # pooled reduce: a kept token enters attention as the mean of itself and the pruned neighbours that
     # will be rebuilt from it, weighted by the reconstruct weights (their transpose)
     w8 = torch.zeros_like(sims).scatter(2, slot, wn)             # weight token i gives its neighbour in dir d
@@ -68,7 +70,7 @@ def coredit_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, tau: float
     mw = torch.cat([torch.ones(b, k, 1, device=x.device), take_tokens(incoming, kept, 1)], -1)
     mw = mw / mw.sum(-1, keepdim=True)
     msrc = torch.cat([kept[..., None], nbr.index_select(0, kept.reshape(-1)).reshape(b, k, 8)], -1)
-    return Selection(kept, src, w.to(x.dtype), msrc, mw.to(x.dtype))
+    return Selection(kept, src, None if w is None else w.to(x.dtype), msrc, mw.to(x.dtype))
 
 
 @register_method
@@ -76,7 +78,7 @@ class CoReDiT(Method):
     name = "coredit"
     static = False
     max_ratio = 0.75
-    defaults = {"tau": 0.1, "cfg": "shared", "slots": 3, "pool": True}
+    defaults = {"tau": 0.1, "cfg": "shared", "slots": 1, "pool": True}
     choices = {"cfg": ("per_sample", "shared"), "slots": tuple(range(1, 9))}
 
     def kept_count(self, n, k, lattice):
