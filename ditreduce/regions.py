@@ -63,16 +63,18 @@ def take_tokens(x: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
 
 def _slot_sum(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor | None, dim: int) -> torch.Tensor:
     """sum_m w[..., m] * gather(x, idx[..., m]) along dim, M small and static: one row gather of all
-    L·M slots, then one contraction over M (a batched matmul: the slots are read once)."""
+    L·M slots, then one batched [1, M] × [M, C] product per row (the gathered slots are read once, in
+    place: no transposed copy)."""
     bs, length, m = idx.shape
     g = take_tokens(x, idx.reshape(bs, length * m), dim)
     g = g.reshape(*g.shape[:dim], length, m, *g.shape[dim + 1:])
     if w is None:
         return g.squeeze(dim + 1)
-    letters = "acdefghijk"
-    lead, rest = letters[:dim - 1], letters[dim - 1:dim - 1 + x.dim() - dim - 1]
-    w = w.to(x.dtype).expand(x.shape[0], length, m)
-    return torch.einsum(f"b{lead}lm{rest},blm->b{lead}l{rest}", g, w)
+    lead, rest = g.shape[:dim], g.shape[dim + 2:]
+    rows, width = math.prod(lead) * length, math.prod(rest)
+    wb = w.to(x.dtype).expand(x.shape[0], length, m)
+    wb = wb.reshape(x.shape[0], *([1] * (dim - 1)), length, m).expand(*lead, length, m).reshape(rows, 1, m)
+    return torch.bmm(wb, g.reshape(rows, m, width)).reshape(*lead, length, *rest)
 
 
 def reduce_tokens(x: torch.Tensor, sel: Selection, dim: int = -2) -> torch.Tensor:
