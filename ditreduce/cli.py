@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     d.add_argument("--res", type=int, default=64)
     d.add_argument("--guidance", type=float, default=3.0)
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--schedule", default="uniform-progressive")
+    d.add_argument("--schedule", default="auto", help="a schedule or preset; auto: the best registered method's default")
     d.add_argument("--out", default="ditreduce_demo.png")
     d.set_defaults(fn=cmd_demo)
     i = sub.add_parser("inspect", help="sites, layouts and per-step plan of a model under a schedule")
