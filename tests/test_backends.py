@@ -184,3 +184,23 @@ def test_export_programs_run_and_aotinductor_compiles_a_variant_on_cpu(tmp_path)
     compiled = torch._inductor.aoti_load_package(pkg)
     with torch.no_grad():
         torch.testing.assert_close(compiled(**kw)[0], ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method,scope", [("coredit", "attention+proj"), ("tome", "attention"),
+                                          ("coredit", "block"), ("todo", "attention")])
+def test_onnxruntime_runs_in_graph_methods_like_eager_and_passes_the_tensorrt_lint(method, scope):
+    from ditreduce.backends.lint import lint_model
+
+    model, kw = zoo.build("pixart", grid=(6, 6))
+    sched = {"method": method, "ratio": 0.5, "scope": scope}
+    eager = compile_with_reduction(model, sched)
+    ort = compile_with_reduction(model, sched, backend="onnxruntime")
+    with torch.no_grad():
+        ref, got = eager(**kw, return_dict=False)[0], ort(**kw, return_dict=False)[0]
+        dense = model(**kw, return_dict=False)[0]
+    assert not torch.allclose(ref, dense, atol=1e-3)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    cap = eager._last
+    call = dict(kw, return_dict=False)
+    onnx_model, _, _ = to_onnx(export_program(cap.variants[eager.last_key], call), call)
+    assert lint_model(onnx_model) == []

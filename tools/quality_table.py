@@ -3,7 +3,7 @@
     python tools/quality_table.py --seeds 6 --configs coredit@0.5 tome@0.5 uniform@0.5 todo@0.75@attention \
         docs/coredit-calibrated-small-dit.yaml
 
-A config is METHOD@RATIO[@SCOPE] (the first `--dense-fraction` of the steps dense, then that ratio; scope
+A config is METHOD@RATIO[@SCOPE[@{json params}]] (the first `--dense-fraction` of the steps dense, then that ratio; scope
 default attention+proj) or a schedule file / preset. Prints PSNR and SSIM (scikit-image, mean over the
 seeds, sample vs the dense sample of the same seed; class = seed mod 6), and the self+cross attention
 FLOPs of the run relative to dense (from report(): equal FLOPs means an equal column).
@@ -11,6 +11,7 @@ FLOPs of the run relative to dense (from report(): equal FLOPs means an equal co
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 
 import torch
@@ -24,8 +25,10 @@ from ditreduce.sampling import sample
 def schedule_of(cfg: str, dense_fraction: float):
     if cfg.endswith((".yaml", ".yml")) or "@" not in cfg:
         return cfg
-    method, ratio, *scope = cfg.split("@")
-    return {"method": method, "ratio": float(ratio), "scope": scope[0] if scope else "attention+proj",
+    method, ratio, *rest = cfg.split("@", 3)
+    params = json.loads(rest[1]) if len(rest) > 1 else {}
+    return {"method": method, "ratio": float(ratio), "scope": rest[0] if rest else "attention+proj",
+            "params": {method: params} if params else {},
             "rules": [{"step_fraction": {"start": 0.0, "stop": dense_fraction}, "method": "none"}]}
 
 

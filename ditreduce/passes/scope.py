@@ -130,26 +130,23 @@ class _Walker:
                 raise ScopeRefused(f"{n.name} contracts over the token dimension")
 
 
-def _users_closure(start: list[fx.Node]) -> set:
+def _closure(start: list[fx.Node], step) -> set:
+    """Every node reachable from `start` by `step` (node -> neighbours), start excluded unless reached."""
     seen, stack = set(), list(start)
     while stack:
-        n = stack.pop()
-        for u in n.users:
-            if u not in seen:
-                seen.add(u)
-                stack.append(u)
+        for nxt in step(stack.pop()):
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
     return seen
+
+
+def _users_closure(start: list[fx.Node]) -> set:
+    return _closure(start, lambda n: n.users)
 
 
 def _ancestors(nodes: list[fx.Node]) -> set:
-    seen, stack = set(), list(nodes)
-    while stack:
-        n = stack.pop()
-        for a in n.all_input_nodes:
-            if a not in seen:
-                seen.add(a)
-                stack.append(a)
-    return seen
+    return _closure(nodes, lambda n: n.all_input_nodes)
 
 
 def _projection_inputs(w: _Walker, start: fx.Node) -> set:
