@@ -70,6 +70,9 @@ def test_phases_prime_match_reduce():
     phases = [None if k[0] is None else (dict(k[0].params)["phase"], k[0].k) for k in assign_phases(keys)]
     assert phases == [None, ("prime", 64), ("match", 32), ("reduce", 32), ("reduce", 32), ("match", 32),
                       ("reduce", 32), ("reduce", 32)]
+    # the schedule gave no interval: DiTo's default (2)
+    bare = RegionConfig("dito", 0.5, 32, 64, ())
+    assert [dict(k[0].params)["phase"] for k in assign_phases([(bare,)] * 4)] == ["prime", "match", "reduce", "match"]
     # no dense step before: the first DiTo step itself is the (dense) prime step
     phases = [dict(k[0].params)["phase"] for k in assign_phases([(cfg,)] * 3)]
     assert phases == ["prime", "match", "reduce"]

@@ -16,7 +16,7 @@ import torch
 
 from ..methods.dito import DiTo, dito_match, pairs
 
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = 0.8
 
 
 def pmr(a: torch.Tensor, b: torch.Tensor) -> float:

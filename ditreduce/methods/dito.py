@@ -133,7 +133,7 @@ class DiTo(Method):
     static = False
     stateful = True
     max_ratio = 0.75
-    defaults = {"interval": 3, "lam": 0.1, "seed": 0, "cfg": "per_sample", "phase": "auto"}
+    defaults = {"interval": 2, "lam": 0.3, "seed": 0, "cfg": "per_sample", "phase": "auto"}
     choices = {"cfg": ("per_sample", "shared"), "phase": PHASES}
 
     def __init__(self, **params):
@@ -222,7 +222,7 @@ def assign_phases(keys: list[tuple]) -> list[tuple]:
 
                 raise ScheduleError("params.dito.phase is set by the runtime from the step -> variant map; "
                                     "leave it out of the schedule (use `interval`)")
-            interval = dict(cfg.params)["interval"]
+            interval = {**DiTo.defaults, **dict(cfg.params)}["interval"]
             if prev_id is None:  # a DiTo run starts
                 if i > 0 and keys[i - 1][j] is None:
                     out[i - 1][j] = _with_phase(cfg, "prime", dense=True)

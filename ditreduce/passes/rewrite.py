@@ -319,7 +319,10 @@ def _refresh_meta(gm: fx.GraphModule, ref: fx.GraphModule) -> None:
             v = node.meta.get("val")
             ins.append(mode.from_tensor(torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device))
                        if isinstance(v, torch.Tensor) else v)
-    FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*ins)
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes():  # a rewrite inside an outer dispatch mode (FLOP counter) is not model work
+        FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*ins)
 
 
 def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple, labels: dict | None = None) -> fx.GraphModule:
