@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from ..methods.dito import DiTo, dito_match, pairs
+from ..methods.dito import DiTo, dito_match, num_sources, pairs
 
 DEFAULT_THRESHOLD = 0.8
 
@@ -69,7 +69,7 @@ def record_matchings(model, sampler_fn: Callable, num_steps: int, *, ratio: floa
             y = state[site.name]["y"]
             n, grid = site.image[1].length, tuple(site.grid)
             k = DiTo().kept_count(n, max(1, n - round(ratio * n)), grid)
-            merged, _, arg, _ = dito_match(y, torch.zeros(y.shape[0], arg_len(grid, seed), device=y.device),
+            merged, _, arg, _ = dito_match(y, torch.zeros(y.shape[0], num_sources(grid, seed), device=y.device),
                                            lattice=grid, k=k, seed=seed, cfg="per_sample", lam=0.0)
             gens[-1].setdefault((slot, site.name), {})[step] = pairs(merged, arg, grid, seed)
 
@@ -77,12 +77,6 @@ def record_matchings(model, sampler_fn: Callable, num_steps: int, *, ratio: floa
     with torch.no_grad():
         sampler_fn(rec)
     return gens
-
-
-def arg_len(grid, seed) -> int:
-    from ..methods.dito import num_sources
-
-    return num_sources(grid, seed)
 
 
 def pmr_curve(gens: list[dict], max_interval: int, first_step: int = 0) -> dict[int, float]:
