@@ -67,7 +67,7 @@ def drop_noop_squeezes(ep: torch.export.ExportedProgram) -> torch.export.Exporte
 
 def with_example_state(gm: torch.fx.GraphModule, kw: dict) -> dict:
     """kw plus zero tensors under `state` for a stateful variant's state inputs (the shapes it takes)."""
-    spec = gm.meta.get("ditreduce_state")
+    spec = (getattr(gm, "meta", None) or {}).get("ditreduce_state")
     if not spec or not spec["inputs"] or "state" in kw:
         return kw
     dev = next((t.device for t in kw.values() if isinstance(t, torch.Tensor)), torch.device("cpu"))
@@ -75,7 +75,7 @@ def with_example_state(gm: torch.fx.GraphModule, kw: dict) -> dict:
                            for site, names in spec["inputs"].items()})
 
 
-def export_program(gm: torch.fx.GraphModule, kw: dict) -> torch.export.ExportedProgram:
+def export_program(gm: torch.nn.Module, kw: dict) -> torch.export.ExportedProgram:
     """The variant as an ExportedProgram with the call's static shapes (inference: no_grad); a stateful
     variant gets zero example state when kw has none."""
     kw = with_example_state(gm, kw)
