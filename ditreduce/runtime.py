@@ -19,6 +19,7 @@ from .passes.match_attention import match_attention
 from .passes.rewrite import rewrite
 from .schedules import Schedule, ScheduleError, load_schedule
 from .schedules.lower import NumStepsUnknown, check_reduces_something, plan_key
+from .methods.dito import StateError, phased_keys, uses_state
 
 
 class StepTracker:
@@ -88,6 +89,11 @@ class ReducedModel(nn.Module):
         self._last: Capture | None = None
         self._num_steps_ctx: int | None = None
         self.last_key: tuple | None = None
+        # stateful methods (DiTo): {(slot, site): {name: tensor}}; slot = the call's index within its step
+        # (two-pass CFG: uncond and cond keep separate state); cleared at every new generation
+        self.state: dict[tuple, dict[str, torch.Tensor]] = {}
+        self._state_pos: tuple[int, int] | None = None   # (step, slot) of the last call
+        self.on_state = None  # optional callback(step, slot, state_out) (DiTo calibration reads matchings)
 
     # --- what a diffusers pipeline reads from its transformer --------------------------------------
     @property
@@ -118,6 +124,7 @@ class ReducedModel(nn.Module):
         """One generation: resets step counting on entry; `num_steps` serves step_fraction rules."""
         self.tracker.reset()
         self._num_steps_ctx = num_steps
+        self.reset_state()
         try:
             yield self
         finally:
@@ -162,12 +169,58 @@ class ReducedModel(nn.Module):
             cap.variants[key] = gm
         return gm
 
+    def reset_state(self) -> None:
+        self.state.clear()
+        self._state_pos = None
+
+    def _step_key(self, cap: Capture, step: int) -> tuple:
+        if not uses_state(self.schedule):
+            return plan_key(self.schedule, cap.sites, step, self.num_steps())
+        return phased_keys(self.schedule, cap.sites, self.num_steps(), step)[step]
+
+    def _slot(self, step: int) -> int:
+        """The call's state slot; a step lower than the last one starts a new generation (state cleared)."""
+        prev = self._state_pos
+        if prev is None or step < prev[0]:
+            self.state.clear()
+            slot = 0
+        elif step == prev[0] and self.tracker.explicit is None:
+            slot = prev[1] + 1
+        else:
+            slot = 0
+        self._state_pos = (step, slot)
+        return slot
+
+    def _state_feed(self, spec: dict, step: int, slot: int) -> dict:
+        """The variant's state inputs from the store, shape-checked. Missing state is a StateError, except
+        under set_step (benchmarks jump to a step): there it is zeros, as the ONNX runner starts a generation."""
+        feed = {}
+        for site, names in spec["inputs"].items():
+            held = self.state.get((slot, site), {})
+            feed[site] = {}
+            for name, (shape, dtype) in names.items():
+                t = held.get(name)
+                if t is None:
+                    if self.tracker.explicit is None:
+                        raise StateError(
+                            f"step {step}: the variant of site {site} needs state {name!r} that no earlier step of "
+                            f"this generation produced (slot {slot}); DiTo state starts at its prime step, so run "
+                            "the generation from its first step (or use set_step, which feeds zeros)")
+                    t = torch.zeros(shape, dtype=dtype, device=self.device)
+                if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+                    raise StateError(
+                        f"step {step}: state {site}.{name} is {t.dtype}{list(t.shape)} but this variant takes "
+                        f"{dtype}{list(shape)}: the batch size or resolution changed inside a generation; start a "
+                        "new generation (`with model.generation():`, or a timestep that goes up)")
+                feed[site][name] = t
+        return feed
+
     def forward(self, *args, **kwargs):
         kw = capture_pass.bind_call(self.model, args, kwargs)
         cap = self._capture_for(kw)
         step = self.tracker.observe(timestep_value(kw))
         try:
-            key = plan_key(self.schedule, cap.sites, step, self.num_steps())
+            key = self._step_key(cap, step)
         except NumStepsUnknown as e:
             if str(e) == "step":
                 raise ScheduleError(
@@ -179,7 +232,18 @@ class ReducedModel(nn.Module):
                 "denoising steps: set `num_steps:` in the schedule, call set_step(i, num_steps), or wrap the "
                 "run in `with model.generation(num_steps=N):`") from None
         self.last_key = key
-        return self.runner(cap, key, kw)(**kw)
+        slot = self._slot(step)
+        spec = self.variant(cap, key).meta.get("ditreduce_state")
+        if spec is None:
+            return self.runner(cap, key, kw)(**kw)
+        if spec["inputs"]:
+            kw = dict(kw, state=self._state_feed(spec, step, slot))
+        out, extra = self.runner(cap, key, kw)(**kw)
+        for site, tensors in extra["state"].items():
+            self.state[(slot, site)] = dict(tensors)
+        if self.on_state is not None:
+            self.on_state(step, slot, extra["state"])
+        return out
 
     def runner(self, cap: Capture, key: tuple, kw: dict):
         """The callable that runs a variant: the backend's lowering of its GraphModule, made once per variant."""

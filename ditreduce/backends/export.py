@@ -11,7 +11,7 @@ import torch
 from ..passes.capture import bind_call
 from .manifest import Manifest, SiteConfig, Variant, WeightsFile, save_manifest
 from .onnx_graph import OPSET, tensor_leaves, to_onnx
-from .programs import export_program, run_variants
+from .programs import export_program, run_variants, with_example_state
 from .weights import share_weights
 
 WEIGHTS_FILE = "weights.bin"
@@ -38,7 +38,8 @@ def export_onnx(reduced, out_dir, num_steps: int | None, example_kwargs: dict) -
     run = run_variants(reduced, num_steps, kw)
     models, variants = {}, []
     for name, label, key, gm in zip(run.names, run.labels, run.keys, run.graphs):
-        proto, ins, outs = to_onnx(export_program(gm, kw), kw)
+        kw_v = with_example_state(gm, kw)
+        proto, ins, outs = to_onnx(export_program(gm, kw_v), kw_v)
         models[name] = proto
         variants.append(Variant(name=name, label=label, onnx=f"{name}.onnx", plan=_plan(key, run.sites),
                                 inputs=ins, outputs=outs))

@@ -101,6 +101,9 @@ class InProcessVariant:
         from .onnx_graph import to_onnx
         from .programs import export_program
 
+        from .programs import with_example_state
+
+        kw = with_example_state(gm, kw)
         ep = export_program(gm, kw)
         proto, ins, outs = to_onnx(ep, kw)
         self.out_spec = ep.call_spec.out_spec

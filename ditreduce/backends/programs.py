@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..passes.capture import bind_call
-from ..schedules.lower import variants
+from ..methods.dito import phased_variants
 from . import BackendError, variant_label
 
 _SQUEEZES = (torch.ops.aten.squeeze.dim, torch.ops.aten.squeeze.dims)
@@ -45,7 +45,7 @@ def run_variants(reduced, num_steps: int | None, kw: dict) -> RunVariants:
         raise BackendError("export needs num_steps (the step -> variant map covers a run of N steps): pass "
                            "num_steps=N or set `num_steps:` in the schedule")
     cap = reduced._capture_for(kw)
-    keys, per_step = variants(reduced.schedule, cap.sites, int(num_steps))
+    keys, per_step = phased_variants(reduced.schedule, cap.sites, int(num_steps))
     return RunVariants(keys, [reduced.variant(cap, k) for k in keys], per_step, cap.sites)
 
 
@@ -65,8 +65,20 @@ def drop_noop_squeezes(ep: torch.export.ExportedProgram) -> torch.export.Exporte
     return ep
 
 
-def export_program(gm: torch.fx.GraphModule, kw: dict) -> torch.export.ExportedProgram:
-    """The variant as an ExportedProgram with the call's static shapes (inference: no_grad)."""
+def with_example_state(gm: torch.fx.GraphModule, kw: dict) -> dict:
+    """kw plus zero tensors under `state` for a stateful variant's state inputs (the shapes it takes)."""
+    spec = (getattr(gm, "meta", None) or {}).get("ditreduce_state")
+    if not spec or not spec["inputs"] or "state" in kw:
+        return kw
+    dev = next((t.device for t in kw.values() if isinstance(t, torch.Tensor)), torch.device("cpu"))
+    return dict(kw, state={site: {name: torch.zeros(shape, dtype=dtype, device=dev) for name, (shape, dtype) in names.items()}
+                           for site, names in spec["inputs"].items()})
+
+
+def export_program(gm: torch.nn.Module, kw: dict) -> torch.export.ExportedProgram:
+    """The variant as an ExportedProgram with the call's static shapes (inference: no_grad); a stateful
+    variant gets zero example state when kw has none."""
+    kw = with_example_state(gm, kw)
     with torch.no_grad():
         ep = torch.export.export(gm, (), dict(kw), strict=False)
     return drop_noop_squeezes(ep)

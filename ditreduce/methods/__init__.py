@@ -5,6 +5,6 @@ A method is registered by name; the schedule IR names it in `method:`. See READM
 from __future__ import annotations
 
 from .base import METHODS, Method, MethodParamError, get_method, register_method
-from . import coredit, random, todo, tome, uniform  # noqa: F401  (register the methods)
+from . import coredit, dito, random, todo, tome, uniform  # noqa: F401  (register the methods)
 
 __all__ = ["METHODS", "Method", "MethodParamError", "get_method", "register_method"]

@@ -36,6 +36,9 @@ class Method:
     defaults     the parameters the method takes, with their defaults (the schedule's `params:`)
     choices      allowed values of string parameters
     max_ratio    the largest ratio the method supports (a larger one is a ScheduleError at lowering)
+    stateful     True: the method carries tensors across steps (DiTo); rewrite calls its
+                 insert_select(builder, n, y_shape, y_dtype) / finish_state(builder, y) hooks and the
+                 variant graph takes and returns them under a `state` key (see README "DiTo")
     """
 
     name: ClassVar[str]
@@ -44,6 +47,7 @@ class Method:
     defaults: ClassVar[dict[str, Any]] = {}
     choices: ClassVar[dict[str, tuple]] = {}
     max_ratio: ClassVar[float] = 0.95
+    stateful: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
         unknown = sorted(set(params) - set(self.defaults))

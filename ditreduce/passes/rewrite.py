@@ -18,6 +18,7 @@ import operator
 
 import torch
 import torch.fx as fx
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from .. import regions
@@ -57,15 +58,36 @@ class _Builder:
         self.method = get_method(cfg.method)(**cfg.param_dict)
         self._embedded: dict = {}
         self.image_sel: fx.Node | None = None
+        self.state_in: dict[str, fx.Node] = {}    # stateful methods: placeholders `state.<site>.<name>`
+        self.state_out: dict[str, fx.Node] = {}   # and the nodes that become `state_out.<site>.<name>`
+        self.state_out_specs: dict = {}
 
     def call(self, fn, args, kwargs=None, before=None):
         with self.gm.graph.inserting_before(before or self.before):
             return self.gm.graph.call_function(fn, tuple(args), kwargs or {})
 
-    def select(self, tokens: fx.Node | None) -> fx.Node:
-        """The image selection (a Selection-valued node)."""
+    def state_input(self, name: str, shape: tuple, dtype) -> fx.Node:
+        """A new graph input (after the existing ones) for one state tensor of this site."""
+        graph = self.gm.graph
+        last = [n for n in graph.nodes if n.op == "placeholder"][-1]
+        with graph.inserting_after(last):
+            node = graph.placeholder(f"state_{self.site.name}_{name}")
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            node.meta["val"] = torch.empty(shape, dtype=dtype, device=self.y_device)
+        self.state_in[name] = node
+        return node
+
+    def select(self, tokens: fx.Node | None, y_like: tuple | None = None) -> fx.Node:
+        """The image selection (a Selection-valued node). y_like: (node, token dim) of the site's output,
+        for stateful methods (the shape of the state they carry)."""
         grid = self.site.grid
-        if self.method.static:
+        if self.method.stateful:
+            val, dim = y_like[0].meta["val"], y_like[1] % y_like[0].meta["val"].dim()
+            n = self.site.image[1].length
+            self.y_device = val.device
+            y_shape = (val.shape[0], n, val.numel() // (val.shape[0] * val.shape[dim]))
+            self.image_sel = self.method.insert_select(self, n, y_shape, val.dtype)
+        elif self.method.static:
             sel, _ = self.method.select(None, grid, self.cfg.k)
             parts = []
             for field, t in zip(regions.Selection._fields, sel):
@@ -82,6 +104,13 @@ class _Builder:
                 "method": self.cfg.method, "params": self.cfg.params, "lattice": tuple(grid), "k": self.cfg.k})
         return self.image_sel
 
+    def finish(self, out: fx.Node, dim: int, start: int) -> None:
+        """Stateful methods: the site's full-length output `out` (image tokens at [start, start + n) of
+        dim) is what they keep for the next step."""
+        if self.method.stateful:
+            y = self.call(image_tokens, [out, dim, start, self.site.image[1].length], before=out.next)
+            self.method.finish_state(self, y)
+
     def embedded(self, start: int, seq_len: int) -> fx.Node:
         key = (start, seq_len)
         if key not in self._embedded:
@@ -91,13 +120,13 @@ class _Builder:
         return self._embedded[key]
 
 
-def _rewrite_attention(new: fx.GraphModule, site: Site, cfg) -> fx.Node:
+def _rewrite_attention(new: fx.GraphModule, site: Site, cfg) -> tuple[fx.Node, _Builder]:
     node = {n.name: n for n in new.graph.nodes}[site.name]
     a = _sdpa_args(node)
     b = _Builder(new, site, cfg, node)
     start, seg = site.image
-    tokens = None if b.method.static else b.call(image_tokens, [a["value"], -2, start, seg.length])
-    b.select(tokens)
+    tokens = None if b.method.static or b.method.stateful else b.call(image_tokens, [a["value"], -2, start, seg.length])
+    b.select(tokens, (node, -2))
     sel = b.embedded(start, site.q_len)
     parts = [b.call(operator.getitem, [sel, i]) for i in range(len(regions.Selection._fields))]
     kwargs = {"reduce_q": b.method.reduces_q, "dropout_p": float(a.get("dropout_p", 0.0) or 0.0),
@@ -107,7 +136,8 @@ def _rewrite_attention(new: fx.GraphModule, site: Site, cfg) -> fx.Node:
     region.meta.update(node.meta)
     node.replace_all_uses_with(region)
     new.graph.erase_node(node)
-    return region
+    b.finish(region, -2, start)
+    return region, b
 
 
 def _seg_start(dl, seg) -> int:
@@ -179,7 +209,8 @@ def _fix_sizes(node: fx.Node, labels: dict, seg, k: int) -> None:
         node.kwargs = {}
 
 
-def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, labels: dict, rebuilt: dict) -> fx.Node:
+def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, labels: dict, rebuilt: dict
+                ) -> tuple[fx.Node, _Builder]:
     """Apply one plan; `rebuilt` maps an earlier region's exit to the node that now carries its full
     tensor (block after block: a block's input is the previous block's reconstructed output)."""
     nodes = {n.name: n for n in new.graph.nodes}
@@ -195,8 +226,9 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, labels: 
     b = _Builder(new, site, cfg, first)
     d_e = token_dim(lab[entry], seg)
     start_e, len_e = _seg_start(lab[entry][d_e], seg), axes.dim_size(lab[entry][d_e])
-    tokens = None if b.method.static else b.call(image_tokens, [entry, d_e, start_e, n])
-    b.select(tokens)
+    x0 = nodes[plan.exits[0]]
+    tokens = None if b.method.static or b.method.stateful else b.call(image_tokens, [entry, d_e, start_e, n])
+    b.select(tokens, (x0, token_dim(lab[x0], seg)))
     red_entry = b.call(regions.reduce_tokens, [entry, b.embedded(start_e, len_e), d_e])
     for u in list(entry.users):
         if u in inside:
@@ -232,7 +264,9 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, labels: 
         for u in outside:
             u.replace_input_with(x, rec)
         rebuilt[x_name] = rec
-    return red_entry
+        if x_name == plan.exits[0]:
+            b.finish(rec, d_x, _seg_start(lab[x][d_x], seg))
+    return red_entry, b
 
 
 def _take_kept(t: torch.Tensor, sel: regions.Selection, dim: int) -> torch.Tensor:
@@ -243,14 +277,48 @@ def _take_kept(t: torch.Tensor, sel: regions.Selection, dim: int) -> torch.Tenso
     return regions.take_tokens(t, kept, dim)
 
 
+def _thread_state(gm: fx.GraphModule, state: list) -> None:
+    """Stateful sites: the call takes `state={site: {name: tensor}}` and returns (output, {"state": {site:
+    {name: tensor}}}); gm.meta["ditreduce_state"] = {"inputs"/"outputs": {site: {name: (shape, dtype)}}}."""
+    from torch.utils._pytree import TreeSpec, tree_structure
+
+    ins = {site: dict(b.state_in) for site, b in state if b.state_in}
+    outs = {site: {name: b.state_out[name] for name in b.state_out_specs} for site, b in state}
+    codegen = gm.graph._codegen
+    info = codegen.pytree_info
+    args_spec, kw_spec = (info.in_spec.child(i) for i in range(2))
+    if ins:
+        in_spec = TreeSpec(tuple, None, [args_spec, TreeSpec(dict, list(kw_spec.context) + ["state"],
+                                                             [kw_spec.child(i) for i in range(kw_spec.num_children)] + [tree_structure(ins)])])
+        orig_args = list(info.orig_args) + ["state"]
+    else:
+        in_spec, orig_args = info.in_spec, list(info.orig_args)
+    out_spec = TreeSpec(tuple, None, [info.out_spec, tree_structure({"state": outs})])
+    codegen.pytree_info = info._replace(orig_args=orig_args, in_spec=in_spec, out_spec=out_spec)
+    # placeholders must follow the flattening order of the state dict
+    order = [n for site in ins.values() for n in site.values()]
+    last = [n for n in gm.graph.nodes if n.op == "placeholder" and n not in order][-1]
+    for node in order:
+        last.append(node)
+        last = node
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    flat = list(out_node.args[0]) + [n for site in outs.values() for n in site.values()]
+    out_node.args = (tuple(flat),)
+    gm.meta["ditreduce_state"] = {
+        "inputs": {site: {name: (tuple(b.state_in[name].meta["val"].shape), b.state_in[name].meta["val"].dtype)
+                          for name in b.state_in} for site, b in state if b.state_in},
+        "outputs": {site: dict(b.state_out_specs) for site, b in state}}
+
+
 def _refresh_meta(gm: fx.GraphModule, ref: fx.GraphModule) -> None:
-    """Re-run fake-tensor propagation so every node's meta["val"] matches its new shape."""
+    """Re-run fake-tensor propagation so every node's meta["val"] matches its new shape (the inputs are
+    gm's own placeholders: the captured ones and any state inputs)."""
     from torch.utils._python_dispatch import _disable_current_modes
 
     with _disable_current_modes():  # shape bookkeeping: invisible to the caller's dispatch modes (FLOP counters)
         mode = fake_mode()
         try:
-            FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fake_inputs(ref, mode))
+            FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fake_inputs(gm, mode))
         except Exception as e:  # noqa: BLE001 — a model with data-dependent ops of its own (GlmImage's
             # boolean-mask indexing) cannot be re-propagated on fresh fake tensors; the variant still runs
             gm.meta["ditreduce_meta_stale"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -264,7 +332,7 @@ def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple, labels: dict 
     for node in list(new.graph.nodes):  # export's metadata asserts would pin the old token counts
         if node.target in CHECKS:
             new.graph.erase_node(node)
-    regions_done, entries, rebuilt = 0, set(), {}
+    regions_done, entries, rebuilt, state = 0, set(), {}, []
     for site, cfg in zip(sites, configs):
         if cfg is None:
             continue
@@ -273,14 +341,18 @@ def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple, labels: dict 
             if plan.entry in entries:  # another site of the same block already reduced this region
                 continue
             entries.add(plan.entry)
-            marker, scope = _apply_plan(new, site, cfg, plan, labels, rebuilt), plan.scope
+            (marker, b), scope = _apply_plan(new, site, cfg, plan, labels, rebuilt), plan.scope
         else:
-            marker, scope = _rewrite_attention(new, site, cfg), "attention"
+            (marker, b), scope = _rewrite_attention(new, site, cfg), "attention"
+        if b.method.stateful:
+            state.append((site.name, b))
         kept_seq = site.q_len - cfg.n + cfg.k
         marker.meta["ditreduce_region"] = {"site": site.name, "module": site.module, "method": cfg.method,
                                            "k": cfg.k, "n": cfg.n, "ratio": cfg.ratio, "seq": site.q_len,
                                            "kept_seq": kept_seq, "scope": scope}
         regions_done += 1
+    if state:
+        _thread_state(new, state)
     new.graph.eliminate_dead_code()
     new.graph.lint()
     new.recompile()

@@ -1,0 +1,258 @@
+"""`dito` (DiTo, arXiv 2605.22011): ToMe-structured merging whose correspondences come from the
+similarity of the site's attention OUTPUTS at the previous step, carried across steps as state.
+
+Phases (static per variant; `phased_keys` derives them from the step -> variant map of a run):
+  prime   dense attention (k = n) that emits the site's output `y` and zero selection counts. It runs at
+          the dense step just before a site's first DiTo step (or, with no dense step before, at the
+          first DiTo step itself): no previous output exists before it.
+  match   correspondences from `y` of the previous step: cosine of each source to the destinations of
+          the 3×3 windows around it (ToMe's tables: one destination per 2×2 window), score
+          s = best − lam · count, the r = N − k best-scoring sources merge into their best destination.
+          Emits y, the correspondences (merged, unmerged, arg) and count + 1 for every merged source.
+  reduce  reuses the last correspondences (no similarity) and passes them on; emits y.
+`y` is each token's last computed output: merged sources keep their previous value (dito_refresh).
+A step is `match` every `interval` steps from the first DiTo step, and whenever k / params change.
+
+State per site (graph inputs `state.<site>.<name>`, outputs `state_out.<site>.<name>`):
+  y [B, N, C] (model dtype)  count [B, S] float32  merged [B, r] int64  unmerged [B, S − r] int64
+  arg [B, S] int64 (index 0..8 of the chosen destination window around each source).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from ..regions import Selection, identity_selection
+from .base import Method, MethodParamError, register_method
+from .lattice import inverse_positions, share_cfg_halves
+from .tome import _local_similarity, _split_sources, tome_kept, tome_tables
+
+PHASES = ("auto", "prime", "match", "reduce")
+PAIR_STATE = ("merged", "unmerged", "arg")
+STATE_IN = {"prime": (), "match": ("y", "count"), "reduce": ("y", "count") + PAIR_STATE}
+STATE_OUT = {"prime": ("y", "count"), "match": ("y", "count") + PAIR_STATE, "reduce": ("y", "count") + PAIR_STATE}
+
+
+class StateError(RuntimeError):
+    """Method state (DiTo's previous outputs / correspondences) missing or of the wrong shape."""
+
+
+def _tables(lattice, seed, device):
+    return {key: (v.to(device) if isinstance(v, torch.Tensor) else v) for key, v in tome_tables(tuple(lattice), seed).items()}
+
+
+def num_sources(lattice, seed: int = 0) -> int:
+    return int(tome_tables(tuple(lattice), seed)["src_tok"].numel())
+
+
+def state_shapes(phase: str, b: int, n: int, c: int, lattice, k: int, seed: int, dtype) -> tuple[dict, dict]:
+    """({name: (shape, dtype)} of the state inputs, same of the outputs) of one site in one phase."""
+    s = num_sources(lattice, seed)
+    r = min(n - k, s) if k < n else 0
+    shapes = {"y": ((b, n, c), dtype), "count": ((b, s), torch.float32), "merged": ((b, r), torch.long),
+              "unmerged": ((b, s - r), torch.long), "arg": ((b, s), torch.long)}
+    return {x: shapes[x] for x in STATE_IN[phase]}, {x: shapes[x] for x in STATE_OUT[phase]}
+
+
+# --- graph functions (FX call targets: pure tensor functions, static Python arguments) ------------
+def dito_prime(like: torch.Tensor, *, lattice: tuple, seed: int) -> torch.Tensor:
+    """Zero selection counts [B, S] for a batch like `like`."""
+    return like.new_zeros(like.shape[0], num_sources(lattice, seed), dtype=torch.float32)
+
+
+def dito_refresh(y_prev: torch.Tensor, y: torch.Tensor, sel: Selection) -> torch.Tensor:
+    """The state `y`: each token's last COMPUTED output. Tokens that entered attention (kept) take this
+    step's output; merged sources keep their previous one (their restored output is a copy of their
+    destination's, whose cosine of 1 would make every later matching pick the same pairs again)."""
+    n = y.shape[1]
+    if sel.kept.shape[1] >= n:
+        return y
+    _, fresh = inverse_positions(sel.kept, n)
+    return torch.where(fresh[..., None] > 0, y, y_prev)
+
+
+def dito_match(y: torch.Tensor, count: torch.Tensor, *, lattice: tuple, k: int, seed: int, cfg: str, lam: float
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(merged, unmerged, arg, count') from the previous outputs y [B, N, C] and counts [B, S]."""
+    b, n, _ = y.shape
+    t = _tables(lattice, seed, y.device)
+    u = F.normalize(y.float(), dim=-1)
+    sims = _local_similarity(u, t, lattice).index_select(1, t["src_tok"])   # [B, S, 9]
+    if cfg == "shared":
+        sims = share_cfg_halves(sims)
+    sims = torch.where(t["cvalid"], sims, torch.full_like(sims, -2.0))
+    best, arg = sims.max(-1)
+    score = best - lam * count if lam != 0.0 else best
+    r = min(n - k, best.shape[1]) if k < n else 0
+    merged, unmerged = _split_sources(score, r)
+    mm = torch.zeros_like(count).scatter(1, merged, torch.ones(merged.shape, dtype=count.dtype, device=y.device))
+    return merged, unmerged, arg, count + mm
+
+
+def dito_selection(merged: torch.Tensor, unmerged: torch.Tensor, arg: torch.Tensor, *, n: int, lattice: tuple,
+                   k: int, seed: int) -> Selection:
+    """The region Selection of given correspondences (gathers and a plain scatter; no similarity)."""
+    if k >= n:
+        return identity_selection(n, device=arg.device)
+    t = _tables(lattice, seed, arg.device)
+    b, s = arg.shape
+    src_tok, dst_tok = t["src_tok"], t["dst_tok"]
+    d = dst_tok.numel()
+    kept = torch.cat([dst_tok.expand(b, d), src_tok.index_select(0, unmerged.reshape(-1)).reshape(b, -1)], 1)
+    mm = torch.zeros(b, s, device=arg.device).scatter(1, merged, torch.ones(merged.shape, device=arg.device))
+    dsrc, doff = t["dsrc"], t["doff"]
+    a = mm.index_select(1, dsrc.reshape(-1)).reshape(b, d, -1)
+    a = a * (arg.index_select(1, dsrc.reshape(-1)).reshape(b, d, -1) == doff).to(a.dtype)
+    mw = torch.cat([torch.ones(b, d, 1, device=arg.device), a], -1)
+    mw = mw / mw.sum(-1, keepdim=True)
+    msrc = torch.cat([dst_tok[:, None], src_tok.index_select(0, dsrc.reshape(-1)).reshape(d, -1)], -1)[None]
+    target_dst = t["cand"].expand(b, s, 9).gather(2, arg[..., None])[..., 0]
+    src_target = torch.where(mm > 0, dst_tok.index_select(0, target_dst.reshape(-1)).reshape(b, s), src_tok.expand(b, s))
+    target = torch.cat([dst_tok.expand(b, d), src_target], 1)
+    target = target.index_select(1, torch.argsort(torch.cat([dst_tok, src_tok])))
+    inv, _ = inverse_positions(kept, n)
+    return Selection(kept, inv.gather(1, target)[..., None], None, msrc, mw)
+
+
+def pairs(merged: torch.Tensor, arg: torch.Tensor, lattice, seed: int = 0) -> torch.Tensor:
+    """[B, r, 2] (source token, destination token) of the merged sources: the matching's pair set."""
+    t = tome_tables(tuple(lattice), seed)
+    merged, arg = merged.cpu(), arg.cpu()
+    b, s = arg.shape
+    dst_list = t["cand"].expand(b, s, 9).gather(2, arg[..., None])[..., 0]   # [B, S] dst-list index
+    dst = t["dst_tok"][dst_list].gather(1, merged)
+    return torch.stack([t["src_tok"][merged], dst], -1)
+
+
+# --- the method and its phase pass -----------------------------------------------------------------
+@register_method
+class DiTo(Method):
+    name = "dito"
+    static = False
+    stateful = True
+    max_ratio = 0.75
+    defaults = {"interval": 2, "lam": 0.3, "seed": 0, "cfg": "per_sample", "phase": "auto"}
+    choices = {"cfg": ("per_sample", "shared"), "phase": PHASES}
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        if self.params["interval"] < 1:
+            raise MethodParamError(f"params.dito.interval: {self.params['interval']} must be >= 1")
+        if self.params["lam"] < 0:
+            raise MethodParamError(f"params.dito.lam: {self.params['lam']} must be >= 0")
+
+    def kept_count(self, n, k, lattice):
+        return tome_kept(n, k, tuple(lattice))
+
+    def select(self, x, lattice, k, state=None):
+        raise StateError("dito selects from state inside the variant graph (rewrite inserts its nodes); it has no "
+                         "stateless select")
+
+    # rewrite hooks: `b` is passes.rewrite._Builder
+    def insert_select(self, b, n: int, y_shape: tuple, y_dtype) -> object:
+        p = self.params
+        phase = p["phase"]
+        if phase == "auto":
+            raise StateError(f"site {b.site.name}: a dito config reached rewrite without a phase; dito variants come "
+                             "from the runtime's phased step -> variant map (ditreduce.methods.dito.phased_keys)")
+        lattice, k, seed = tuple(b.site.grid), b.cfg.k, p["seed"]
+        ins, outs = state_shapes(phase, y_shape[0], n, y_shape[-1], lattice, k, seed, y_dtype)
+        st = {name: b.state_input(name, *spec) for name, spec in ins.items()}
+        b.state_out_specs = outs
+        if phase == "prime":
+            return b.call(identity_selection, [n])
+        if phase == "match":
+            res = b.call(dito_match, [st["y"], st["count"]], {"lattice": lattice, "k": k, "seed": seed,
+                                                              "cfg": p["cfg"], "lam": float(p["lam"])})
+            parts = [b.call(_item, [res, i]) for i in range(4)]
+            merged, unmerged, arg, count = parts
+        else:
+            merged, unmerged, arg, count = st["merged"], st["unmerged"], st["arg"], st["count"]
+        b.state_out.update({"merged": merged, "unmerged": unmerged, "arg": arg, "count": count})
+        return b.call(dito_selection, [merged, unmerged, arg], {"n": n, "lattice": lattice, "k": k, "seed": seed})
+
+
+    def finish_state(self, b, y) -> None:
+        """The site's output tokens y [B, N, C] become state `y`; a prime step also starts the counts."""
+        if "y" in b.state_in:
+            y = b.call(dito_refresh, [b.state_in["y"], y, b.image_sel], before=y.next)
+        b.state_out["y"] = y
+        if self.params["phase"] == "prime":
+            b.state_out["count"] = b.call(dito_prime, [y], {"lattice": tuple(b.site.grid), "seed": self.params["seed"]},
+                                          before=y.next)
+
+
+def _item(t: tuple, i: int):
+    return t[i]
+
+
+def uses_state(schedule) -> bool:
+    from .base import get_method
+
+    names = {schedule.method} | {r.method for r in schedule.rules if r.method is not None}
+    return any(getattr(get_method(m), "stateful", False) for m in names if m != "none")
+
+
+def _with_phase(cfg, phase: str, dense: bool = False):
+    params = tuple(sorted({**dict(cfg.params), "phase": phase}.items()))
+    if dense:
+        return dataclasses.replace(cfg, ratio=0.0, k=cfg.n, params=params)
+    return dataclasses.replace(cfg, params=params)
+
+
+def _run_id(cfg) -> tuple:
+    return (cfg.k, cfg.scope, tuple((a, v) for a, v in cfg.params if a != "phase"))
+
+
+def assign_phases(keys: list[tuple]) -> list[tuple]:
+    """Per-step variant keys (one RegionConfig or None per site) -> the same with every dito config given
+    its phase; the dense step before a site's first DiTo step becomes its `prime` step."""
+    out = [list(k) for k in keys]
+    for j in range(len(keys[0]) if keys else 0):
+        prev_id, since = None, None
+        for i, key in enumerate(keys):
+            cfg = key[j]
+            if cfg is None or cfg.method != "dito":
+                prev_id, since = None, None
+                continue
+            if dict(cfg.params).get("phase", "auto") != "auto":
+                from ..schedules import ScheduleError
+
+                raise ScheduleError("params.dito.phase is set by the runtime from the step -> variant map; "
+                                    "leave it out of the schedule (use `interval`)")
+            interval = {**DiTo.defaults, **dict(cfg.params)}["interval"]
+            if prev_id is None:  # a DiTo run starts
+                if i > 0 and keys[i - 1][j] is None:
+                    out[i - 1][j] = _with_phase(cfg, "prime", dense=True)
+                    since = i
+                else:
+                    out[i][j] = _with_phase(cfg, "prime", dense=True)
+                    prev_id, since = _run_id(cfg), i + 1
+                    continue
+            elif _run_id(cfg) != prev_id:
+                since = i
+            prev_id = _run_id(cfg)
+            out[i][j] = _with_phase(cfg, "match" if (i - since) % interval == 0 else "reduce")
+    return [tuple(k) for k in out]
+
+
+def phased_keys(schedule, sites, num_steps: int | None, upto: int) -> list[tuple]:
+    """The phased variant keys of steps 0..upto (one step of look-ahead for the prime step)."""
+    from ..schedules.lower import plan_key
+
+    last = upto + 1 if num_steps is None else min(upto + 1, num_steps - 1)
+    keys = [plan_key(schedule, sites, i, num_steps) for i in range(max(last, upto) + 1)]
+    return assign_phases(keys)
+
+
+def phased_variants(schedule, sites, num_steps: int) -> tuple[list[tuple], list[int]]:
+    """schedules.lower.variants with dito phases: distinct keys of an N-step run and the index per step."""
+    from ..schedules.lower import variants
+
+    if not uses_state(schedule):
+        return variants(schedule, sites, num_steps)
+    per = phased_keys(schedule, sites, num_steps, num_steps - 1)[:num_steps]
+    keys = list(dict.fromkeys(per))
+    return keys, [keys.index(k) for k in per]
