@@ -79,7 +79,7 @@ def dito_match(y: torch.Tensor, count: torch.Tensor, *, lattice: tuple, k: int, 
     b, n, _ = y.shape
     t = _tables(lattice, seed, y.device)
     u = F.normalize(y.float(), dim=-1)
-    sims = _local_similarity(u, t, lattice).index_select(1, t["src_tok"])   # [B, S, 9]
+    sims = _local_similarity(u, t)                                             # [B, S, 9]
     if cfg == "shared":
         sims = share_cfg_halves(sims)
     sims = torch.where(t["cvalid"], sims, torch.full_like(sims, -2.0))
