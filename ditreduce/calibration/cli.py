@@ -10,7 +10,8 @@ def add_subcommands(sub) -> None:
                    help="'small-dit' or 'package.module:function' returning (model, example_kwargs, generate) "
                         "where generate(transformer) runs full generations through `transformer`")
     c.add_argument("--method", default="coredit", choices=["coredit", "dito"])
-    c.add_argument("--budget", type=float, default=0.45, help="coredit: fraction of self-attention FLOPs removed")
+    c.add_argument("--budget", type=float, default=0.45, help="coredit: fraction of self-attention FLOPs removed "
+                   "(dito: the ratio and interval come from the PMR measurement, see README 'DiTo')")
     c.add_argument("--steps", type=int, default=20)
     c.add_argument("--samples", type=int, default=4, help="small-dit: calibration generations (classes 0..)")
     c.add_argument("--dense-fraction", type=float, default=0.2)
@@ -50,7 +51,9 @@ def cmd_calibrate(args) -> int:
     if args.method == "dito":
         from .dito import calibrate_dito
 
-        doc, info = calibrate_dito(model, kw, generate, args.steps, dense_fraction=args.dense_fraction)
+        lines = []
+        doc = calibrate_dito(model, generate, args.steps, dense_fraction=args.dense_fraction, log=lines.append)
+        info = {"method": "dito", "pmr": "; ".join(map(str, lines))}
     else:
         reduced = compile_with_reduction(model, {"method": "coredit", "ratio": 0.5})
         reduced.capture(**kw)
