@@ -180,6 +180,8 @@ class ReducedModel(nn.Module):
 
     def _slot(self, step: int) -> int:
         """The call's state slot; a step lower than the last one starts a new generation (state cleared)."""
+        if step is None:  # no timestep and no step rules: nothing stateful can run (dito needs steps)
+            return 0
         prev = self._state_pos
         if prev is None or step < prev[0]:
             self.state.clear()
