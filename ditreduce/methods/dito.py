@@ -133,7 +133,7 @@ class DiTo(Method):
     static = False
     stateful = True
     max_ratio = 0.75
-    defaults = {"interval": 2, "lam": 0.3, "seed": 0, "cfg": "per_sample", "phase": "auto"}
+    defaults = {"interval": 2, "lam": 0.3, "seed": 0, "cfg": "shared", "phase": "auto"}
     choices = {"cfg": ("per_sample", "shared"), "phase": PHASES}
 
     def __init__(self, **params):
