@@ -59,7 +59,10 @@ def test_ratio_zero_is_equivalence(data):
     gm = cap.variants[reduced.last_key]
     regions = region_nodes(gm)
     selected = [s for s, c in zip(cap.sites, reduced.last_key) if c is not None]
-    assert len(regions) == len(selected) > 0
+    if scope == "block":  # sites of one block share the block's region (SD3.5: two attentions per block)
+        assert 0 < len(regions) <= len(selected)
+    else:
+        assert len(regions) == len(selected) > 0
     for node in regions:  # every region runs reduce / reconstruct with k = N
         meta = node.meta["ditreduce_region"]
         assert meta["k"] == meta["n"] and meta["kept_seq"] == meta["seq"]
