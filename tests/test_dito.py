@@ -19,6 +19,7 @@ TIMES = [950, 800, 650, 500, 350, 200, 100, 50]
 
 
 def _sched(ratio=0.5, dense=2, **params):
+    params.setdefault("cfg", "per_sample")  # the references below are per sample; `shared` is tested on its own
     s = {"version": 1, "method": "dito", "ratio": ratio, "scope": "attention", "num_steps": len(TIMES),
          "params": {"dito": params},
          "rules": []}

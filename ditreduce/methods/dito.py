@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..regions import Selection, identity_selection
 from .base import Method, MethodParamError, register_method
 from .lattice import inverse_positions, share_cfg_halves
-from .tome import _local_similarity, _split_sources, tome_kept, tome_tables
+from .tome import _local_similarity, _split_sources, merge_selection, tome_kept, tome_tables
 
 PHASES = ("auto", "prime", "match", "reduce")
 PAIR_STATE = ("merged", "unmerged", "arg")
@@ -96,24 +96,7 @@ def dito_selection(merged: torch.Tensor, unmerged: torch.Tensor, arg: torch.Tens
     """The region Selection of given correspondences (gathers and a plain scatter; no similarity)."""
     if k >= n:
         return identity_selection(n, device=arg.device)
-    t = _tables(lattice, seed, arg.device)
-    b, s = arg.shape
-    src_tok, dst_tok = t["src_tok"], t["dst_tok"]
-    d = dst_tok.numel()
-    kept = torch.cat([dst_tok.expand(b, d), src_tok.index_select(0, unmerged.reshape(-1)).reshape(b, -1)], 1)
-    mm = torch.zeros(b, s, device=arg.device).scatter(1, merged, torch.ones(merged.shape, device=arg.device))
-    dsrc, doff = t["dsrc"], t["doff"]
-    a = mm.index_select(1, dsrc.reshape(-1)).reshape(b, d, -1)
-    a = a * (arg.index_select(1, dsrc.reshape(-1)).reshape(b, d, -1) == doff).to(a.dtype)
-    mw = torch.cat([torch.ones(b, d, 1, device=arg.device), a], -1)
-    mw = mw / mw.sum(-1, keepdim=True)
-    msrc = torch.cat([dst_tok[:, None], src_tok.index_select(0, dsrc.reshape(-1)).reshape(d, -1)], -1)[None]
-    target_dst = t["cand"].expand(b, s, 9).gather(2, arg[..., None])[..., 0]
-    src_target = torch.where(mm > 0, dst_tok.index_select(0, target_dst.reshape(-1)).reshape(b, s), src_tok.expand(b, s))
-    target = torch.cat([dst_tok.expand(b, d), src_target], 1)
-    target = target.index_select(1, torch.argsort(torch.cat([dst_tok, src_tok])))
-    inv, _ = inverse_positions(kept, n)
-    return Selection(kept, inv.gather(1, target)[..., None], None, msrc, mw)
+    return merge_selection(_tables(lattice, seed, arg.device), merged, unmerged, arg, n)
 
 
 def pairs(merged: torch.Tensor, arg: torch.Tensor, lattice, seed: int = 0) -> torch.Tensor:

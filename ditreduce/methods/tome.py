@@ -111,35 +111,42 @@ def _local_similarity(u: torch.Tensor, t: dict) -> torch.Tensor:
 
 
 def tome_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, seed: int = 0, cfg: str = "per_sample") -> Selection:
-    b, n, _ = x.shape
+    n = x.shape[1]
     if k >= n:
         return identity_selection(n, device=x.device)
     t = {key: (v.to(x.device) if isinstance(v, torch.Tensor) else v) for key, v in tome_tables(tuple(lattice), seed).items()}
     u = F.normalize(x.float(), dim=-1)
-    src_tok, dst_tok = t["src_tok"], t["dst_tok"]
-    s, d = src_tok.numel(), dst_tok.numel()
     sims = _local_similarity(u, t)                                            # [B, S, 9]
     if cfg == "shared":
         sims = share_cfg_halves(sims)
     sims = torch.where(t["cvalid"], sims, torch.full_like(sims, -2.0))
     best, arg = sims.max(-1)                                                  # [B, S]
     merged, unmerged = _split_sources(best, n - k)
+    return merge_selection(t, merged, unmerged, arg, n, x.dtype)
+
+
+def merge_selection(t: dict, merged: torch.Tensor, unmerged: torch.Tensor, arg: torch.Tensor, n: int,
+                    dtype=torch.float32) -> Selection:
+    """The region Selection of a bipartite matching: kept = [destinations | unmerged sources]; each
+    destination's merge slots average it with the merged sources whose best candidate it is; a merged
+    source copies its destination's output (ToMe's unmerge). Shared by `tome` and `dito`."""
+    b, s = arg.shape
+    src_tok, dst_tok = t["src_tok"], t["dst_tok"]
+    d = dst_tok.numel()
     kept = torch.cat([dst_tok.expand(b, d), src_tok.index_select(0, unmerged.reshape(-1)).reshape(b, -1)], 1)
-    mm = torch.zeros(b, s, device=x.device).scatter(1, merged, torch.ones_like(merged, dtype=torch.float32))
-    # merge slots: dst j absorbs the merged sources whose best candidate is j
+    mm = torch.zeros(b, s, device=arg.device).scatter(1, merged, torch.ones(merged.shape, device=arg.device))
     dsrc, doff = t["dsrc"], t["doff"]
     a = mm.index_select(1, dsrc.reshape(-1)).reshape(b, d, -1)
     a = a * (arg.index_select(1, dsrc.reshape(-1)).reshape(b, d, -1) == doff).to(a.dtype)
-    mw = torch.cat([torch.ones(b, d, 1, device=x.device), a], -1)
+    mw = torch.cat([torch.ones(b, d, 1, device=arg.device), a], -1)
     mw = mw / mw.sum(-1, keepdim=True)
     msrc = torch.cat([dst_tok[:, None], src_tok.index_select(0, dsrc.reshape(-1)).reshape(d, -1)], -1)[None]
-    # unmerge: a merged source copies its destination's output
     target_dst = t["cand"].expand(b, s, 9).gather(2, arg[..., None])[..., 0]  # dst-list index
     src_target = torch.where(mm > 0, dst_tok.index_select(0, target_dst.reshape(-1)).reshape(b, s), src_tok.expand(b, s))
     target = torch.cat([dst_tok.expand(b, d), src_target], 1)                 # in [dst | src] token order
     target = target.index_select(1, t["token_order"])                        # [dst | src] -> token order
     inv, _ = inverse_positions(kept, n)
-    return Selection(kept, inv.gather(1, target)[..., None], None, msrc, mw.to(x.dtype))
+    return Selection(kept, inv.gather(1, target)[..., None], None, msrc, mw.to(dtype))
 
 
 def _split_sources(best: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:

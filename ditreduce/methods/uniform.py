@@ -7,7 +7,6 @@ import torch
 
 from ..regions import Selection, identity_selection
 from .base import Method, register_method
-from .lattice import static_table
 from .lattice import nearest_kept, static_table
 
 

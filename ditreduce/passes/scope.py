@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 
-from . import axes
 from .site import Site, block_of, module_of
 
 aten = torch.ops.aten
