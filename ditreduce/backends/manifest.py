@@ -94,20 +94,29 @@ class Manifest(_Strict):
         return self.variants[self.steps[step]]
 
 
-def save_manifest(manifest: Manifest, path: str | Path) -> Path:
+def _write(model: _Strict, path: str | Path) -> Path:
     path = Path(path)
-    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=1))
+    path.write_text(json.dumps(model.model_dump(mode="json"), indent=1))
     return path
 
 
-def load_manifest(path: str | Path) -> Manifest:
+def _read(cls, path: str | Path, missing: str):
+    """cls from a JSON file; a missing file is a BackendError that says how to make one."""
     from . import BackendError
 
     path = Path(path)
     if not path.is_file():
-        raise BackendError(f"no manifest at {path}: write one with reduced.export(out_dir, ...) or "
-                           f"`ditreduce export MODEL SCHEDULE OUT/`")
-    return Manifest.model_validate_json(path.read_text())
+        raise BackendError(f"no {missing.format(path=path)}")
+    return cls.model_validate_json(path.read_text())
+
+
+def save_manifest(manifest: Manifest, path: str | Path) -> Path:
+    return _write(manifest, path)
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    return _read(Manifest, path, "manifest at {path}: write one with reduced.export(out_dir, ...) or "
+                                 "`ditreduce export MODEL SCHEDULE OUT/`")
 
 
 class EngineEntry(_Strict):
@@ -127,15 +136,8 @@ class EngineManifest(_Strict):
 
 
 def save_engine_manifest(m: EngineManifest, path: str | Path) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(m.model_dump(mode="json"), indent=1))
-    return path
+    return _write(m, path)
 
 
 def load_engine_manifest(path: str | Path) -> EngineManifest:
-    from . import BackendError
-
-    path = Path(path)
-    if not path.is_file():
-        raise BackendError(f"no engine manifest at {path}: build one with tools/build_engines.py manifest.json")
-    return EngineManifest.model_validate_json(path.read_text())
+    return _read(EngineManifest, path, "engine manifest at {path}: build one with tools/build_engines.py manifest.json")
