@@ -7,7 +7,8 @@ from .flops import graph_flops
 from .methods import get_method
 from .passes.rewrite import site_plan
 from .regions import attention_flops
-from .schedules.lower import NumStepsUnknown, eligible, plan_key, variants
+from .methods.dito import phased_variants
+from .schedules.lower import NumStepsUnknown, eligible, plan_key
 
 
 @dataclass
@@ -108,7 +109,7 @@ def _label(cfg) -> str:
 def build_report(model, cap, num_steps: int | None) -> Report:
     sched = model.schedule
     if num_steps is not None:
-        keys, per_step = variants(sched, cap.sites, num_steps)
+        keys, per_step = phased_variants(sched, cap.sites, num_steps)  # DiTo: its prime / match / reduce variants
     else:
         try:
             keys, per_step = [plan_key(sched, cap.sites, 0, num_steps)], None

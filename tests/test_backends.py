@@ -71,21 +71,11 @@ def test_onnxruntime_backend_switches_variants_per_step():
     assert len(ort._last.runners) == 3
 
 
-def _dit_pipe(transformer):
-    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-                        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], latent_channels=4,
-                        norm_num_groups=8, sample_size=16)
-    return DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler())
-
-
 def test_dit_pipeline_samples_through_the_onnx_manifest(tmp_path):
     from skimage.metrics import peak_signal_noise_ratio
 
     transformer, _ = zoo.dit(grid=(4, 4))
-    pipe = _dit_pipe(transformer)
+    pipe = zoo.dit_pipeline(transformer)
     reduced = compile_with_reduction(transformer, SCHED)
     example = dict(hidden_states=torch.zeros(4, 4, 8, 8), timestep=torch.zeros(4, dtype=torch.long),
                    class_labels=torch.zeros(4, dtype=torch.long), return_dict=False)

@@ -18,13 +18,13 @@ ROW_KEYS = {"model", "image_tokens", "blocks", "method", "scope", "backend", "no
             "steps", "variants", "per_step_variant", "capture_s", "compile_s", "flops", "timing", "memory",
             "quality", "error"}
 TIMING_KEYS = {"dense_baseline", "dense_s", "reduced_s", "call_speedup", "run_speedup", "achieved_over_ideal",
-               "repeats", "dense_times", "variant_times", "busiest_variant"}
+               "repeats", "dense_times", "variant_times", "busiest_variant", "graph_speedup"}
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    assert main(["bench", "--quick", "--threads", "1", "--methods", "uniform", "--out", str(out)]) == 0
+    assert main(["bench", "--quick", "--threads", "1", "--methods", "uniform,random", "--out", str(out)]) == 0
     return out
 
 
@@ -36,7 +36,8 @@ def test_quick_writes_every_output_with_the_versioned_schema(quick):
     row = raw["rows"][0]
     assert set(row) == ROW_KEYS and set(row["timing"]) == TIMING_KEYS
     res = BenchResults.load(quick / "results.json")  # round-trips through the pydantic model
-    (r,) = res.rows
+    r, r2 = res.rows
+    assert r2.method == "random" and r2.error is None
     assert r.error is None and r.method == "uniform" and r.steps == 5 and r.model == "small-dit:32"
     # 5 steps, first 20 % dense: step 0 runs the dense variant, steps 1-4 the reduced one
     assert r.per_step_variant == [0, 1, 1, 1, 1] and r.variants == 2
@@ -56,6 +57,17 @@ def test_speedups_are_computed_from_the_times_of_the_same_repeats(quick):
     assert t.run_speedup.median == pytest.approx(statistics.median(run))
     assert t.run_speedup.min == pytest.approx(min(run)) and t.run_speedup.max == pytest.approx(max(run))
     assert t.achieved_over_ideal == pytest.approx(t.run_speedup.median / r.flops.ideal_speedup)
+    # the all-dense variant is the captured graph, timed once and shared; graph_speedup = dense / graph
+    g = [d / x for d, x in zip(t.dense_times, t.variant_times[0])]
+    assert t.graph_speedup.median == pytest.approx(statistics.median(g))
+
+
+def test_every_configuration_is_timed_in_one_interleaved_loop(quick):
+    """Both rows divide the same dense times (one loop per model and backend), and share the graph's."""
+    r1, r2 = BenchResults.load(quick / "results.json").rows
+    assert r1.timing.dense_times == r2.timing.dense_times
+    assert r1.timing.variant_times[0] == r2.timing.variant_times[0]
+    assert r1.timing.variant_times[1] != r2.timing.variant_times[1]
 
 
 class _FakeClock:
@@ -220,3 +232,16 @@ def test_a_model_the_schedule_cannot_reduce_is_an_error_row_not_a_dense_number()
     (row,) = runner.bench_model(BenchModel("sana", model, kw), settings, [])
     assert row.error.startswith("ScheduleError: the schedule reduces no attention site")
     assert row.timing is None and row.flops is None and row.ratio == 0.5
+
+
+def test_dito_is_benched_on_the_variants_of_its_phases():
+    """A stateful method is timed on the variants a real run calls (prime / match / reduce), not on the
+    per-ratio keys alone."""
+    from ditreduce.methods.dito import phased_variants
+
+    model, kw = runner.probe_model()
+    sched = runner.make_schedule("dito", 0.5, "attention", 0.2)
+    v = runner.Variants(runner.compile_for(model, sched, "eager"), kw, 10)
+    keys, per_step = phased_variants(v.reduced.schedule, v.cap.sites, 10)
+    assert (v.keys, v.per_step) == (keys, per_step)
+    assert len(v.keys) == 4 and per_step[:4] == [0, 1, 2, 3]  # dense, prime (the last dense step), match, reduce

@@ -7,14 +7,7 @@ from ditreduce import compile_with_reduction
 
 
 def _pipe():
-    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline
-
-    transformer, _ = zoo.dit(grid=(4, 4))
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-                        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], latent_channels=4,
-                        norm_num_groups=8, sample_size=16)
-    return DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler())
+    return zoo.dit_pipeline(zoo.dit(grid=(4, 4))[0])
 
 
 def _run(pipe):

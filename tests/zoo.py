@@ -34,6 +34,17 @@ def dit(grid=(4, 4), batch=2, seed=0):
     return m.eval(), kw
 
 
+def dit_pipeline(transformer):
+    """A diffusers DiTPipeline around `transformer` (zoo.dit) with a tiny random VAE and DDIM."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], latent_channels=4,
+                        norm_num_groups=8, sample_size=16)
+    return DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler())
+
+
 def pixart(grid=(4, 4), batch=2, seed=0, text=5):
     from diffusers import PixArtTransformer2DModel
 

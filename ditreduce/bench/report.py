@@ -51,6 +51,7 @@ class TimingRecord(_Rec):
     dense_times: list[float]            # raw seconds per repeat (the speedups are computed from these)
     variant_times: list[list[float]]    # [variant][repeat]; variant of each step: Row.per_step_variant
     busiest_variant: int
+    graph_speedup: Stat | None = None   # dense / the captured graph at ratio 0 (graph cleanup alone), per repeat
 
 
 class MemoryRecord(_Rec):
@@ -173,6 +174,12 @@ def markdown(res: BenchResults) -> str:
                        f"{_mb(m.dense_peak_bytes if m else None)}→{_mb(m.reduced_peak_bytes if m else None)} | "
                        f"{r.variants} | {r.capture_s:.1f} | {r.compile_s:.1f} |")
         out.append("")
+        graph = {(r.model, r.backend): r.timing.graph_speedup for r in s if r.timing.graph_speedup is not None}
+        for (model, backend), g in graph.items():
+            out.append(f"- {model}, {backend}: the captured graph at ratio 0 runs at {_fmt_stat(g)} of the dense "
+                       "baseline (no-op copies removed at capture; the speedups above include it)")
+        if graph:
+            out.append("")
     errs = [r for r in res.rows if r.error]
     if errs:
         out.append("Configurations that failed (named errors):\n")

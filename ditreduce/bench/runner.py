@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..passes.capture import UnsupportedModelError
 from ..passes.layout import LayoutError
 from ..schedules import ScheduleError, load_schedule
-from ..schedules.lower import variants
+from ..methods.dito import phased_variants
 from . import memory, speed
 from .flops import Flops, attention_exponent, count_flops, matched_ratio
 from .models import BenchModel
@@ -184,9 +184,10 @@ class Variants:
     def __init__(self, reduced, kwargs: dict, steps: int):
         self.reduced, self.kwargs, self.steps = reduced, kwargs, steps
         t0 = time.perf_counter()
-        cap = reduced.capture(**kwargs)
+        self.cap = cap = reduced.capture(**kwargs)
         self.capture_s = time.perf_counter() - t0
-        self.keys, self.per_step = variants(reduced.schedule, cap.sites, steps)
+        # the variants a real run calls: with DiTo phases (prime / match / reduce) where the schedule has state
+        self.keys, self.per_step = phased_variants(reduced.schedule, cap.sites, steps)
         self.first_step = [self.per_step.index(v) for v in range(len(self.keys))]
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -203,6 +204,12 @@ class Variants:
 
     def caller(self, v: int):
         return lambda: self.call(v)
+
+    def graph_caller(self):
+        """The captured graph at ratio 0 (every site dense) on this backend: what a reduced model costs before
+        any token is removed."""
+        run = self.reduced.runner(self.cap, (None,) * len(self.cap.sites), self.kwargs)
+        return lambda: run(**self.kwargs)
 
 
 def _stat(values: list[float]) -> Stat:
@@ -254,6 +261,7 @@ def bench_model(bm: BenchModel, settings: BenchSettings, matched: list[MatchedRa
     ratio_of = {(m.method, m.scope): m.ratios for m in matched}
     configs = [(m, s, r) for m in settings.methods for s in settings.scopes for r in settings.ratios]
     rows: list[Row] = []
+    built: list = []
     baselines: dict = {}
     for method, scope, nominal in tqdm(configs, desc=bm.name, leave=True):
         ratio = ratio_of[(method, scope)][str(nominal)] if settings.equal_flops else nominal
@@ -264,7 +272,7 @@ def bench_model(bm: BenchModel, settings: BenchSettings, matched: list[MatchedRa
             eager = Variants(compile_for(bm.module, sched, "eager"), kw, settings.steps)
             with torch.no_grad():
                 # the all-dense variant is the captured graph itself: dense FLOPs, no need to count again
-                per_variant = [dense_flops if all(c is None for c in key) else count_flops(eager.caller(v))
+                per_variant = [dense_flops if _is_dense_key(key) else count_flops(eager.caller(v))
                                for v, key in enumerate(eager.keys)]
             flops, busiest = flops_record(dense_flops, per_variant, eager.per_step)
             mem = None
@@ -285,28 +293,50 @@ def bench_model(bm: BenchModel, settings: BenchSettings, matched: list[MatchedRa
             for backend in settings.backends:
                 rows.append(Row(**base, backend=backend, error=f"{type(e).__name__}: {e}"))
             continue
-        for backend in settings.backends:
-            try:
-                run = eager if backend == "eager" else Variants(compile_for(bm.module, sched, backend), kw,
-                                                                 settings.steps)
-            except NAMED_ERRORS as e:
-                rows.append(Row(**base, backend=backend, error=f"{type(e).__name__}: {e}"))
-                continue
-            dense_call, dense_what = _dense_baseline(bm, backend, baselines)
-            fns = {"dense": dense_call} | {f"v{v}": run.caller(v) for v in range(len(run.keys))}
-            times = speed.interleaved_times(fns, settings.repeats, settings.warmup,
-                                            desc=f"{backend} {method} {scope} r={ratio:g}")
-            vt = [times[f"v{v}"] for v in range(len(run.keys))]
-            run_sp = _stat(speed.run_speedups(times["dense"], vt, run.per_step))
-            timing = TimingRecord(dense_baseline=dense_what, dense_s=_stat(times["dense"]),
-                                  reduced_s=_stat(vt[busiest]),
-                                  call_speedup=_stat(speed.per_repeat_speedups(times["dense"], vt[busiest])),
-                                  run_speedup=run_sp, achieved_over_ideal=run_sp.median / flops.ideal_speedup,
-                                  repeats=settings.repeats, dense_times=times["dense"], variant_times=vt,
-                                  busiest_variant=busiest)
-            rows.append(Row(**base, backend=backend, variants=len(run.keys), per_step_variant=run.per_step,
-                            capture_s=run.capture_s, compile_s=run.compile_s, flops=flops, timing=timing,
-                            memory=mem if backend == "eager" else None, quality=qual))
+        built.append((base, eager, flops, busiest, mem, qual))
+    for backend in settings.backends:
+        rows += _time_backend(bm, settings, backend, built, baselines)
+    order = {c: i for i, c in enumerate(configs)}
+    return sorted(rows, key=lambda r: (order[(r.method, r.scope, r.nominal_ratio)], settings.backends.index(r.backend)))
+
+
+def _is_dense_key(key) -> bool:
+    return all(c is None for c in key)
+
+
+def _time_backend(bm: BenchModel, settings: BenchSettings, backend: str, built: list, baselines: dict) -> list[Row]:
+    """Time every configuration of one model on one backend in ONE interleaved loop: dense, the captured
+    graph at ratio 0 (the all-dense variant every configuration shares: timed once) and each
+    configuration's reduced variants. All speedups of the table divide the same dense times."""
+    rows, runs = [], []
+    for base, eager, flops, busiest, mem, qual in built:
+        try:
+            run = eager if backend == "eager" else Variants(compile_for(bm.module, base["schedule"], backend),
+                                                             bm.kwargs, settings.steps)
+        except NAMED_ERRORS as e:
+            rows.append(Row(**base, backend=backend, error=f"{type(e).__name__}: {e}"))
+            continue
+        runs.append((base, run, flops, busiest, mem, qual))
+    if not runs:
+        return rows
+    dense_call, dense_what = _dense_baseline(bm, backend, baselines)
+    fns = {"dense": dense_call, "graph": runs[0][1].graph_caller()}
+    for i, (_, run, *_rest) in enumerate(runs):
+        fns |= {f"c{i}v{v}": run.caller(v) for v, key in enumerate(run.keys) if not _is_dense_key(key)}
+    times = speed.interleaved_times(fns, settings.repeats, settings.warmup, desc=f"{bm.name} {backend}")
+    graph_sp = _stat(speed.per_repeat_speedups(times["dense"], times["graph"]))
+    for i, (base, run, flops, busiest, mem, qual) in enumerate(runs):
+        vt = [times["graph"] if _is_dense_key(key) else times[f"c{i}v{v}"] for v, key in enumerate(run.keys)]
+        run_sp = _stat(speed.run_speedups(times["dense"], vt, run.per_step))
+        timing = TimingRecord(dense_baseline=dense_what, dense_s=_stat(times["dense"]),
+                              reduced_s=_stat(vt[busiest]),
+                              call_speedup=_stat(speed.per_repeat_speedups(times["dense"], vt[busiest])),
+                              run_speedup=run_sp, achieved_over_ideal=run_sp.median / flops.ideal_speedup,
+                              repeats=settings.repeats, dense_times=times["dense"], variant_times=vt,
+                              busiest_variant=busiest, graph_speedup=graph_sp)
+        rows.append(Row(**base, backend=backend, variants=len(run.keys), per_step_variant=run.per_step,
+                        capture_s=run.capture_s, compile_s=run.compile_s, flops=flops, timing=timing,
+                        memory=mem if backend == "eager" else None, quality=qual))
     return rows
 
 

@@ -226,13 +226,18 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, labels: 
     b = _Builder(new, site, cfg, first)
     d_e = token_dim(lab[entry], seg)
     start_e, len_e = _seg_start(lab[entry][d_e], seg), axes.dim_size(lab[entry][d_e])
+    # one dense copy at the entry when it is strided (e.g. a transposed patch embedding): every gather,
+    # score and residual below reads it, and each would otherwise copy it again (no-op when contiguous)
+    dense_entry = entry
+    if cfg.k != cfg.n:
+        entry = b.call(torch.Tensor.contiguous, [entry])
     x0 = nodes[plan.exits[0]]
     tokens = None if b.method.static or b.method.stateful else b.call(image_tokens, [entry, d_e, start_e, n])
     b.select(tokens, (x0, token_dim(lab[x0], seg)))
     red_entry = b.call(regions.reduce_tokens, [entry, b.embedded(start_e, len_e), d_e])
-    for u in list(entry.users):
+    for u in list(dense_entry.users):
         if u in inside:
-            u.replace_input_with(entry, red_entry)
+            u.replace_input_with(dense_entry, red_entry)
     for a_name, c_name in plan.gathers:
         a, c = nodes[a_name], nodes[c_name]
         d_a = token_dim(lab.get(a), seg)
