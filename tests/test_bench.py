@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ditreduce.bench import flops as bflops
 from ditreduce.bench import memory, runner, speed
 from ditreduce.bench.models import BenchModelError, resolve_model
-from ditreduce.bench.report import BenchResults, pareto_figure, pareto_series
+from ditreduce.bench.report import BenchResults, pareto_figure, pareto_front, pareto_series
 from ditreduce.cli import main
 
 RESULT_KEYS = {"schema_version", "ditreduce_version", "created_utc", "command", "machine", "settings", "equal_flops",
@@ -117,6 +117,11 @@ def test_pareto_plot_has_one_series_per_method(quick):
     assert sorted(ln.get_label() for ln in lines) == ["coredit", "tome", "uniform"]
     coredit = next(ln for ln in lines if ln.get_label() == "coredit")
     assert list(coredit.get_xdata()) == [1.0, 1.5] and list(coredit.get_ydata()) == [27.0, 25.0]
+
+
+def test_pareto_front_keeps_only_undominated_configurations():
+    pts = [(1.0, 0, 0, 27.0), (1.2, 0, 0, 26.0), (1.1, 0, 0, 25.0), (1.5, 0, 0, 25.0), (1.4, 0, 0, 24.0)]
+    assert pareto_front(pts) == [(1.0, 0, 0, 27.0), (1.2, 0, 0, 26.0), (1.5, 0, 0, 25.0)]
 
 
 def test_flops_count_matmuls_and_cpu_sdpa():

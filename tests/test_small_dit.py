@@ -101,4 +101,4 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo.png"
     assert main(["demo", "--samples", "1", "--steps", "3", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "PSNR" in text and "coredit-default" in text and out.exists()  # --schedule auto: the best method
+    assert "PSNR" in text and "dito-default" in text and out.exists()  # --schedule auto: the best method

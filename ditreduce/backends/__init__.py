@@ -41,7 +41,8 @@ def variant_label(key: tuple) -> str:
     cfgs = [c for c in key if c is not None]
     if not cfgs:
         return "dense"
-    parts = sorted({f"{c.method}:{c.ratio:g}" for c in cfgs})
+    parts = sorted({f"{c.method}:{c.ratio:g}" + (f" {dict(c.params)['phase']}" if "phase" in dict(c.params) else "")
+                    for c in cfgs})  # DiTo's prime / match / reduce variants share method and ratio
     ks = ",".join(str(k) for k in sorted({c.k for c in cfgs}))
     return f"{len(cfgs)}/{len(key)} sites " + ",".join(parts) + f" k={ks}"
 

@@ -208,6 +208,16 @@ def pareto_series(res: BenchResults) -> dict[str, list[tuple[float, float, float
     return {m: sorted(v) for m, v in series.items()}
 
 
+def pareto_front(pts: list[tuple[float, float, float, float]]) -> list[tuple[float, float, float, float]]:
+    """The points no other point beats on both speed and quality, by increasing speed."""
+    front, best = [], float("-inf")
+    for p in sorted(pts, key=lambda p: (-p[0], -p[3])):  # fastest first
+        if p[3] > best:
+            front.append(p)
+            best = p[3]
+    return front[::-1]
+
+
 def pareto_figure(res: BenchResults):
     """One Line2D per method (quality vs run speedup); min–max speedups as horizontal LineCollections."""
     import matplotlib
@@ -219,9 +229,11 @@ def pareto_figure(res: BenchResults):
     use_psnr = any(r.quality is not None for r in res.rows)
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
     for method, pts in series.items():
+        fx, _, _, fy = zip(*pareto_front(pts))
+        (line,) = ax.plot(fx, fy, marker="o", label=method)  # the method's front: its best trade-offs
         xs, lo, hi, ys = zip(*pts)
-        (line,) = ax.plot(xs, ys, marker="o", label=method)
-        ax.hlines(ys, lo, hi, colors=line.get_color(), alpha=0.4)
+        ax.scatter(xs, ys, s=12, color=line.get_color(), alpha=0.5)  # every configuration (scopes, ratios)
+        ax.hlines(ys, lo, hi, colors=line.get_color(), alpha=0.3)
     ax.set_xlabel("run speedup over dense (median, bar: min–max of repeats)")
     ax.set_ylabel("PSNR vs dense, dB (median over seeds)" if use_psnr else "FLOPs-ideal speedup")
     models = sorted({r.model for r in res.rows})
