@@ -8,7 +8,7 @@ from torch import nn
 import anydit
 from ditreduce import ScheduleError, UnsupportedModelError, compile_with_reduction
 from ditreduce.passes.capture import capture
-from ditreduce.passes.inputs import find_timestep, lattice_for_tokens, lattice_from_ids
+from ditreduce.passes.inputs import find_timestep, lattice_for_tokens, lattice_from_ids, lattice_signature
 from ditreduce.passes.match_attention import SDPA, match_attention
 
 # family -> (kind, grid, text tokens, other tokens) of every reduced site
@@ -264,3 +264,13 @@ def test_a_matcher_failure_is_reported_not_raised(monkeypatch):
     assert res.sites == [] and any("attention matching failed here (RuntimeError: boom)" in why
                                    for why in res.unmatched_modules.values())
     torch.testing.assert_close(gm(**kw), model(**kw))  # the graph is left as it was: dense
+
+
+def test_features_are_never_read_as_position_ids():
+    """A short caption [B, 4, C] of zeros is integer-valued and has 4 rows, like ids; read as ids, its
+    content became part of the capture signature, so a warm-up with zeros and the real call captured
+    twice (found by `ditreduce demo`). Position ids still are."""
+    caps = torch.zeros(8, 4, 64)
+    assert lattice_signature({"encoder_hidden_states": caps, "hidden_states": torch.zeros(8, 3, 4)}) == ()
+    ids = torch.stack(torch.meshgrid(torch.arange(4), torch.arange(6), indexing="ij"), -1).reshape(-1, 2)
+    assert lattice_signature({"img_ids": ids}) == (("img_ids", (4, 6)),)

@@ -14,7 +14,7 @@ import torch
 TIMESTEP_NAMES = ("timestep", "timesteps", "t", "sigma", "sigmas", "time", "times", "ts", "noise_level",
                   "t_cond", "time_step")
 ID_COLUMNS = (2, 3, 4)
-_NOT_A_LATTICE_SOURCE = ("mask", "rope", "rotary", "freq", "cos", "sin")
+_NOT_A_LATTICE_SOURCE = ("mask", "rope", "rotary", "freq", "cos", "sin", "hidden_states")  # features, never ids
 
 
 # --- timestep ---------------------------------------------------------------------------------------
