@@ -27,7 +27,8 @@ from .report import (BenchResults, FlopsRecord, MatchedRatio, MemoryRecord, Qual
                      TimingRecord)
 
 # best first, as measured by `ditreduce bench small-dit` (README "Results"): at equal attention FLOPs DiTo is
-# 2-4 dB above CoReDiT in attention+proj and no slower; `ditreduce demo --schedule auto` runs the first one
+# 2-5 dB above CoReDiT and, on that model (the demo's), also faster; on the PixArt-α shape CoReDiT is the
+# faster one. `ditreduce demo --schedule auto` runs the first registered one
 PREFERRED_METHODS = ("dito", "coredit", "tome", "todo", "random", "uniform")
 NAMED_ERRORS = (ScheduleError, UnsupportedModelError, LayoutError)
 PROBE_RATIO = 0.5
