@@ -14,8 +14,7 @@ from __future__ import annotations
 BACKENDS = ("eager", "inductor", "onnxruntime", "tensorrt")
 
 
-class BackendError(ValueError):
-    """A backend name, an exported artefact or a call that a backend cannot run; the message says the way out."""
+from ..errors import BackendError  # noqa: E402
 
 
 def check_backend(name: str) -> str:

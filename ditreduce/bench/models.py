@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 
-class BenchModelError(ValueError):
-    """A model spec the bench cannot build; the message names the spec and the accepted spellings."""
+from ..errors import BenchModelError  # noqa: E402
 
 
 SPELLINGS = ("small-dit[:RES]", "pixart-alpha:TOKENS:BLOCKS", "DiffusersClass:{json config}",

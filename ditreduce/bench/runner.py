@@ -34,8 +34,7 @@ NAMED_ERRORS = (ScheduleError, UnsupportedModelError, LayoutError)
 PROBE_RATIO = 0.5
 
 
-class BenchError(ValueError):
-    """A bench request that cannot run as asked; the message says which field and what is allowed."""
+from ..errors import BenchError  # noqa: E402
 
 
 class BackendUnavailableError(BenchError):

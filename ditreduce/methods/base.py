@@ -21,8 +21,7 @@ def get_method(name: str) -> type["Method"]:
         raise KeyError(f"unknown method {name!r}; allowed: {sorted(METHODS)}") from None
 
 
-class MethodParamError(ValueError):
-    """A method parameter the method does not take, or of the wrong type / value."""
+from ..errors import MethodParamError  # noqa: F401  (re-exported)
 
 
 class Method:

@@ -35,8 +35,7 @@ STATE_IN = {"prime": (), "match": ("y", "count"), "reduce": ("y", "count") + PAI
 STATE_OUT = {"prime": ("y", "count"), "match": ("y", "count") + PAIR_STATE, "reduce": ("y", "count") + PAIR_STATE}
 
 
-class StateError(RuntimeError):
-    """Method state (DiTo's previous outputs / correspondences) missing or of the wrong shape."""
+from ..errors import StateError  # noqa: F401  (re-exported)
 
 
 def _tables(lattice, seed, device):

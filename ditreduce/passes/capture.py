@@ -12,12 +12,7 @@ import sys
 import torch
 
 
-class UnsupportedModelError(RuntimeError):
-    """The model cannot be captured or rewritten; the message says which model and why."""
-
-
-class ModelCallError(TypeError):
-    """The call's arguments do not fit the model's forward signature (missing or unknown inputs)."""
+from ..errors import ModelCallError, UnsupportedModelError  # noqa: F401  (raised here, re-exported)
 
 
 def bind_call(model: torch.nn.Module, args: tuple, kwargs: dict) -> dict:

@@ -27,8 +27,7 @@ from .propagate import propagate
 from .site import Layout, Segment, Site
 
 
-class LayoutError(ValueError):
-    """A layout override or lattice hint that does not fit the model's shapes."""
+from ..errors import LayoutError  # noqa: F401  (re-exported)
 
 
 @dataclass

@@ -13,8 +13,7 @@ from .ir import Schedule
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
-class ScheduleError(ValueError):
-    """A schedule that does not validate. The message names the field path and what is allowed."""
+from ..errors import ScheduleError  # noqa: F401  (re-exported)
 
 
 def presets() -> list[str]:
