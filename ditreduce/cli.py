@@ -100,7 +100,7 @@ def cmd_demo(args) -> int:
     dense, t_dense = run(None, "dense")
     with reduced_model.generation(num_steps=args.steps):
         red, t_red = run(reduced_model, "reduced")
-    if len(reduced_model._captures) > 1:  # a capture inside the timed run would count its export time
+    if len(reduced_model.captures) > 1:  # a capture inside the timed run would count its export time
         print("warning: the sampling calls captured a new input signature; the timing includes it", file=sys.stderr)
     ps = sum(psnr(a, b) for a, b in zip(red, dense)) / n
     ss = sum(ssim(a, b) for a, b in zip(red, dense)) / n

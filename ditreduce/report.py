@@ -7,7 +7,6 @@ from .flops import graph_flops
 from .methods import get_method
 from .passes.rewrite import site_plan
 from .regions import attention_flops
-from .methods.dito import phased_variants
 from .schedules.lower import NumStepsUnknown, eligible, plan_key
 
 
@@ -36,6 +35,7 @@ class Report(list):
 
     variants: int = 1
     notes: list
+    observed: str | None = None  # the steps the latest generation really ran and each step's variant
     run_flops: tuple[int, int] | None = None  # attention (dense, reduced) summed over the steps of a run
     model_flops: tuple[int, int] = (0, 0)     # whole model, one call: dense, busiest variant
     run_model_flops: tuple[int, int] | None = None  # whole model, summed over the run
@@ -76,6 +76,8 @@ class Report(list):
                 rmd, rmr = self.run_model_flops
                 line += f", {100 * (1 - rmr / rmd):.1f}% fewer whole-model FLOPs"
             out.append(line)
+        if self.observed:
+            out.append(self.observed)
         return "\n".join(out)
 
     def __repr__(self) -> str:
@@ -102,6 +104,21 @@ def _compress(per_step: list[str]) -> str:
     return ", ".join(out)
 
 
+def observed(gen) -> str | None:
+    """'last generation: N calls, steps ...: variant per step' of a generation that ran (None: none ran)."""
+    if gen is None or not gen.history:
+        return None
+    per_step = {}
+    for c in gen.history:
+        per_step.setdefault(c.step, c.variant)
+    steps = [s for s in per_step if s is not None]
+    if not steps:
+        return f"last generation: {len(gen.history)} calls without a step (no timestep), variant {gen.history[-1].variant}"
+    runs = _compress([per_step[s] for s in range(max(steps) + 1)] if steps == list(range(max(steps) + 1))
+                     else [per_step[s] for s in steps])
+    return f"last generation: {len(gen.history)} calls on {len(steps)} steps observed: {runs}"
+
+
 def _label(cfg) -> str:
     return "dense" if cfg is None else f"{cfg.method}:{cfg.ratio:g}"
 
@@ -109,7 +126,8 @@ def _label(cfg) -> str:
 def build_report(model, cap, num_steps: int | None) -> Report:
     sched = model.schedule
     if num_steps is not None:
-        keys, per_step = phased_variants(sched, cap.sites, num_steps)  # DiTo: its prime / match / reduce variants
+        plan = model.plan(cap, num_steps)   # with method phases (DiTo: prime / match / reduce variants)
+        keys, per_step = list(plan.keys), list(plan.per_step)
     else:
         try:
             keys, per_step = [plan_key(sched, cap.sites, 0, num_steps)], None
@@ -118,6 +136,7 @@ def build_report(model, cap, num_steps: int | None) -> Report:
     rep = Report()
     rep.variants = len(keys)
     rep.notes = list(cap.notes)
+    rep.observed = observed(model.generations.last)
     try:
         dense = graph_flops(cap.graph)
         per_key = {key: graph_flops(model.variant(cap, key), cap.graph) for key in keys}

@@ -36,7 +36,7 @@ def test_ratio_zero_is_the_dense_output_and_the_layout_is_found(family):
     rep = reduced.report()
     assert len(rep) == 2 and all(r.reduced for r in rep)
     assert {(r.kind, r.grid, r.text_tokens) for r in rep} == {(kind, grid, text)}
-    for site in reduced._last.sites:
+    for site in reduced.last_capture.sites:
         extra = sum(s.length for s in site.layout.segments if s.kind == "other")
         assert extra == other and site.image_tokens == torch.Size(grid).numel()
 
@@ -52,7 +52,7 @@ def test_ratio_half_keeps_shapes_and_changes_the_output(family):
 def test_latent_is_found_whatever_its_name():
     _, kw = anydit.origdit()
     reduced, _, _ = _ratio("origdit", 0.0)
-    assert any(n.startswith("latent x ") for n in reduced._last.notes)
+    assert any(n.startswith("latent x ") for n in reduced.last_capture.notes)
     assert list(kw) == ["x", "t", "y"]
 
 
@@ -207,7 +207,7 @@ def test_diffusers_baddbmm_processor_is_canonicalised():
     with torch.no_grad():
         torch.testing.assert_close(r(**kw)[0], model(**kw)[0], rtol=1e-5, atol=1e-5)
     assert [(x.kind, x.grid) for x in r.report()] == [("self", (4, 4)), ("cross", (4, 4))] * 2
-    assert all(s.origin == "matmul-softmax" for s in r._last.sites)
+    assert all(s.origin == "matmul-softmax" for s in r.last_capture.sites)
 
 
 # --- named errors ------------------------------------------------------------------------------------
@@ -248,7 +248,7 @@ def test_a_conditioning_tensor_of_id_like_shape_does_not_trigger_a_capture_per_c
     with torch.no_grad():
         for seed in range(3):
             r(**dict(kw, cond=torch.randn(3, 32, generator=torch.Generator().manual_seed(seed))))
-    assert len(r._captures) == 1
+    assert len(r.captures) == 1
 
 
 def test_a_matcher_failure_is_reported_not_raised(monkeypatch):

@@ -68,7 +68,7 @@ def test_onnxruntime_backend_switches_variants_per_step():
             ref, got = eager(**k)[0], ort(**k)[0]
         assert eager.last_key == ort.last_key
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
-    assert len(ort._last.runners) == 3
+    assert len(ort.last_capture.runners) == 3
 
 
 def test_dit_pipeline_samples_through_the_onnx_manifest(tmp_path):
@@ -139,7 +139,7 @@ def test_state_tensors_are_graph_inputs_outputs_and_carried_between_steps(tmp_pa
             (got,) = runner(hidden_states=x, timestep=ts, return_dict=False)
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
             acc = new["state"]["blk0.acc"]
-        torch.testing.assert_close(runner.state["blk0.acc"], acc, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(runner.state[(0, "blk0")]["acc"], acc, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow  # cold inductor compiles take ~10-60 s per variant on the 2-core machine
@@ -205,7 +205,7 @@ def test_onnxruntime_runs_in_graph_methods_like_eager_and_passes_the_tensorrt_li
         dense = model(**kw, return_dict=False)[0]
     assert not torch.allclose(ref, dense, atol=1e-3)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
-    cap = eager._last
+    cap = eager.last_capture
     call = dict(kw, return_dict=False)
     onnx_model, _, _ = to_onnx(export_program(cap.variants[eager.last_key], call), call)
     assert lint_model(onnx_model) == []

@@ -242,11 +242,12 @@ def test_a_model_the_schedule_cannot_reduce_is_an_error_row_not_a_dense_number()
 def test_dito_is_benched_on_the_variants_of_its_phases():
     """A stateful method is timed on the variants a real run calls (prime / match / reduce), not on the
     per-ratio keys alone."""
-    from ditreduce.methods.dito import phased_variants
+    from ditreduce.schedules.plan import plan_run
 
     model, kw = runner.probe_model()
     sched = runner.make_schedule("dito", 0.5, "attention", 0.2)
     v = runner.Variants(runner.compile_for(model, sched, "eager"), kw, 10)
-    keys, per_step = phased_variants(v.reduced.schedule, v.cap.sites, 10)
+    plan = plan_run(v.reduced.schedule, v.cap.sites, 10)
+    keys, per_step = plan.keys, plan.per_step
     assert (v.keys, v.per_step) == (keys, per_step)
     assert len(v.keys) == 4 and per_step[:4] == [0, 1, 2, 3]  # dense, prime (the last dense step), match, reduce

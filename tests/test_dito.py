@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 import zoo
 from ditreduce import compile_with_reduction
 from ditreduce.calibration.dito import calibrate_dito, choose_interval, pmr, pmr_curve
-from ditreduce.methods.dito import StateError, assign_phases
+from ditreduce.methods.dito import StateError
+from ditreduce.schedules.plan import phase_keys
 from ditreduce.methods.graph import image_tokens
 from ditreduce.methods.tome import tome_select
 from ditreduce.regions import attention_region
@@ -68,14 +69,14 @@ def test_phases_prime_match_reduce():
     cfg = RegionConfig("dito", 0.5, 32, 64, (("cfg", "per_sample"), ("interval", 3), ("lam", 0.1), ("phase", "auto"),
                                              ("seed", 0)))
     keys = [(None,), (None,)] + [(cfg,)] * 6
-    phases = [None if k[0] is None else (dict(k[0].params)["phase"], k[0].k) for k in assign_phases(keys)]
+    phases = [None if k[0] is None else (dict(k[0].params)["phase"], k[0].k) for k in phase_keys(keys)]
     assert phases == [None, ("prime", 64), ("match", 32), ("reduce", 32), ("reduce", 32), ("match", 32),
                       ("reduce", 32), ("reduce", 32)]
     # the schedule gave no interval: DiTo's default (2)
     bare = RegionConfig("dito", 0.5, 32, 64, ())
-    assert [dict(k[0].params)["phase"] for k in assign_phases([(bare,)] * 4)] == ["prime", "match", "reduce", "match"]
+    assert [dict(k[0].params)["phase"] for k in phase_keys([(bare,)] * 4)] == ["prime", "match", "reduce", "match"]
     # no dense step before: the first DiTo step itself is the (dense) prime step
-    phases = [dict(k[0].params)["phase"] for k in assign_phases([(cfg,)] * 3)]
+    phases = [dict(k[0].params)["phase"] for k in phase_keys([(cfg,)] * 3)]
     assert phases == ["prime", "match", "reduce"]
 
 

@@ -49,7 +49,7 @@ def test_manifest_round_trips_and_maps_steps_to_the_runtime_variants(exported):
         with torch.no_grad():
             reduced(**dict(kw, timestep=torch.full((2,), t)))
         plan = {(c.site, c.k) for c in manifest.variant_for_step(step).plan}
-        assert plan == {(s.name, c.k) for s, c in zip(reduced._last.sites, reduced.last_key) if c is not None}
+        assert plan == {(s.name, c.k) for s, c in zip(reduced.last_capture.sites, reduced.last_key) if c is not None}
 
 
 def test_graphs_pass_onnx_checker_and_tensorrt_lint(exported):

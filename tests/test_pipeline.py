@@ -22,7 +22,8 @@ def test_dit_pipeline_ratio_zero_matches_dense_and_ratio_half_runs():
     pipe.transformer = compile_with_reduction(original, "identity")
     same = _run(pipe)
     np.testing.assert_allclose(same, dense, rtol=0, atol=1e-6)
-    assert pipe.transformer.tracker.step == 3  # four denoising steps counted from the timesteps
+    # four denoising steps counted from the timesteps, two calls (batched CFG: one) per step
+    assert [c.step for c in pipe.transformer.generations.last.history] == [0, 1, 2, 3]
     pipe.transformer = compile_with_reduction(original, "uniform-50")
     red = _run(pipe)
     assert red.shape == dense.shape and np.isfinite(red).all() and not np.allclose(red, dense)

@@ -55,7 +55,7 @@ def test_ratio_zero_is_equivalence(data):
         reduced = compile_with_reduction(model, {"method": method, "ratio": 0.0, "scope": scope})
         out = _call(reduced, kw)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    cap = reduced._last
+    cap = reduced.last_capture
     gm = cap.variants[reduced.last_key]
     regions = region_nodes(gm)
     selected = [s for s, c in zip(cap.sites, reduced.last_key) if c is not None]
@@ -84,7 +84,7 @@ def test_ratio_half_runs_attention_on_k_tokens(family):
         out = _call(reduced, kw)
     assert out.shape == ref.shape and out.dtype == ref.dtype and torch.isfinite(out).all()
     assert not torch.allclose(out, ref)  # it really changed something
-    cap = reduced._last
+    cap = reduced.last_capture
     gm = cap.variants[reduced.last_key]
     dense_shapes = _sdpa_shapes(cap.graph, kw)
     red_shapes = _sdpa_shapes(gm, kw)

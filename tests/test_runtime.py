@@ -3,14 +3,7 @@ import pytest
 import torch
 
 import zoo
-from ditreduce import ReducedModel, ScheduleError, StepTracker, compile_with_reduction
-
-
-def test_step_tracker_counts_timesteps_and_new_generations():
-    tr = StepTracker()
-    seen = [tr.observe(torch.tensor([t, t])) for t in (999, 999, 500, 500, 10, 999, 700)]
-    assert seen == [0, 0, 1, 1, 2, 0, 1]
-    assert tr.learned_num_steps == 3
+from ditreduce import ReducedModel, ScheduleError, compile_with_reduction
 
 
 def test_return_dict_output_and_wrapped_attributes():
@@ -46,7 +39,7 @@ def test_new_resolution_or_batch_triggers_new_capture_not_wrong_result():
         with torch.no_grad():
             out = reduced(**kw)[0]
             assert out.shape == first_model(**kw)[0].shape
-    assert len(reduced._captures) == 3
+    assert len(reduced.captures) == 3
     assert [r.grid for r in reduced.report() if r.reduced] == [(4, 4), (4, 4)]
 
 

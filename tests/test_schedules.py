@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from ditreduce.passes.site import Layout, Segment, Site
 from ditreduce.schedules import ScheduleError, json_schema, load_schedule, presets, validate
-from ditreduce.schedules.lower import plan_key, variants
+from ditreduce.schedules.lower import plan_key
+from ditreduce.schedules.plan import plan_run
 
 
 @pytest.mark.parametrize("name", presets())
@@ -99,7 +100,8 @@ def test_rule_precedence_later_rule_wins_field_by_field():
 def test_step_fraction_and_variants():
     s = load_schedule("uniform-progressive")
     sites = [_site(b) for b in range(4)]
-    keys, per_step = variants(s, sites, 20)
+    plan = plan_run(s, sites, 20)
+    keys, per_step = plan.keys, plan.per_step
     assert per_step[:2] == [per_step[0]] * 2 and keys[per_step[0]] == (None,) * 4  # dense first 10 %
     assert keys[per_step[3]][0].ratio == 0.3 and keys[per_step[10]][0].ratio == 0.5
     assert keys[per_step[10]][3].ratio == 0.25  # last two blocks reduced less

@@ -2,5 +2,5 @@
 from __future__ import annotations
 
 
-def prepare(gm, kw: dict, label: str, reduced):
+def prepare(gm, kw: dict, label: str, options):
     return gm

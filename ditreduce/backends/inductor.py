@@ -6,8 +6,8 @@ TopK and one sdpa), and dynamo compiles that graph: it cannot trace the selectio
 (their constant tables are built outside the tracer, which dynamo refuses to enter). fullgraph=True
 makes a graph break inside a variant an error instead of a silent split; the step tracker stays outside
 (in ReducedModel.forward), so it never breaks a compiled graph. The export and compile happen on the
-variant's first call, whose wall time (export + compile + one run) is recorded under the variant's label
-in `compile_seconds` (ReducedModel.compile_seconds).
+variant's first call, whose wall time (export + compile + one run) ReducedModel.compile_seconds lists
+under the variant's label.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from .programs import export_program
 
 
 class CompiledVariant:
-    def __init__(self, gm: torch.fx.GraphModule, label: str, compile_seconds: dict):
+    def __init__(self, gm: torch.fx.GraphModule, label: str):
         self.gm, self.label = gm, label
-        self.compile_seconds = compile_seconds
+        self.compile_seconds: float | None = None   # export + compile + first run
         self.fn = None
 
     def __call__(self, **kw):
@@ -31,9 +31,9 @@ class CompiledVariant:
         aten = export_program(self.gm, kw).module()
         self.fn = torch.compile(aten, fullgraph=True, dynamic=False, backend="inductor")
         out = self.fn(**kw)
-        self.compile_seconds[self.label] = time.perf_counter() - t0
+        self.compile_seconds = time.perf_counter() - t0
         return out
 
 
-def prepare(gm, kw: dict, label: str, reduced) -> CompiledVariant:
-    return CompiledVariant(gm, label, reduced.compile_seconds)
+def prepare(gm, kw: dict, label: str, options) -> CompiledVariant:
+    return CompiledVariant(gm, label)

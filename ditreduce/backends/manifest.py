@@ -86,7 +86,7 @@ class Manifest(_Strict):
     variants: list[Variant]
 
     def variant_for_step(self, step: int) -> Variant:
-        from . import BackendError
+        from ..errors import BackendError
 
         if not 0 <= step < self.num_steps:
             raise BackendError(f"step {step} is outside the exported run of num_steps={self.num_steps}: "
@@ -102,7 +102,7 @@ def _write(model: _Strict, path: str | Path) -> Path:
 
 def _read(cls, path: str | Path, missing: str):
     """cls from a JSON file; a missing file is a BackendError that says how to make one."""
-    from . import BackendError
+    from ..errors import BackendError
 
     path = Path(path)
     if not path.is_file():

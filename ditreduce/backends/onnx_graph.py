@@ -9,7 +9,7 @@ import torch
 from torch.export.graph_signature import OutputKind
 from torch.utils._pytree import tree_flatten_with_path, tree_unflatten
 
-from . import BackendError
+from ..errors import BackendError
 from .manifest import STATE_OUT_PREFIX, STATE_PREFIX, TensorSpec
 
 OPSET = 18

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from ..passes.capture import bind_call
-from ..methods.dito import phased_variants
-from . import BackendError, variant_label
+from ..errors import BackendError
+from .base import variant_label
 
 _SQUEEZES = (torch.ops.aten.squeeze.dim, torch.ops.aten.squeeze.dims)
 
@@ -44,9 +44,9 @@ def run_variants(reduced, num_steps: int | None, kw: dict) -> RunVariants:
     if not num_steps:
         raise BackendError("export needs num_steps (the step -> variant map covers a run of N steps): pass "
                            "num_steps=N or set `num_steps:` in the schedule")
-    cap = reduced._capture_for(kw)
-    keys, per_step = phased_variants(reduced.schedule, cap.sites, int(num_steps))
-    return RunVariants(keys, [reduced.variant(cap, k) for k in keys], per_step, cap.sites)
+    cap = reduced.analysis(kw)
+    plan = reduced.plan(cap, int(num_steps))
+    return RunVariants(list(plan.keys), [reduced.variant(cap, k) for k in plan.keys], list(plan.per_step), cap.sites)
 
 
 def drop_noop_squeezes(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:

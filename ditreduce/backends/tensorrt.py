@@ -17,18 +17,11 @@ from pathlib import Path
 
 import torch
 
-from . import BackendError
-from .manifest import TensorSpec, load_engine_manifest, load_manifest
-
-
-def require_tensorrt():
-    from .trt_build import import_tensorrt
-
-    trt = import_tensorrt()
-    if not torch.cuda.is_available():
-        raise BackendError("backend tensorrt needs a CUDA GPU (torch.cuda.is_available() is False); on CPU use "
-                           "backend='onnxruntime' or lint the export with `ditreduce check-tensorrt`")
-    return trt
+from ..errors import BackendError
+from .exported import ExportedVariant
+from .manifest import TensorSpec, load_engine_manifest
+from .manifest_runner import ManifestRunner
+from .trt_build import require_tensorrt
 
 
 class TrtVariant:
@@ -71,77 +64,49 @@ class TrtVariant:
         return outs
 
 
-class TrtTransformer(torch.nn.Module):
-    """A drop-in transformer over the engines of an engine manifest (step tracking like OnnxTransformer)."""
+class TrtTransformer(ManifestRunner):
+    """A drop-in transformer over the engines of an engine manifest (the run model of ManifestRunner)."""
 
     def __init__(self, engines_json: str | Path):
-        super().__init__()
-        from .onnxruntime import OnnxTransformer
-
         trt = require_tensorrt()
         engines_json = Path(engines_json)
         em = load_engine_manifest(engines_json)
-        onnx_manifest = (engines_json.parent / em.onnx_manifest).resolve()
-        self._onnx = OnnxTransformer(onnx_manifest)  # step tracking, state store, argument binding
-        self.config = self._onnx.config
-        stream = torch.cuda.Stream()
-        specs = {v.name: v for v in load_manifest(onnx_manifest).variants}
-        self._onnx._variants = {
-            e.variant: TrtVariant(trt, (engines_json.parent / e.plan).read_bytes(), specs[e.variant].inputs,
-                                  specs[e.variant].outputs, stream,
-                                  onnx_manifest.parent / specs[e.variant].onnx if em.weight_stripped else None)
-            for e in em.engines}
+        super().__init__((engines_json.parent / em.onnx_manifest).resolve())
+        self._trt, self.engine_manifest, self.engine_root = trt, em, engines_json.parent
+        self._device = torch.device("cuda")
+        self._stream = torch.cuda.Stream()
+        self._plans = {e.variant: e.plan for e in self.engine_manifest.engines}
 
-    @property
-    def dtype(self):
-        return self._onnx.dtype
-
-    @property
-    def device(self):
-        return torch.device("cuda")
-
-    def set_step(self, step, num_steps=None):
-        self._onnx.set_step(step, num_steps)
-
-    def generation(self, num_steps=None):
-        return self._onnx.generation(num_steps)
-
-    def forward(self, *args, **kwargs):
-        return self._onnx(*args, **kwargs)
+    def make_variant(self, v) -> TrtVariant:
+        if v.name not in self._plans:
+            raise BackendError(f"the engine manifest has no engine for variant {v.name}: build the engines again "
+                               "(ditreduce build-engines manifest.json)")
+        refit = self.root / v.onnx if self.engine_manifest.weight_stripped else None
+        return TrtVariant(self._trt, (self.engine_root / self._plans[v.name]).read_bytes(), v.inputs, v.outputs,
+                          self._stream, refit)
 
 
 def load_tensorrt(engines_json: str | Path) -> TrtTransformer:
     return TrtTransformer(engines_json)
 
 
-class InProcessEngine:
-    """backend="tensorrt": a variant GraphModule -> ONNX -> engine (temporary dir), called like the module."""
+def engine_runner(precision: str = "fp32", workspace_gib: float = 4.0):
+    """make_run for ExportedVariant: the exported ONNX graph built into an engine (a temporary dir)."""
+    def make_run(proto, ins, outs) -> TrtVariant:
+        import onnx
 
-    def __init__(self, gm, kw: dict, label: str, precision: str = "fp32"):
-        from .onnx_graph import to_onnx
-        from .onnxruntime import _get
-        from .programs import export_program
         from .trt_build import build_engine, profile_shapes
 
         trt = require_tensorrt()
-        ep = export_program(gm, kw)
-        proto, ins, outs = to_onnx(ep, kw)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "variant.onnx"
-            import onnx
-
             onnx.save(proto, str(path), save_as_external_data=True, location="variant.weights")
             plan = build_engine(trt, path, precision, {t.name: profile_shapes(t.shape, None) for t in ins},
-                                refittable=False, strip_weights=False)
-        self.label, self.out_spec, self._get = label, ep.call_spec.out_spec, _get
-        self.run = TrtVariant(trt, plan, ins, outs, torch.cuda.Stream())
-
-    def __call__(self, **kw):
-        from torch.utils._pytree import tree_unflatten
-
-        outs = self.run({s.name: self._get(kw, s.path) for s in self.run.inputs})
-        return tree_unflatten([outs[s.name] for s in self.run.outputs], self.out_spec)
+                                refittable=False, strip_weights=False, workspace_gib=workspace_gib)
+        return TrtVariant(trt, plan, ins, outs, torch.cuda.Stream())
+    return make_run
 
 
-def prepare(gm, kw: dict, label: str, reduced):
-    return InProcessEngine(gm, kw, label, getattr(reduced, "trt_precision", "fp32"))
+def prepare(gm, kw: dict, label: str, options):
+    """backend="tensorrt": the variant exported to ONNX (with its example state inputs), built into an engine."""
+    return ExportedVariant(gm, kw, engine_runner(options.precision, options.workspace_gib))

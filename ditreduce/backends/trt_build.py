@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import BackendError
+import torch
+
+from ..errors import BackendError
 from .manifest import EngineEntry, EngineManifest, load_manifest, save_engine_manifest
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -41,6 +43,14 @@ def profile_shapes(shape: list, batch: tuple[int, int, int] | None) -> list[list
     if batch is None or any(not isinstance(d, int) for d in shape[1:]):
         raise BackendError(f"input shape {shape} has dynamic dims: give --batch MIN,OPT,MAX (only dim 0 may vary)")
     return [[b, *shape[1:]] for b in batch]
+
+
+def require_tensorrt():
+    trt = import_tensorrt()
+    if not torch.cuda.is_available():
+        raise BackendError("backend tensorrt needs a CUDA GPU (torch.cuda.is_available() is False); on CPU use "
+                           "backend='onnxruntime' or lint the export with `ditreduce check-tensorrt`")
+    return trt
 
 
 def build_engine(trt, onnx_path: Path, precision: str, profile: dict, refittable: bool, strip_weights: bool,

@@ -18,7 +18,6 @@ from tqdm import tqdm
 from ..passes.capture import UnsupportedModelError
 from ..passes.layout import LayoutError
 from ..schedules import ScheduleError, load_schedule
-from ..methods.dito import phased_variants
 from . import memory, speed
 from .flops import Flops, attention_exponent, count_flops, matched_ratio
 from .models import BenchModel
@@ -189,7 +188,8 @@ class Variants:
         self.cap = cap = reduced.capture(**kwargs)
         self.capture_s = time.perf_counter() - t0
         # the variants a real run calls: with DiTo phases (prime / match / reduce) where the schedule has state
-        self.keys, self.per_step = phased_variants(reduced.schedule, cap.sites, steps)
+        plan = reduced.plan(cap, steps)
+        self.keys, self.per_step = list(plan.keys), list(plan.per_step)
         self.first_step = [self.per_step.index(v) for v in range(len(self.keys))]
         t0 = time.perf_counter()
         with torch.no_grad():

@@ -21,6 +21,9 @@ import torch
 
 from ..methods.coredit import CoReDiT, coherence
 from ..methods.lattice import neighbour_cosines, neighbour_table
+from ..passes.capture import bind_call
+from ..passes.inputs import timestep_value
+from ..run_state import Generations, latent_of
 from ..schedules.lower import eligible, quantise
 
 
@@ -41,23 +44,20 @@ def _image_tokens(x: torch.Tensor, site) -> torch.Tensor:
 def measure_redundancy(reduced, generate: Callable[[], None], num_steps: int) -> Redundancy:
     """Run `generate()` (dense generations through `reduced.model`) and record the mean coherence of every
     reducible site's attention input per step. `reduced` must have been captured (it knows the sites)."""
-    cap = reduced._last
+    cap = reduced.last_capture
     if cap is None:
         raise RuntimeError("capture the model first (reduced.capture(**example_kwargs)) so the sites are known")
     sites = [s for s in cap.sites if eligible(s, reduced.schedule) is None]
     model = reduced.model
     sums = torch.zeros(len(sites), num_steps)
     counts = torch.zeros(len(sites), num_steps)
-    state = {"step": -1, "t": None}
+    gens = Generations()   # the runtime's step clock: either timestep direction, CFG calls on one step
+    state = {"step": -1}
 
     def on_model(_mod, args, kwargs):
-        t = kwargs.get("timestep", args[2] if len(args) > 2 else None)
-        v = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else t
-        if state["t"] is None or v > state["t"]:
-            state["step"] = 0
-        elif v < state["t"]:
-            state["step"] += 1
-        state["t"] = v
+        kw = bind_call(model, args, kwargs)
+        _, call = gens.advance(timestep_value(kw), latent_of(kw))
+        state["step"] = -1 if call.step is None else call.step
 
     def on_attention(i, site):
         _, valid = neighbour_table(tuple(site.grid))

@@ -55,14 +55,12 @@ def record_matchings(model, sampler_fn: Callable, num_steps: int, *, ratio: floa
     rec = compile_with_reduction(base, {"version": 1, "method": "dito", "ratio": 0.0, "scope": scope,
                                         "num_steps": num_steps, "params": {"dito": {"interval": 1, "lam": 0.0,
                                                                                     "seed": seed}}})
-    gens: list[dict] = []
-    last = [None]
+    gens: dict[int, dict] = {}
 
-    def on_state(step, slot, state):
-        if last[0] is None or step < last[0]:
-            gens.append({})
-        last[0] = step
-        cap = rec._last
+    def on_state(call, state):
+        step, slot = call.step, call.slot
+        per = gens.setdefault(call.generation, {})
+        cap = rec.last_capture
         for site in cap.sites:
             if site.name not in state:
                 continue
@@ -71,12 +69,12 @@ def record_matchings(model, sampler_fn: Callable, num_steps: int, *, ratio: floa
             k = DiTo().kept_count(n, max(1, n - round(ratio * n)), grid)
             merged, _, arg, _ = dito_match(y, torch.zeros(y.shape[0], num_sources(grid, seed), device=y.device),
                                            lattice=grid, k=k, seed=seed, cfg="per_sample", lam=0.0)
-            gens[-1].setdefault((slot, site.name), {})[step] = pairs(merged, arg, grid, seed)
+            per.setdefault((slot, site.name), {})[step] = pairs(merged, arg, grid, seed)
 
     rec.on_state = on_state
     with torch.no_grad():
         sampler_fn(rec)
-    return gens
+    return list(gens.values())
 
 
 def pmr_curve(gens: list[dict], max_interval: int, first_step: int = 0) -> dict[int, float]:

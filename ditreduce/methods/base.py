@@ -35,7 +35,8 @@ class Method:
     defaults     the parameters the method takes, with their defaults (the schedule's `params:`)
     choices      allowed values of string parameters
     max_ratio    the largest ratio the method supports (a larger one is a ScheduleError at lowering)
-    stateful     True: the method carries tensors across steps (DiTo); rewrite calls its
+    stateful     True: the method carries tensors across steps (DiTo); its assign_phases gives each step
+                 its phase, and rewrite calls its
                  insert_select(builder, n, y_shape, y_dtype) / finish_state(builder, y) hooks and the
                  variant graph takes and returns them under a `state` key (see README "DiTo")
     """
@@ -67,6 +68,13 @@ class Method:
     def kept_count(self, n: int, k: int, lattice: tuple[int, ...]) -> int:
         """The number of tokens the method really keeps when asked for k of n (TopK grouping, pooling grids)."""
         return k
+
+    @classmethod
+    def assign_phases(cls, column: list) -> list:
+        """One site's per-step configs (a RegionConfig or None per step, a run in order) -> the same with
+        this method's configs replaced by the per-step variants it needs. Identity for methods without
+        phases; DiTo makes prime / match / reduce steps. Called by schedules.plan for every method present."""
+        return column
 
     def select(self, x: torch.Tensor | None, lattice: tuple[int, ...], k: int, state=None) -> tuple[Selection, Any]:
         raise NotImplementedError

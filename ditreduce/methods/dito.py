@@ -1,7 +1,7 @@
 """`dito` (DiTo, arXiv 2605.22011): ToMe-structured merging whose correspondences come from the
 similarity of the site's attention OUTPUTS at the previous step, carried across steps as state.
 
-Phases (static per variant; `phased_keys` derives them from the step -> variant map of a run):
+Phases (static per variant; `DiTo.assign_phases` gives them to the steps of a run plan, schedules/plan.py):
   prime   dense attention (k = n) that emits the site's output `y` and zero selection counts. It runs at
           the dense step just before a site's first DiTo step (or, with no dense step before, at the
           first DiTo step itself): no previous output exists before it.
@@ -35,7 +35,7 @@ STATE_IN = {"prime": (), "match": ("y", "count"), "reduce": ("y", "count") + PAI
 STATE_OUT = {"prime": ("y", "count"), "match": ("y", "count") + PAIR_STATE, "reduce": ("y", "count") + PAIR_STATE}
 
 
-from ..errors import StateError  # noqa: F401  (re-exported)
+from ..errors import ScheduleError, StateError  # noqa: F401  (StateError re-exported)
 
 
 def _tables(lattice, seed, device):
@@ -138,7 +138,7 @@ class DiTo(Method):
         phase = p["phase"]
         if phase == "auto":
             raise StateError(f"site {b.site.name}: a dito config reached rewrite without a phase; dito variants come "
-                             "from the runtime's phased step -> variant map (ditreduce.methods.dito.phased_keys)")
+                             "from the run plan (ditreduce.schedules.plan)")
         lattice, k, seed = tuple(b.site.grid), b.cfg.k, p["seed"]
         ins, outs = state_shapes(phase, y_shape[0], n, y_shape[-1], lattice, k, seed, y_dtype)
         st = {name: b.state_input(name, *spec) for name, spec in ins.items()}
@@ -166,15 +166,38 @@ class DiTo(Method):
                                           before=y.next)
 
 
+    @classmethod
+    def assign_phases(cls, column: list) -> list:
+        """The dense step before a DiTo run becomes its `prime` step (or the run's first step, when no dense
+        step precedes it); then `match` every `interval` steps from the first DiTo step and whenever k / params
+        change, `reduce` between."""
+        out = list(column)
+        prev_id, since = None, None
+        for i, cfg in enumerate(column):
+            if cfg is None or cfg.method != cls.name:
+                prev_id, since = None, None
+                continue
+            if dict(cfg.params).get("phase", "auto") != "auto":
+                raise ScheduleError("params.dito.phase is set from the run plan (schedules.plan); leave it out of the "
+                                    "schedule (use `interval`)")
+            interval = {**cls.defaults, **dict(cfg.params)}["interval"]
+            if prev_id is None:  # a DiTo run starts
+                if i > 0 and column[i - 1] is None:
+                    out[i - 1] = _with_phase(cfg, "prime", dense=True)
+                    since = i
+                else:
+                    out[i] = _with_phase(cfg, "prime", dense=True)
+                    prev_id, since = _run_id(cfg), i + 1
+                    continue
+            elif _run_id(cfg) != prev_id:
+                since = i
+            prev_id = _run_id(cfg)
+            out[i] = _with_phase(cfg, "match" if (i - since) % interval == 0 else "reduce")
+        return out
+
+
 def _item(t: tuple, i: int):
     return t[i]
-
-
-def uses_state(schedule) -> bool:
-    from .base import get_method
-
-    names = {schedule.method} | {r.method for r in schedule.rules if r.method is not None}
-    return any(getattr(get_method(m), "stateful", False) for m in names if m != "none")
 
 
 def _with_phase(cfg, phase: str, dense: bool = False):
@@ -186,55 +209,3 @@ def _with_phase(cfg, phase: str, dense: bool = False):
 
 def _run_id(cfg) -> tuple:
     return (cfg.k, cfg.scope, tuple((a, v) for a, v in cfg.params if a != "phase"))
-
-
-def assign_phases(keys: list[tuple]) -> list[tuple]:
-    """Per-step variant keys (one RegionConfig or None per site) -> the same with every dito config given
-    its phase; the dense step before a site's first DiTo step becomes its `prime` step."""
-    out = [list(k) for k in keys]
-    for j in range(len(keys[0]) if keys else 0):
-        prev_id, since = None, None
-        for i, key in enumerate(keys):
-            cfg = key[j]
-            if cfg is None or cfg.method != "dito":
-                prev_id, since = None, None
-                continue
-            if dict(cfg.params).get("phase", "auto") != "auto":
-                from ..schedules import ScheduleError
-
-                raise ScheduleError("params.dito.phase is set by the runtime from the step -> variant map; "
-                                    "leave it out of the schedule (use `interval`)")
-            interval = {**DiTo.defaults, **dict(cfg.params)}["interval"]
-            if prev_id is None:  # a DiTo run starts
-                if i > 0 and keys[i - 1][j] is None:
-                    out[i - 1][j] = _with_phase(cfg, "prime", dense=True)
-                    since = i
-                else:
-                    out[i][j] = _with_phase(cfg, "prime", dense=True)
-                    prev_id, since = _run_id(cfg), i + 1
-                    continue
-            elif _run_id(cfg) != prev_id:
-                since = i
-            prev_id = _run_id(cfg)
-            out[i][j] = _with_phase(cfg, "match" if (i - since) % interval == 0 else "reduce")
-    return [tuple(k) for k in out]
-
-
-def phased_keys(schedule, sites, num_steps: int | None, upto: int) -> list[tuple]:
-    """The phased variant keys of steps 0..upto (one step of look-ahead for the prime step)."""
-    from ..schedules.lower import plan_key
-
-    last = upto + 1 if num_steps is None else min(upto + 1, num_steps - 1)
-    keys = [plan_key(schedule, sites, i, num_steps) for i in range(max(last, upto) + 1)]
-    return assign_phases(keys)
-
-
-def phased_variants(schedule, sites, num_steps: int) -> tuple[list[tuple], list[int]]:
-    """schedules.lower.variants with dito phases: distinct keys of an N-step run and the index per step."""
-    from ..schedules.lower import variants
-
-    if not uses_state(schedule):
-        return variants(schedule, sites, num_steps)
-    per = phased_keys(schedule, sites, num_steps, num_steps - 1)[:num_steps]
-    keys = list(dict.fromkeys(per))
-    return keys, [keys.index(k) for k in per]

@@ -157,3 +157,11 @@ def broadcast(out_shape, inputs: list[tuple[tuple, Label]]) -> Label:
                 chosen = lab[j]
         out.append(chosen if chosen is not None else opaque(size))
     return tuple(out)
+
+
+AXES = "ditreduce_axes"   # node.meta key: a node's axis labels, left by the pipeline's layout pass
+
+
+def axis_labels(gm) -> dict:
+    """{node: axis labels} of an analysed graph (or a copy of it: node.meta travels with copied nodes)."""
+    return {n: n.meta[AXES] for n in gm.graph.nodes if AXES in n.meta}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
@@ -36,6 +36,7 @@ class Seeds:
     notes: list[str]        # what was seeded and from where
     missing: str | None = None  # why the latent carries no lattice, if it does not
     latent: str | None = None   # the placeholder seeded as the latent
+    propagated: dict = field(default_factory=dict)  # every node -> its labels (infer_layout fills it)
 
 
 def _named(name: str, words) -> bool:
@@ -305,6 +306,7 @@ def infer_layout(gm: fx.GraphModule, sites: list[Site], kwargs: dict, in_channel
         why = f"reading the inputs failed ({type(e).__name__}: {str(e)[:120]})"
         seeds = Seeds({}, [why], why)
     labels, lost = run_propagation(gm, seeds)
+    seeds.propagated = labels
     for s in sites:
         if s.skip_reason is None:
             try:

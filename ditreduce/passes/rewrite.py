@@ -26,6 +26,7 @@ from ..flops import fake_inputs, fake_mode
 from ..methods import get_method
 from ..methods.graph import embed, image_tokens, select_tokens
 from . import axes
+from .axes import axis_labels
 from .scope import CHECKS, RegionPlan, image_seg, token_dim
 from .site import Site
 
@@ -209,12 +210,11 @@ def _fix_sizes(node: fx.Node, labels: dict, seg, k: int) -> None:
         node.kwargs = {}
 
 
-def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, labels: dict, rebuilt: dict
-                ) -> tuple[fx.Node, _Builder]:
+def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, rebuilt: dict) -> tuple[fx.Node, _Builder]:
     """Apply one plan; `rebuilt` maps an earlier region's exit to the node that now carries its full
     tensor (block after block: a block's input is the previous block's reconstructed output)."""
     nodes = {n.name: n for n in new.graph.nodes}
-    lab = {nodes[name]: label for name, label in labels.items() if name in nodes}
+    lab = axis_labels(new)
     for old, full in rebuilt.items():
         lab[full] = lab[nodes[old]]
         nodes[old] = full
@@ -329,10 +329,9 @@ def _refresh_meta(gm: fx.GraphModule, ref: fx.GraphModule) -> None:
             gm.meta["ditreduce_meta_stale"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
-def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple, labels: dict | None = None) -> fx.GraphModule:
-    """A new GraphModule with a region in place of every site whose config is not None.
-
-    labels: the axis labels of gm by node name (needed by the wider scopes)."""
+def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple) -> fx.GraphModule:
+    """A new GraphModule with a region in place of every site whose config is not None. The wider scopes
+    read the axis labels the pipeline left in node.meta (they travel with the copied nodes)."""
     new = _copy_graph_module(gm)
     for node in list(new.graph.nodes):  # export's metadata asserts would pin the old token counts
         if node.target in CHECKS:
@@ -342,11 +341,11 @@ def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple, labels: dict 
         if cfg is None:
             continue
         plan = site_plan(site, cfg)
-        if isinstance(plan, RegionPlan) and labels is not None:
+        if isinstance(plan, RegionPlan):
             if plan.entry in entries:  # another site of the same block already reduced this region
                 continue
             entries.add(plan.entry)
-            (marker, b), scope = _apply_plan(new, site, cfg, plan, labels, rebuilt), plan.scope
+            (marker, b), scope = _apply_plan(new, site, cfg, plan, rebuilt), plan.scope
         else:
             (marker, b), scope = _rewrite_attention(new, site, cfg), "attention"
         if b.method.stateful:

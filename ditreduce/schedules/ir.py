@@ -188,6 +188,11 @@ class Schedule(_Strict):
     def step_dependent(self) -> bool:
         return any(r.step_dependent for r in self.rules)
 
+    @property
+    def needs_num_steps(self) -> bool:
+        """step_fraction rules or negative step indices: lowering needs the run's number of steps."""
+        return any(r.step_fraction is not None or _has_negative(r.steps) for r in self.rules)
+
 
 def _has_negative(sel: Selector | None) -> bool:
     if sel is None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..methods import get_method
-from .ir import Schedule
-from .load import ScheduleError
+from .ir import Schedule, _has_negative
+from ..errors import ScheduleError
 
 REDUCIBLE_KINDS = ("self", "joint")
 
@@ -85,8 +85,6 @@ def site_config(schedule: Schedule, site, num_blocks: int, step: int | None, num
 
 
 def _negative(sel) -> bool:
-    from .ir import _has_negative
-
     return _has_negative(sel)
 
 
@@ -99,17 +97,6 @@ def plan_key(schedule: Schedule, sites, step: int | None, num_steps: int | None)
 def num_blocks(sites) -> int:
     blocks = [s.block for s in sites if s.block is not None]
     return max(blocks) + 1 if blocks else 0
-
-
-def variants(schedule: Schedule, sites, num_steps: int) -> tuple[list[tuple], list[int]]:
-    """All distinct variant keys of a run of num_steps steps, and the variant index per step."""
-    keys, per_step = [], []
-    for i in range(num_steps):
-        key = plan_key(schedule, sites, i, num_steps)
-        if key not in keys:
-            keys.append(key)
-        per_step.append(keys.index(key))
-    return keys, per_step
 
 
 def check_reduces_something(schedule: Schedule, sites, unmatched: dict | None = None) -> None:
