@@ -201,3 +201,59 @@ def test_threads_each_running_a_generation_get_the_single_threaded_outputs(sched
     for g, r in zip(got, ref):
         for a, b in zip(g, r):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# --- one run model on every backend ---------------------------------------------------------------
+def _two_call_generation(run, kw, halves, times):
+    outs = []
+    with torch.no_grad(), run.generation(num_steps=len(times)):
+        for t in times:
+            outs.append([run(**dict(h, timestep=torch.full((1,), t), return_dict=False))[0] for h in halves])
+    return outs
+
+
+def test_dito_with_cfg_as_two_calls_runs_alike_eager_and_onnxruntime(tmp_path):
+    """CFG as two calls per step (uncond, cond): each half keeps its own DiTo state (slot 0 / 1) in the eager
+    runtime and in the ONNX Runtime manifest runner, and the two agree over a whole generation."""
+    pytest.importorskip("onnxruntime")
+    from ditreduce.backends.onnxruntime import load_onnx
+
+    model, kw = zoo.pixart(batch=1)
+    halves = [kw, dict(kw, encoder_hidden_states=torch.zeros_like(kw["encoder_hidden_states"]))]
+    times = [950.0, 850.0, 750.0, 650.0, 550.0, 450.0, 350.0, 250.0, 150.0, 50.0]
+    sched = _dito(num_steps=len(times), dense=2)
+    eager = compile_with_reduction(model, sched)
+    ref = _two_call_generation(eager, kw, halves, times)
+    assert {slot for slot, _ in eager.state} == {0, 1}
+    sites = {site for _, site in eager.state}
+    assert any(not torch.equal(eager.state[(0, s)]["y"], eager.state[(1, s)]["y"]) for s in sites)  # halves differ
+    eager.export(tmp_path, num_steps=len(times), **kw, return_dict=False)
+    ort = load_onnx(tmp_path / "manifest.json")
+    got = _two_call_generation(ort, kw, halves, times)
+    assert {slot for slot, _ in ort.state} == {0, 1}
+    for i, (g, r) in enumerate(zip(got, ref)):
+        for a, b in zip(g, r):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"step {i}")
+
+
+def test_in_process_runners_export_a_stateful_variant_with_its_state_io():
+    """backend="onnxruntime" and "tensorrt" share ExportedVariant: the graph they build from a DiTo `reduce`
+    variant has the state inputs and outputs (the I/O list a TensorRT engine is built with)."""
+    from ditreduce.backends.exported import ExportedVariant
+
+    model, kw = zoo.pixart()
+    kw = dict(kw, return_dict=False)
+    reduced = compile_with_reduction(model, _dito(num_steps=4))
+    cap = reduced.capture(**kw)
+    plan = reduced.plan(cap, 4)
+    key = next(k for k in plan.keys if any(c is not None and dict(c.params).get("phase") == "reduce" for c in k))
+    seen = {}
+
+    def record(proto, ins, outs):
+        seen["ins"], seen["outs"] = [s.name for s in ins], [s.name for s in outs]
+        return lambda feeds: {}
+
+    ExportedVariant(reduced.variant(cap, key), kw, record)
+    state_in = {n.rsplit(".", 1)[1] for n in seen["ins"] if n.startswith("state.")}
+    state_out = {n.rsplit(".", 1)[1] for n in seen["outs"] if n.startswith("state_out.")}
+    assert state_in == state_out == {"y", "count", "merged", "unmerged", "arg"}
