@@ -19,7 +19,7 @@ from .passes.rewrite import rewrite
 from .run_state import Generations, latent_of
 from .schedules import Schedule, load_schedule
 from .schedules.lower import NumStepsUnknown
-from .schedules.plan import MAX_VARIANTS, RunPlan
+from .schedules.plan import MAX_VARIANTS, RunPlan, is_step_dependent
 
 
 
@@ -81,7 +81,7 @@ class ReducedModel(nn.Module):
         rules and bounds the steps. Nested generations leave the outer one as it was."""
         with self.generations.open(num_steps) as gen:
             yield self
-        gen.warn_if_stuck(self._step_dependent())
+        gen.warn_if_stuck(is_step_dependent(self.schedule))
 
     @property
     def state(self) -> dict:
@@ -90,10 +90,6 @@ class ReducedModel(nn.Module):
 
     def num_steps(self) -> int | None:
         return self.generations.current.resolved_num_steps(self.schedule.num_steps, self.schedule.needs_num_steps)
-
-    def _step_dependent(self) -> bool:
-        return self.last_capture is not None and self.last_capture.plan(self.schedule, None, self.max_variants
-                                                                        ).step_dependent
 
     # --- analysis and run ----------------------------------------------------------------------------
     def capture(self, *args, **kwargs) -> Analysis:
@@ -113,8 +109,12 @@ class ReducedModel(nn.Module):
         return cap
 
     def plan(self, cap: Analysis, num_steps: int | None = None) -> RunPlan:
-        with self._lock:
-            return cap.plan(self.schedule, num_steps, self.max_variants)
+        """The run plan of this analysis for num_steps (None: open-ended), computed once."""
+        plan = cap.plans.get(num_steps)
+        if plan is None:
+            with self._lock:
+                plan = cap.plan(self.schedule, num_steps, self.max_variants)
+        return plan
 
     def variant(self, cap: Analysis, key: tuple) -> torch.fx.GraphModule:
         gm = cap.variants.get(key)
@@ -143,9 +143,10 @@ class ReducedModel(nn.Module):
         return {variant_label(key): run.compile_seconds for cap in self.captures.values()
                 for key, run in cap.runners.items() if getattr(run, "compile_seconds", None) is not None}
 
-    def _key(self, cap: Analysis, step: int | None, num_steps: int | None) -> tuple:
+    def _key(self, plan: RunPlan, step: int | None) -> tuple:
         try:
-            return self.plan(cap, num_steps).key(step)
+            with self._lock:  # an open plan grows as steps are asked for
+                return plan.key(step)
         except NumStepsUnknown as e:
             if str(e) == "step":
                 raise ScheduleError(
@@ -162,9 +163,10 @@ class ReducedModel(nn.Module):
         cap = self.analysis(kw)
         gen, call = self.generations.advance(timestep_value(kw), latent_of(kw))
         num_steps = gen.resolved_num_steps(self.schedule.num_steps, self.schedule.needs_num_steps)
-        key = self.last_key = self._key(cap, call.step, num_steps)
+        plan = self.plan(cap, num_steps)
+        key = self.last_key = self._key(plan, call.step)
         call.variant = variant_label(key)
-        gen.warn_if_stuck(self.plan(cap, num_steps).step_dependent)
+        gen.warn_if_stuck(plan.step_dependent)
         spec = self.variant(cap, key).meta.get("ditreduce_state")
         if spec is None:
             return self.runner(cap, key, kw)(**kw)

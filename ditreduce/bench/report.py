@@ -136,8 +136,41 @@ def _mb(b: int | None) -> str:
     return "–" if b is None else f"{b / 2**20:.0f}"
 
 
-def markdown(res: BenchResults) -> str:
+PSNR_TARGETS = (30.0, 27.0, 24.0)
+
+
+def fastest_at_quality(rows: list[Row], targets=PSNR_TARGETS) -> list[tuple[float, str, Row | None]]:
+    """(target dB, method, the row) for each target and method: of the method's configurations whose median
+    PSNR is at least the target, the one with the highest median run speedup (None: none reaches it)."""
+    timed = [r for r in rows if r.quality is not None and r.timing is not None and r.error is None]
+    methods = list(dict.fromkeys(r.method for r in timed))
     out = []
+    for target in targets:
+        for m in methods:
+            ok = [r for r in timed if r.method == m and r.quality.psnr_db.median >= target]
+            out.append((target, m, max(ok, key=lambda r: r.timing.run_speedup.median) if ok else None))
+    return out
+
+
+def equal_quality_markdown(res: BenchResults) -> list[str]:
+    picks = fastest_at_quality(res.rows)
+    if not picks:
+        return []
+    out = ["Speed at equal quality: per method, the fastest configuration whose median PSNR reaches the target:\n",
+           "| PSNR ≥ | method | scope | ratio | run speedup | call speedup | whole FLOPs | PSNR dB | SSIM |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for target, m, r in picks:
+        if r is None:
+            out.append(f"| {target:g} | {m} | – | – | no configuration reaches it | | | | |")
+            continue
+        out.append(f"| {target:g} | {m} | {r.scope} | {r.ratio:g} | {_fmt_stat(r.timing.run_speedup)} | "
+                   f"{_fmt_stat(r.timing.call_speedup)} | {r.flops.whole_ratio:.3f} | "
+                   f"{r.quality.psnr_db.median:.2f} | {r.quality.ssim.median:.3f} |")
+    return out + [""]
+
+
+def markdown(res: BenchResults) -> str:
+    out = equal_quality_markdown(res)
     if res.matched:
         out.append("Matched ratios (equal self-attention FLOPs; exponent p in FLOPs ∝ (1−r)^p measured on a probe):\n")
         noms = sorted({k for m in res.matched for k in m.ratios})
@@ -234,6 +267,17 @@ def pareto_figure(res: BenchResults):
         xs, lo, hi, ys = zip(*pts)
         ax.scatter(xs, ys, s=12, color=line.get_color(), alpha=0.5)  # every configuration (scopes, ratios)
         ax.hlines(ys, lo, hi, colors=line.get_color(), alpha=0.3)
+    backend = (res.settings.get("backends") or ["eager"])[0]
+    for target in PSNR_TARGETS if use_psnr else ():
+        best = [r for t, _, r in fastest_at_quality([r for r in res.rows if r.backend == backend], (target,)) if r]
+        if best:
+            top = max(best, key=lambda r: r.timing.run_speedup.median)   # the fastest method at this quality
+            ax.axhline(target, color="grey", lw=0.6, ls=":")
+            ax.scatter([top.timing.run_speedup.median], [top.quality.psnr_db.median], marker="*", s=140,
+                       color="black", zorder=5)
+            ax.annotate(f"≥{target:g} dB: {top.method} {top.timing.run_speedup.median:.2f}×",
+                        (top.timing.run_speedup.median, top.quality.psnr_db.median), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel("run speedup over dense (median, bar: min–max of repeats)")
     ax.set_ylabel("PSNR vs dense, dB (median over seeds)" if use_psnr else "FLOPs-ideal speedup")
     models = sorted({r.model for r in res.rows})

@@ -27,6 +27,15 @@ def _methods(schedule: Schedule) -> set[str]:
     return ({schedule.method} | {r.method for r in schedule.rules if r.method is not None}) - {"none"}
 
 
+def is_stateful(schedule: Schedule) -> bool:
+    return any(get_method(m).stateful for m in _methods(schedule))
+
+
+def is_step_dependent(schedule: Schedule) -> bool:
+    """Can a step's variant differ from another's? (step rules, or a stateful method's phases)"""
+    return schedule.step_dependent or is_stateful(schedule)
+
+
 def _phase_column(column: list) -> list:
     for name in dict.fromkeys(c.method for c in column if c is not None):
         column = get_method(name).assign_phases(column)
@@ -46,9 +55,8 @@ class RunPlan:
 
     def __init__(self, schedule: Schedule, sites: list, num_steps: int | None, max_variants: int = MAX_VARIANTS):
         self.schedule, self.sites, self.num_steps, self.max_variants = schedule, sites, num_steps, max_variants
-        self.stateful = any(get_method(m).stateful for m in _methods(schedule))
-        # does the key depend on the step? (step rules, or a method with phases over the steps)
-        self.step_dependent = schedule.step_dependent or self.stateful
+        self.stateful = is_stateful(schedule)
+        self.step_dependent = is_step_dependent(schedule)
         self.keys: list[tuple] = []
         self.per_step: list[int] = []
         self._raw: list[tuple] = []
