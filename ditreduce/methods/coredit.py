@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
+from annotated_types import Interval
 
 from ..regions import Selection, identity_selection, take_tokens
 from .base import Method, register_method
@@ -80,6 +81,9 @@ class CoReDiT(Method):
     max_ratio = 0.75
     defaults = {"tau": 0.1, "cfg": "shared", "slots": 1, "pool": True}
     choices = {"cfg": ("per_sample", "shared"), "slots": tuple(range(1, 9))}
+    # tau scales cosines in [-1, 1] into softmax logits: below 0.01 the softmax is already a hard max and
+    # at 0 it is NaN; above 100 the weights are uniform
+    ranges = {"tau": Interval(ge=0.01, le=100.0)}
 
     def kept_count(self, n, k, lattice):
         """At least one token per 2×2 window (the anchors), then a multiple of the TopK groups."""

@@ -23,9 +23,10 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Interval
 
 from ..regions import Selection, identity_selection
-from .base import Method, MethodParamError, register_method
+from .base import Method, register_method
 from .lattice import inverse_positions, share_cfg_halves
 from .tome import _local_similarity, _split_sources, merge_selection, tome_kept, tome_tables
 
@@ -117,13 +118,8 @@ class DiTo(Method):
     max_ratio = 0.75
     defaults = {"interval": 2, "lam": 0.3, "seed": 0, "cfg": "shared", "phase": "auto"}
     choices = {"cfg": ("per_sample", "shared"), "phase": PHASES}
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        if self.params["interval"] < 1:
-            raise MethodParamError(f"params.dito.interval: {self.params['interval']} must be >= 1")
-        if self.params["lam"] < 0:
-            raise MethodParamError(f"params.dito.lam: {self.params['lam']} must be >= 0")
+    # interval: steps between matchings (1 = every step); lam: penalty per earlier merge of a source
+    ranges = {"interval": Interval(ge=1, le=10_000), "lam": Interval(ge=0.0, le=1_000.0)}
 
     def kept_count(self, n, k, lattice):
         return tome_kept(n, k, tuple(lattice))
