@@ -151,7 +151,7 @@ class OnnxTransformer(nn.Module):
     def variant(self, name: str) -> OrtVariant:
         if name not in self._variants:
             v = next(v for v in self.manifest.variants if v.name == name)
-            self._variants[name] = OrtVariant(make_session(self.root / v.onnx, self.providers), v.inputs, v.outputs)
+            self._variants[name] = OrtVariant(make_session(self.manifest.file(self.root, v.onnx), self.providers), v.inputs, v.outputs)
         return self._variants[name]
 
     def set_step(self, step: int | None, num_steps: int | None = None) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import BackendError
-from .manifest import TensorSpec, load_engine_manifest, load_manifest
+from .manifest import TensorSpec, load_engine_manifest, load_manifest, manifest_file, onnx_manifest as onnx_manifest_of
 
 
 def require_tensorrt():
@@ -81,15 +81,15 @@ class TrtTransformer(torch.nn.Module):
         trt = require_tensorrt()
         engines_json = Path(engines_json)
         em = load_engine_manifest(engines_json)
-        onnx_manifest = (engines_json.parent / em.onnx_manifest).resolve()
+        onnx_manifest = onnx_manifest_of(engines_json, em)
         self._onnx = OnnxTransformer(onnx_manifest)  # step tracking, state store, argument binding
         self.config = self._onnx.config
         stream = torch.cuda.Stream()
         specs = {v.name: v for v in load_manifest(onnx_manifest).variants}
         self._onnx._variants = {
-            e.variant: TrtVariant(trt, (engines_json.parent / e.plan).read_bytes(), specs[e.variant].inputs,
+            e.variant: TrtVariant(trt, manifest_file(engines_json.parent, e.plan).read_bytes(), specs[e.variant].inputs,
                                   specs[e.variant].outputs, stream,
-                                  onnx_manifest.parent / specs[e.variant].onnx if em.weight_stripped else None)
+                                  manifest_file(onnx_manifest.parent, specs[e.variant].onnx) if em.weight_stripped else None)
             for e in em.engines}
 
     @property
