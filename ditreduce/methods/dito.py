@@ -73,15 +73,16 @@ def dito_refresh(y_prev: torch.Tensor, y: torch.Tensor, sel: Selection) -> torch
     return torch.where(fresh[..., None] > 0, y, y_prev)
 
 
-def dito_match(y: torch.Tensor, count: torch.Tensor, *, lattice: tuple, k: int, seed: int, cfg: str, lam: float
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(merged, unmerged, arg, count') from the previous outputs y [B, N, C] and counts [B, S]."""
+def dito_match(y: torch.Tensor, count: torch.Tensor, pairs: torch.Tensor | None = None, *, lattice: tuple, k: int,
+               seed: int, cfg: str, lam: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(merged, unmerged, arg, count') from the previous outputs y [B, N, C] and counts [B, S]; `cfg: shared`
+    shares between the CFG pairs `pairs` (lattice.cfg_pairs; None: every (i, i + B/2))."""
     b, n, _ = y.shape
     t = _tables(lattice, seed, y.device)
     u = F.normalize(y.float(), dim=-1)
     sims = _local_similarity(u, t)                                             # [B, S, 9]
     if cfg == "shared":
-        sims = share_cfg_halves(sims)
+        sims = share_cfg_halves(sims, pairs)
     sims = torch.where(t["cvalid"], sims, torch.full_like(sims, -2.0))
     best, arg = sims.max(-1)
     score = best - lam * count if lam != 0.0 else best
@@ -142,8 +143,9 @@ class DiTo(Method):
         if phase == "prime":
             return b.call(identity_selection, [n])
         if phase == "match":
-            res = b.call(dito_match, [st["y"], st["count"]], {"lattice": lattice, "k": k, "seed": seed,
-                                                              "cfg": p["cfg"], "lam": float(p["lam"])})
+            pairs, cfg = b.cfg_pairs(p["cfg"])
+            res = b.call(dito_match, [st["y"], st["count"], pairs], {"lattice": lattice, "k": k, "seed": seed,
+                                                                     "cfg": cfg, "lam": float(p["lam"])})
             parts = [b.call(_item, [res, i]) for i in range(4)]
             merged, unmerged, arg, count = parts
         else:

@@ -25,6 +25,7 @@ from .. import regions
 from ..flops import fake_inputs, fake_mode
 from ..methods import get_method
 from ..methods.graph import embed, image_tokens, select_tokens
+from ..methods.lattice import cfg_pairs
 from . import axes
 from .scope import CHECKS, RegionPlan, image_seg, token_dim
 from .site import Site
@@ -100,9 +101,27 @@ class _Builder:
                     parts.append(self.gm.graph.get_attr(attr))
             self.image_sel = self.call(regions.Selection, parts)
         else:
-            self.image_sel = self.call(select_tokens, [tokens], {
-                "method": self.cfg.method, "params": self.cfg.params, "lattice": tuple(grid), "k": self.cfg.k})
+            pairs, cfg = self.cfg_pairs(self.method.params.get("cfg"))
+            params = self.cfg.params if cfg == self.method.params.get("cfg") else tuple(
+                sorted({**dict(self.cfg.params), "cfg": cfg}.items()))
+            self.image_sel = self.call(select_tokens, [tokens] + ([pairs] if pairs is not None else []), {
+                "method": self.cfg.method, "params": params, "lattice": tuple(grid), "k": self.cfg.k})
         return self.image_sel
+
+    def cfg_pairs(self, cfg: str | None) -> tuple[fx.Node | None, str | None]:
+        """`cfg: shared` shares a selection only within CFG pairs (equal latents): (the graph's cfg_pairs
+        node, "shared"). Where the latent input is unknown: (None, "per_sample"), noted on the site."""
+        if cfg != "shared":
+            return None, cfg
+        node = self.gm.meta.get(_PAIRS)
+        if node is None:
+            note = ("cfg: shared runs per sample here: the latent input is unknown, so a CFG pair cannot be told "
+                    "from two independent samples")
+            notes = self.site.extra.setdefault("notes", [])
+            if note not in notes:
+                notes.append(note)
+            return None, "per_sample"
+        return node, "shared"
 
     def finish(self, out: fx.Node, dim: int, start: int) -> None:
         """Stateful methods: the site's full-length output `out` (image tokens at [start, start + n) of
@@ -118,6 +137,22 @@ class _Builder:
             self._embedded[key] = self.image_sel if (start, seq_len) == (0, n) else self.call(
                 embed, [self.image_sel], {"start": start, "seq_len": seq_len})
         return self._embedded[key]
+
+
+_PAIRS = "ditreduce_cfg_pairs"  # gm.meta key of the node comparing the latent's two halves, during rewrite
+
+
+def _insert_cfg_pairs(gm: fx.GraphModule, labels: dict | None) -> None:
+    """One `cfg_pairs(latent)` node after the inputs: the graph input seeded as the image latent (the
+    placeholder whose axis labels carry the lattice). None found: no node, and shared selection runs per sample."""
+    lattice_axes = {"y", "x", "f"}
+    places = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    latents = [n for n in places if any(a[0] in lattice_axes for dl in (labels or {}).get(n.name, ())
+                                        for seg in dl for a in seg)]
+    if len(latents) != 1:
+        return
+    with gm.graph.inserting_after(places[-1]):
+        gm.meta[_PAIRS] = gm.graph.call_function(cfg_pairs, (latents[0],))
 
 
 def _rewrite_attention(new: fx.GraphModule, site: Site, cfg) -> tuple[fx.Node, _Builder]:
@@ -338,6 +373,7 @@ def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple, labels: dict 
         if node.target in CHECKS:
             new.graph.erase_node(node)
     regions_done, entries, rebuilt, state = 0, set(), {}, []
+    _insert_cfg_pairs(new, labels)
     for site, cfg in zip(sites, configs):
         if cfg is None:
             continue
@@ -356,6 +392,7 @@ def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple, labels: dict 
                                            "k": cfg.k, "n": cfg.n, "ratio": cfg.ratio, "seq": site.q_len,
                                            "kept_seq": kept_seq, "scope": scope}
         regions_done += 1
+    new.meta.pop(_PAIRS, None)
     if state:
         _thread_state(new, state)
     new.graph.eliminate_dead_code()
