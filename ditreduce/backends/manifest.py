@@ -103,7 +103,7 @@ class Manifest(_Strict):
     steps: list[int]                   # variant index per denoising step
     weights: WeightsFile
     variants: list[Variant] = Field(min_length=1)
-    plan_sha256: str | None = None     # plan_hash(): steps, variants, schedule (written by export)
+    plan_sha256: str | None = None     # plan_hash(): all of the above (written by save_manifest)
 
     @model_validator(mode="after")
     def _steps_name_variants(self):
@@ -294,6 +294,6 @@ def load_engine_manifest(path: str | Path, verify: bool = True) -> EngineManifes
 
 def onnx_manifest(engines_json: str | Path, em: EngineManifest) -> Path:
     """The ONNX manifest an engine manifest was built from: inside its folder or the folder above."""
-    engines_json = Path(engines_json)
+    engines_json = Path(engines_json).resolve()
     return manifest_file(engines_json.parent.parent, str(Path(engines_json.parent.name) / em.onnx_manifest),
                          f"{engines_json}: onnx_manifest")
