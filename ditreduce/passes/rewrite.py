@@ -283,7 +283,8 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, labels: 
             av, cv = a.meta["val"], c.meta["val"]
             j = d_c - (cv.dim() - av.dim())
             sel = b.embedded(_seg_start(lab[c][d_c], seg), axes.dim_size(lab[c][d_c]))
-            g = b.call(_take_kept, [a, sel, j], before=c)
+            per_sample = c.target in _BROADCASTING and av.dim() == cv.dim() and cv.shape[0] > 1
+            g = b.call(_take_kept, [a, sel, j, per_sample], before=c)
         c.replace_input_with(a, g)
     for node in inner:
         _fix_sizes(node, lab, seg, cfg.k)
@@ -309,8 +310,15 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, labels: 
     return red_entry, b
 
 
-def _take_kept(t: torch.Tensor, sel: regions.Selection, dim: int) -> torch.Tensor:
-    """Rows of a positional tensor (RoPE table) at the kept tokens; a broadcast batch of 1 stays 1."""
+_BROADCASTING = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.div.Tensor}
+
+
+def _take_kept(t: torch.Tensor, sel: regions.Selection, dim: int, per_sample: bool = False) -> torch.Tensor:
+    """Rows of a positional tensor (RoPE table) at the kept tokens; a broadcast batch of 1 stays 1, except
+    under a per-sample selection feeding an op that broadcasts over the batch (`per_sample`): the table is
+    expanded so that every sample reads the rows of its own kept tokens, not sample 0's."""
+    if per_sample and dim != 0 and t.shape[0] == 1 and sel.kept.shape[0] > 1:
+        return regions.take_tokens(t.expand(sel.kept.shape[0], *t.shape[1:]), sel.kept, dim)
     kept = sel.kept if t.shape[0] == sel.kept.shape[0] or dim == 0 else sel.kept[:1]
     if kept.shape[0] > 1 and t.shape[0] == 1:
         t = t.expand(kept.shape[0], *t.shape[1:])
