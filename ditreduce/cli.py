@@ -6,6 +6,9 @@ import importlib
 import sys
 import time
 
+from .cli_args import finite_float, positive_int, print_error, traceback_wanted
+from .errors import BenchModelError, DitreduceError
+
 
 def _small_dit_example(res: int, batch: int = 2):
     import torch
@@ -22,10 +25,18 @@ def _small_dit_example(res: int, batch: int = 2):
 def _load_target(spec: str, res: int):
     if spec == "small-dit":
         return _small_dit_example(res)
+    return load_callable(spec, "(model, kwargs)")()
+
+
+def load_callable(spec: str, returning: str):
+    """`package.module:function` -> the function; anything else is a BenchModelError naming the spec."""
     mod, _, fn = spec.partition(":")
-    if not fn:
-        raise SystemExit(f"model must be 'small-dit' or 'package.module:function' returning (model, kwargs), got {spec!r}")
-    return getattr(importlib.import_module(mod), fn)()
+    if not fn or not mod:
+        raise BenchModelError(f"model must be 'small-dit' or 'package.module:function' returning {returning}, got {spec!r}")
+    try:
+        return getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise BenchModelError(f"model {spec!r}: cannot load it: {type(e).__name__}: {e}") from None
 
 
 def cmd_inspect(args) -> int:
@@ -135,12 +146,14 @@ def _save_grid(rows, path):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="ditreduce", description=__doc__)
+    ap.add_argument("--traceback", action="store_true",
+                    help="show the traceback of a ditreduce error (also: DITREDUCE_TRACEBACK=1)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="dense vs reduced samples of the shipped small DiT: speed, FLOPs, PSNR, SSIM")
-    d.add_argument("--samples", type=int, default=4)
-    d.add_argument("--steps", type=int, default=20)
-    d.add_argument("--res", type=int, default=64)
-    d.add_argument("--guidance", type=float, default=3.0)
+    d.add_argument("--samples", type=positive_int, default=4)
+    d.add_argument("--steps", type=positive_int, default=20)
+    d.add_argument("--res", type=positive_int, default=64)
+    d.add_argument("--guidance", type=finite_float, default=3.0)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--schedule", default="auto", help="a schedule or preset; auto: the best registered method's default")
     d.add_argument("--out", default="ditreduce_demo.png")
@@ -149,8 +162,8 @@ def main(argv=None) -> int:
     i.add_argument("model", nargs="?", default="small-dit",
                    help="'small-dit' or 'package.module:function' returning (model, example_kwargs)")
     i.add_argument("--schedule", default="uniform-50")
-    i.add_argument("--steps", type=int, default=None, help="number of denoising steps (for step rules)")
-    i.add_argument("--res", type=int, default=64)
+    i.add_argument("--steps", type=positive_int, default=None, help="number of denoising steps (for step rules)")
+    i.add_argument("--res", type=positive_int, default=64)
     i.set_defaults(fn=cmd_inspect)
     p = sub.add_parser("presets", help="list the shipped schedule presets")
     p.set_defaults(fn=lambda a: print("\n".join(__import__("ditreduce.schedules", fromlist=["presets"]).presets())) or 0)
@@ -160,7 +173,12 @@ def main(argv=None) -> int:
     __import__("ditreduce.backends.cli", fromlist=["add_subcommands"]).add_subcommands(sub)
     importlib.import_module(".calibration.cli", __package__).add_subcommands(sub)
     args = ap.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except DitreduceError as e:  # a refused request: one line, exit 2 (a bug elsewhere keeps its traceback)
+        if traceback_wanted(args):
+            raise
+        return print_error(e)
 
 
 if __name__ == "__main__":

@@ -125,3 +125,96 @@ def test_preset_files_are_plain_yaml():
 
     for p in PRESET_DIR.glob("*.yaml"):
         assert isinstance(yaml.safe_load(p.read_text()), dict)
+
+
+# --- the validator refuses what would crash or give NaN (issue 17) -------------------------------------
+@pytest.mark.parametrize("doc, field, allowed", [
+    ({"params": {"coredit": {"tau": 0}}}, "params", "coredit.tau: 0.0 must be in [0.01, 100.0]"),
+    ({"params": {"coredit": {"tau": float("nan")}}}, "params", "coredit.tau: nan must be a finite number"),
+    ({"params": {"coredit": {"tau": float("inf")}}}, "params", "must be a finite number"),
+    ({"params": {"tome": {"seed": 2**70}}}, "params", "tome.seed: 1180591620717411303424 must be in"),
+    ({"params": {"random": {"seed": -2**64}}}, "params", "random.seed"),
+    ({"params": {"dito": {"lam": float("nan")}}}, "params", "dito.lam: nan must be a finite number"),
+    ({"params": {"dito": {"interval": 0}}}, "params", "dito.interval: 0 must be in [1, 10000]"),
+    ({"ratio_step": 5e-324}, "ratio_step", "greater than or equal to 0.001"),
+    ({"ratio_step": float("nan")}, "ratio_step", "finite number"),
+    ({"ratio": float("nan")}, "ratio", "finite number"),
+    ({"num_steps": 2**70}, "num_steps", "less than or equal to 100000"),
+    ({"method": "coredit", "rules": [{"blocks": [0], "params": {"tau": 0.0}}]}, "<document>", "rules[0].params: params.coredit.tau"),
+])
+def test_values_that_crash_or_give_nan_are_refused(doc, field, allowed):
+    with pytest.raises(ScheduleError) as e:
+        validate(doc)
+    msg = str(e.value)
+    assert f"  {field}:" in msg and allowed in msg, msg
+
+
+_PARAM_VALUES = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2**80, 2**80),
+                          st.sampled_from([0, 0.0, 1e-300, 5e-324, -1.0, 1e300, 2**63, 2**63 - 1]))
+
+
+@settings(max_examples=120, deadline=None)
+@given(method=st.sampled_from(["coredit", "tome", "random", "dito"]), value=_PARAM_VALUES,
+       key=st.sampled_from(["tau", "seed", "lam", "interval"]))
+def test_accepted_numeric_params_give_finite_selections(method, key, value):
+    import torch
+
+    from ditreduce.methods import METHODS
+    from ditreduce.methods.dito import dito_match, dito_selection, num_sources
+
+    if key not in METHODS[method].defaults:
+        return
+    try:
+        validate({"method": method, "params": {method: {key: value}}})
+    except ScheduleError:
+        return
+    m = METHODS[method](**{key: value})
+    x = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(0))
+    if method == "dito":
+        p = m.params
+        count = torch.zeros(2, num_sources((4, 4), p["seed"]))
+        merged, unmerged, arg, _ = dito_match(x, count, lattice=(4, 4), k=8, seed=p["seed"], cfg=p["cfg"], lam=p["lam"])
+        sel = dito_selection(merged, unmerged, arg, n=16, lattice=(4, 4), k=8, seed=p["seed"])
+    else:
+        sel, _ = m.select(x, (4, 4), 8)
+    for t in sel:
+        assert t is None or torch.isfinite(t.float()).all()
+
+
+def _write(tmp_path, data, name="s.yaml"):
+    p = tmp_path / name
+    p.write_bytes(data) if isinstance(data, bytes) else p.write_text(data)
+    return p
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda d: _write(d, b"\xff\xfe\x00ratio: \x89PNG\x00\x01"), "not UTF-8 text"),
+    (lambda d: d, "is a directory"),
+    (lambda d: _write(d, "rules: " + "[" * 5000 + "]" * 5000 + "\n"), "nested deeper than 32"),
+    (lambda d: _write(d, "ratio: 0.3\nmethod: tome\nratio: 0.9\n"), "duplicate key 'ratio'"),
+    (lambda d: _write(d, "rules:\n  - blocks: [0]\n    ratio: 0.1\n    ratio: 0.2\n"), "duplicate key 'ratio'"),
+])
+def test_files_that_are_not_schedules_are_schedule_errors(tmp_path, make, match):
+    path = make(tmp_path)
+    with pytest.raises(ScheduleError, match=match) as e:
+        load_schedule(path)
+    assert str(path) in str(e.value)
+
+
+def test_unused_selectors_are_reported_on_captured_sites():
+    import zoo
+    from ditreduce import compile_with_reduction
+    from ditreduce.schedules.check import unused_selectors
+
+    model, kw = zoo.build("pixart")
+    sched = load_schedule({"ratio": 0.5, "rules": [{"modules": "transformer_blocks.*.attn1", "ratio": 0.3},
+                                                   {"modules": "transformer_block.*.attn1", "ratio": 0.1}],
+                           "layout": {"grid": [4, 4], "modules": "blocks.*"}})
+    cap = compile_with_reduction(model, sched).capture(**kw)
+    notes = unused_selectors(sched, cap.sites)
+    assert len(notes) == 2, notes
+    assert notes[0].startswith("rules[1].modules 'transformer_block.*.attn1' matches no attention site")
+    assert "transformer_blocks.0.attn1" in notes[0]
+    assert notes[1].startswith("layout override with modules 'blocks.*'") and "matches no site" in notes[1]
+    used = load_schedule({"ratio": 0.5, "rules": [{"modules": "transformer_blocks.1.*", "ratio": 0.3}]})
+    assert unused_selectors(used, cap.sites) == []

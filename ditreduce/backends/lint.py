@@ -115,13 +115,13 @@ def lint_model(model: onnx.ModelProto, variant: str = "graph") -> list[Finding]:
     return findings
 
 
-def lint_manifest(manifest_path: str | Path) -> list[Finding]:
+def lint_manifest(manifest_path: str | Path, verify: bool = True) -> list[Finding]:
     from .manifest import load_manifest
 
     manifest_path = Path(manifest_path)
-    m = load_manifest(manifest_path)
+    m = load_manifest(manifest_path, verify=verify)
     findings = []
     for v in m.variants:
-        model = onnx.load(str(manifest_path.parent / v.onnx), load_external_data=False)
+        model = onnx.load(str(m.file(manifest_path.parent, v.onnx)), load_external_data=False)
         findings += lint_model(model, v.name)
     return findings

@@ -102,7 +102,7 @@ class OnnxTransformer(ManifestRunner):
         self._device = torch.device("cuda" if providers and "CUDAExecutionProvider" in providers else "cpu")
 
     def make_variant(self, v) -> OrtVariant:
-        return OrtVariant(make_session(self.root / v.onnx, self.providers), v.inputs, v.outputs)
+        return OrtVariant(make_session(self.manifest.file(self.root, v.onnx, 'variants[].onnx'), self.providers), v.inputs, v.outputs)
 
 
 def load_onnx(manifest_path: str | Path, providers: list[str] | None = None) -> OnnxTransformer:

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import BackendError
 from .exported import ExportedVariant
-from .manifest import TensorSpec, load_engine_manifest
+from .manifest import TensorSpec, load_engine_manifest, manifest_file, onnx_manifest as onnx_manifest_of
 from .manifest_runner import ManifestRunner
 from .trt_build import require_tensorrt
 
@@ -71,7 +71,7 @@ class TrtTransformer(ManifestRunner):
         trt = require_tensorrt()
         engines_json = Path(engines_json)
         em = load_engine_manifest(engines_json)
-        super().__init__((engines_json.parent / em.onnx_manifest).resolve())
+        super().__init__(onnx_manifest_of(engines_json, em))
         self._trt, self.engine_manifest, self.engine_root = trt, em, engines_json.parent
         self._device = torch.device("cuda")
         self._stream = torch.cuda.Stream()
@@ -81,9 +81,9 @@ class TrtTransformer(ManifestRunner):
         if v.name not in self._plans:
             raise BackendError(f"the engine manifest has no engine for variant {v.name}: build the engines again "
                                "(ditreduce build-engines manifest.json)")
-        refit = self.root / v.onnx if self.engine_manifest.weight_stripped else None
-        return TrtVariant(self._trt, (self.engine_root / self._plans[v.name]).read_bytes(), v.inputs, v.outputs,
-                          self._stream, refit)
+        refit = manifest_file(self.root, v.onnx, "variants[].onnx") if self.engine_manifest.weight_stripped else None
+        plan = manifest_file(self.engine_root, self._plans[v.name], "engines[].plan")
+        return TrtVariant(self._trt, plan.read_bytes(), v.inputs, v.outputs, self._stream, refit)
 
 
 def load_tensorrt(engines_json: str | Path) -> TrtTransformer:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import BackendError
-from .manifest import EngineEntry, EngineManifest, load_manifest, save_engine_manifest
+from .manifest import EngineEntry, EngineManifest, file_sha256, load_manifest, save_engine_manifest
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 _DTYPE_OF = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -103,7 +103,7 @@ def build_engines(manifest_path: str | Path, out_dir: str | Path, precision: str
         profile = {t.name: profile_shapes(t.shape, batch) for t in v.inputs}
         plan = build_engine(trt, manifest_path.parent / v.onnx, precision, profile, refittable, strip_weights)
         (out / f"{v.name}.plan").write_bytes(plan)
-        entries.append(EngineEntry(variant=v.name, plan=f"{v.name}.plan", profile=profile))
+        entries.append(EngineEntry(variant=v.name, plan=f"{v.name}.plan", profile=profile, sha256=file_sha256(out / f"{v.name}.plan")))
     import os
 
     em = EngineManifest(onnx_manifest=os.path.relpath(manifest_path, out), precision=precision,

@@ -4,42 +4,40 @@ from __future__ import annotations
 import sys
 import time
 
-QUICK = dict(models=["small-dit:32"], steps=5, seeds=2, repeats=2, warmup=1, ratios="0.5")
+from ..cli_args import count, finite_float, float_in, float_list, name_list, positive_int
+
+QUICK = dict(models=["small-dit:32"], steps=5, seeds=2, repeats=2, warmup=1, ratios=[0.5])
 
 
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SystemExit(f"{what}: comma-separated numbers expected, got {text!r}") from None
-
-
-def _names(text: str | None) -> list[str] | None:
-    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+def _names(text: str) -> list[str]:
+    """Method names; which exist is the registry's to say at run time (runner.validate: a BenchError)."""
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def add_subcommands(sub) -> None:
     """Register `bench` on the `ditreduce` argparse subparsers."""
-    from .runner import PREFERRED_METHODS
+    from ..backends import BACKENDS
+    from .runner import PREFERRED_METHODS, known_scopes
 
     b = sub.add_parser("bench", help="quality / speed / FLOPs / memory tables and plots for every method",
                        description=__doc__)
     b.add_argument("models", nargs="*", help="small-dit[:RES] | pixart-alpha:TOKENS:BLOCKS | "
                    "DiffusersClass:{json config} | package.module:callable (default: small-dit)")
-    b.add_argument("--methods", default=None,
+    b.add_argument("--methods", type=_names, default=None,
                    help=f"comma-separated (default: the registered subset of {','.join(PREFERRED_METHODS)})")
-    b.add_argument("--ratios", default=None, help="nominal ratios (default 0.3,0.5); with equal FLOPs on, each "
+    b.add_argument("--ratios", type=float_list(0.0, 0.95), default=None, help="nominal ratios (default 0.3,0.5); with equal FLOPs on, each "
                    "method runs the ratio whose self-attention FLOPs equal a q+kv method's at the nominal ratio")
-    b.add_argument("--scopes", default=None, help="comma-separated region scopes (default: attention)")
-    b.add_argument("--backends", default="eager", help="comma-separated (default eager)")
-    b.add_argument("--steps", type=int, default=None, help="denoising steps (default 20)")
-    b.add_argument("--seeds", type=int, default=None, help="samples for PSNR / SSIM (default 6)")
-    b.add_argument("--dense-fraction", type=float, default=0.2, help="first fraction of steps run dense (0.2)")
-    b.add_argument("--repeats", type=int, default=None, help="interleaved timing repeats (default 5)")
-    b.add_argument("--warmup", type=int, default=None, help="untimed rounds before timing (default 1)")
-    b.add_argument("--guidance", type=float, default=3.0)
-    b.add_argument("--res", type=int, default=64, help="small-dit pixels when no :RES is given (64 = 1024 tokens)")
-    b.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    b.add_argument("--scopes", type=name_list(known_scopes), default=None, help="comma-separated region scopes (default: attention)")
+    b.add_argument("--backends", type=name_list(BACKENDS), default=["eager"], help="comma-separated (default eager)")
+    b.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default 20)")
+    b.add_argument("--seeds", type=positive_int, default=None, help="samples for PSNR / SSIM (default 6)")
+    b.add_argument("--dense-fraction", type=float_in(0.0, 1.0, hi_open=True), default=0.2,
+                   help="first fraction of steps run dense (0.2)")
+    b.add_argument("--repeats", type=positive_int, default=None, help="interleaved timing repeats (default 5)")
+    b.add_argument("--warmup", type=count, default=None, help="untimed rounds before timing (default 1)")
+    b.add_argument("--guidance", type=finite_float, default=3.0)
+    b.add_argument("--res", type=positive_int, default=64, help="small-dit pixels when no :RES is given (64 = 1024 tokens)")
+    b.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     b.add_argument("--no-equal-flops", action="store_true", help="run the ratios as given for every method")
     b.add_argument("--no-quality", action="store_true", help="skip sampling (speed, FLOPs and memory only)")
     b.add_argument("--no-memory", action="store_true", help="skip the tensor-memory tracking call")
@@ -58,20 +56,19 @@ def cmd_bench(args) -> int:
 
     import torch
 
-    from ..schedules import ScheduleError
-    from .models import BenchModelError, resolve_model
+    from .models import resolve_model
     from .report import write_outputs
-    from .runner import BenchError, BenchSettings, default_methods, run_bench
+    from .runner import BenchSettings, default_methods, run_bench
 
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # torch.export's own pytree deprecation notice
     if args.threads:
         torch.set_num_threads(args.threads)
     q = args.quick
     settings = BenchSettings(
-        methods=_names(args.methods) or default_methods(),
-        ratios=_floats(_pick(args.ratios, QUICK["ratios"], "0.3,0.5", q), "--ratios"),
-        scopes=_names(args.scopes) or ["attention"],
-        backends=_names(args.backends) or ["eager"],
+        methods=args.methods or default_methods(),
+        ratios=_pick(args.ratios, QUICK["ratios"], [0.3, 0.5], q),
+        scopes=args.scopes or ["attention"],
+        backends=args.backends,
         steps=_pick(args.steps, QUICK["steps"], 20, q), seeds=_pick(args.seeds, QUICK["seeds"], 6, q),
         dense_fraction=args.dense_fraction, repeats=_pick(args.repeats, QUICK["repeats"], 5, q),
         warmup=_pick(args.warmup, QUICK["warmup"], 1, q), guidance=args.guidance,
@@ -79,12 +76,8 @@ def cmd_bench(args) -> int:
     specs = args.models or (QUICK["models"] if q else ["small-dit"])
     t0 = time.perf_counter()
     grid_rows: list = []
-    try:
-        models = [resolve_model(s, args.res) for s in specs]
-        res = run_bench(models, settings, command=list(sys.argv), grid_rows=grid_rows)
-    except (BenchError, BenchModelError, ScheduleError) as e:
-        print(f"ditreduce bench: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+    models = [resolve_model(s, args.res) for s in specs]  # a DitreduceError: one line, exit 2 (ditreduce.cli.main)
+    res = run_bench(models, settings, command=list(sys.argv), grid_rows=grid_rows)
     sampler = next((m for m in models if m.can_sample), None)
     titles = None if sampler is None else [
         f"seed {s}: {sampler.small_dit.class_names[i % len(sampler.small_dit.class_names)]}"

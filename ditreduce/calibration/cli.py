@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from ..cli_args import float_in, positive_int
+
 
 def add_subcommands(sub) -> None:
     c = sub.add_parser("calibrate", help="measure a model on dense generations and write a calibrated schedule")
@@ -10,19 +12,17 @@ def add_subcommands(sub) -> None:
                    help="'small-dit' or 'package.module:function' returning (model, example_kwargs, generate) "
                         "where generate(transformer) runs full generations through `transformer`")
     c.add_argument("--method", default="coredit", choices=["coredit", "dito"])
-    c.add_argument("--budget", type=float, default=0.45, help="coredit: fraction of self-attention FLOPs removed "
+    c.add_argument("--budget", type=float_in(0.0, 0.95), default=0.45, help="coredit: fraction of self-attention FLOPs removed "
                    "(dito: the ratio and interval come from the PMR measurement, see README 'DiTo')")
-    c.add_argument("--steps", type=int, default=20)
-    c.add_argument("--samples", type=int, default=4, help="small-dit: calibration generations (classes 0..)")
-    c.add_argument("--dense-fraction", type=float, default=0.2)
-    c.add_argument("--phases", type=int, default=4, help="coredit: reduced phases (one variant each)")
+    c.add_argument("--steps", type=positive_int, default=20)
+    c.add_argument("--samples", type=positive_int, default=4, help="small-dit: calibration generations (classes 0..)")
+    c.add_argument("--dense-fraction", type=float_in(0.0, 1.0, hi_open=True), default=0.2)
+    c.add_argument("--phases", type=positive_int, default=4, help="coredit: reduced phases (one variant each)")
     c.add_argument("-o", "--out", default="schedule.yaml")
     c.set_defaults(fn=cmd_calibrate)
 
 
 def _target(spec: str, steps: int, samples: int):
-    import importlib
-
     import torch
 
     if spec == "small-dit":
@@ -36,10 +36,9 @@ def _target(spec: str, steps: int, samples: int):
                   timestep=torch.zeros(2 * samples), return_dict=False)
         # seeds 1000+: calibration never sees the seeds the benchmarks evaluate on
         return m.transformer, kw, lambda net: sample(m, labels, range(1000, 1000 + samples), steps=steps, transformer=net)
-    mod, _, fn = spec.partition(":")
-    if not fn:
-        raise SystemExit(f"model must be 'small-dit' or 'package.module:function', got {spec!r}")
-    return getattr(importlib.import_module(mod), fn)()
+    from ..cli import load_callable
+
+    return load_callable(spec, "(model, example_kwargs, generate)")()
 
 
 def cmd_calibrate(args) -> int:

@@ -1,12 +1,26 @@
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
+from annotated_types import Interval
 
 from ..regions import Selection
 
 METHODS: dict[str, type["Method"]] = {}
+INT64 = Interval(ge=-2**63, le=2**63 - 1)  # what a torch.Generator seed or an int64 tensor holds
+
+
+def in_interval(val: float, rng: Interval) -> bool:
+    return ((rng.gt is None or val > rng.gt) and (rng.ge is None or val >= rng.ge)
+            and (rng.lt is None or val < rng.lt) and (rng.le is None or val <= rng.le))
+
+
+def describe_interval(rng: Interval) -> str:
+    lo = f"({rng.gt}" if rng.gt is not None else f"[{rng.ge}" if rng.ge is not None else "(-inf"
+    hi = f"{rng.lt})" if rng.lt is not None else f"{rng.le}]" if rng.le is not None else "inf)"
+    return f"{lo}, {hi}"
 
 
 def register_method(cls: type["Method"]) -> type["Method"]:
@@ -34,6 +48,8 @@ class Method:
                  token tensor (see README "Methods" for which tensor each scope scores).
     defaults     the parameters the method takes, with their defaults (the schedule's `params:`)
     choices      allowed values of string parameters
+    ranges       the allowed interval of numeric parameters (annotated_types.Interval); every float must
+                 also be finite and every int fit in int64 (INT64), declared or not
     max_ratio    the largest ratio the method supports (a larger one is a ScheduleError at lowering)
     stateful     True: the method carries tensors across steps (DiTo); its assign_phases gives each step
                  its phase, and rewrite calls its
@@ -46,6 +62,7 @@ class Method:
     static: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {}
     choices: ClassVar[dict[str, tuple]] = {}
+    ranges: ClassVar[dict[str, Interval]] = {}
     max_ratio: ClassVar[float] = 0.95
     stateful: ClassVar[bool] = False
 
@@ -63,7 +80,17 @@ class Method:
                 raise MethodParamError(f"params.{self.name}.{key}: expected {want.__name__}, got {val!r}")
             if key in self.choices and val not in self.choices[key]:
                 raise MethodParamError(f"params.{self.name}.{key}: {val!r} is not one of {list(self.choices[key])}")
+            self._check_range(key, val)
             self.params[key] = val
+
+    def _check_range(self, key: str, val: Any) -> None:
+        if isinstance(val, bool) or not isinstance(val, (int, float)):
+            return
+        if isinstance(val, float) and not math.isfinite(val):
+            raise MethodParamError(f"params.{self.name}.{key}: {val!r} must be a finite number")
+        rng = self.ranges.get(key, INT64 if isinstance(val, int) else None)
+        if rng is not None and not in_interval(val, rng):
+            raise MethodParamError(f"params.{self.name}.{key}: {val!r} must be in {describe_interval(rng)}")
 
     def kept_count(self, n: int, k: int, lattice: tuple[int, ...]) -> int:
         """The number of tokens the method really keeps when asked for k of n (TopK grouping, pooling grids)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
+from annotated_types import Interval
 
 from ..regions import Selection, identity_selection, take_tokens
 from .base import Method, register_method
@@ -36,8 +37,10 @@ def coherence(sims: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def coredit_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, tau: float = 0.1,
-                   cfg: str = "per_sample", slots: int = 3, pool: bool = True) -> Selection:
-    """In-graph selection on the image tokens x [B, N, C] of one region."""
+                   cfg: str = "per_sample", slots: int = 3, pool: bool = True, pairs: torch.Tensor | None = None
+                   ) -> Selection:
+    """In-graph selection on the image tokens x [B, N, C] of one region. pairs: the CFG pairs of the batch
+    (lattice.cfg_pairs), which `cfg: shared` shares between; None: every (i, i + B/2)."""
     b, n, _ = x.shape
     if k >= n:
         return identity_selection(n, device=x.device)
@@ -45,7 +48,7 @@ def coredit_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, tau: float
     nbr, valid = nbr.to(x.device), valid.to(x.device)
     sims = neighbour_cosines(x, lattice)                          # [B, N, 8]
     if cfg == "shared":
-        sims = share_cfg_halves(sims)
+        sims = share_cfg_halves(sims, pairs)
     sc = coherence(sims, valid)                                   # [B, N]
     anchor = window_argmin(sc, lattice)                          # one per 2×2 window
     kept = topk_indices(anchor * ANCHOR_PRIORITY - sc, k)          # anchors, then the least coherent
@@ -80,6 +83,9 @@ class CoReDiT(Method):
     max_ratio = 0.75
     defaults = {"tau": 0.1, "cfg": "shared", "slots": 1, "pool": True}
     choices = {"cfg": ("per_sample", "shared"), "slots": tuple(range(1, 9))}
+    # tau scales cosines in [-1, 1] into softmax logits: below 0.01 the softmax is already a hard max and
+    # at 0 it is NaN; above 100 the weights are uniform
+    ranges = {"tau": Interval(ge=0.01, le=100.0)}
 
     def kept_count(self, n, k, lattice):
         """At least one token per 2×2 window (the anchors), then a multiple of the TopK groups."""
@@ -87,5 +93,5 @@ class CoReDiT(Method):
         windows = f * math.ceil(h / 2) * math.ceil(w / 2)
         return grouped_k(n, max(k, windows), minimum=windows)
 
-    def select(self, x, lattice, k, state=None):
-        return coredit_select(x, tuple(lattice), int(k), **self.params), state
+    def select(self, x, lattice, k, state=None, pairs=None):
+        return coredit_select(x, tuple(lattice), int(k), **self.params, pairs=pairs), state

@@ -23,9 +23,10 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Interval
 
 from ..regions import Selection, identity_selection
-from .base import Method, MethodParamError, register_method
+from .base import Method, register_method
 from .lattice import inverse_positions, share_cfg_halves
 from .tome import _local_similarity, _split_sources, merge_selection, tome_kept, tome_tables
 
@@ -72,15 +73,16 @@ def dito_refresh(y_prev: torch.Tensor, y: torch.Tensor, sel: Selection) -> torch
     return torch.where(fresh[..., None] > 0, y, y_prev)
 
 
-def dito_match(y: torch.Tensor, count: torch.Tensor, *, lattice: tuple, k: int, seed: int, cfg: str, lam: float
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(merged, unmerged, arg, count') from the previous outputs y [B, N, C] and counts [B, S]."""
+def dito_match(y: torch.Tensor, count: torch.Tensor, pairs: torch.Tensor | None = None, *, lattice: tuple, k: int,
+               seed: int, cfg: str, lam: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(merged, unmerged, arg, count') from the previous outputs y [B, N, C] and counts [B, S]; `cfg: shared`
+    shares between the CFG pairs `pairs` (lattice.cfg_pairs; None: every (i, i + B/2))."""
     b, n, _ = y.shape
     t = _tables(lattice, seed, y.device)
     u = F.normalize(y.float(), dim=-1)
     sims = _local_similarity(u, t)                                             # [B, S, 9]
     if cfg == "shared":
-        sims = share_cfg_halves(sims)
+        sims = share_cfg_halves(sims, pairs)
     sims = torch.where(t["cvalid"], sims, torch.full_like(sims, -2.0))
     best, arg = sims.max(-1)
     score = best - lam * count if lam != 0.0 else best
@@ -117,13 +119,8 @@ class DiTo(Method):
     max_ratio = 0.75
     defaults = {"interval": 2, "lam": 0.3, "seed": 0, "cfg": "shared", "phase": "auto"}
     choices = {"cfg": ("per_sample", "shared"), "phase": PHASES}
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        if self.params["interval"] < 1:
-            raise MethodParamError(f"params.dito.interval: {self.params['interval']} must be >= 1")
-        if self.params["lam"] < 0:
-            raise MethodParamError(f"params.dito.lam: {self.params['lam']} must be >= 0")
+    # interval: steps between matchings (1 = every step); lam: penalty per earlier merge of a source
+    ranges = {"interval": Interval(ge=1, le=10_000), "lam": Interval(ge=0.0, le=1_000.0)}
 
     def kept_count(self, n, k, lattice):
         return tome_kept(n, k, tuple(lattice))
@@ -146,8 +143,9 @@ class DiTo(Method):
         if phase == "prime":
             return b.call(identity_selection, [n])
         if phase == "match":
-            res = b.call(dito_match, [st["y"], st["count"]], {"lattice": lattice, "k": k, "seed": seed,
-                                                              "cfg": p["cfg"], "lam": float(p["lam"])})
+            pairs, cfg = b.cfg_pairs(p["cfg"])
+            res = b.call(dito_match, [st["y"], st["count"], pairs], {"lattice": lattice, "k": k, "seed": seed,
+                                                                     "cfg": cfg, "lam": float(p["lam"])})
             parts = [b.call(_item, [res, i]) for i in range(4)]
             merged, unmerged, arg, count = parts
         else:

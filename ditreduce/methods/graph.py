@@ -17,9 +17,12 @@ def image_tokens(t: torch.Tensor, dim: int, start: int, n: int) -> torch.Tensor:
     return seg.permute(perm).reshape(t.shape[0], n, -1)
 
 
-def select_tokens(x: torch.Tensor, *, method: str, params: tuple, lattice: tuple, k: int) -> Selection:
-    """Run a method's in-graph selection on the image tokens x [B, N, C]."""
-    sel, _ = get_method(method)(**dict(params)).select(x, lattice, k)
+def select_tokens(x: torch.Tensor, pairs: torch.Tensor | None = None, *, method: str, params: tuple, lattice: tuple,
+                  k: int) -> Selection:
+    """Run a method's in-graph selection on the image tokens x [B, N, C]; pairs: the batch's CFG pairs
+    (lattice.cfg_pairs), for methods whose `cfg: shared` shares a selection between them."""
+    m = get_method(method)(**dict(params))
+    sel, _ = m.select(x, lattice, k) if pairs is None else m.select(x, lattice, k, pairs=pairs)
     return sel
 
 

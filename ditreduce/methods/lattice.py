@@ -51,12 +51,14 @@ def pair_dots(x: torch.Tensor, offset: int) -> torch.Tensor:
     """[B, N]: <x_i, x_{i+offset}> along the flattened token order, offset > 0 (0 past the end).
 
     A shift in the flattened (batch-major, row-major) order is a contiguous slice and the dot one
-    matrix product: one read of each operand, no [B, N, C] temporary. Pairs that cross a row, frame or
-    sample border are garbage that the caller masks with neighbour_table's validity."""
+    matrix product: one read of each operand, no [B, N, C] temporary. Pairs that cross a row or frame
+    border are garbage that the caller masks with neighbour_table's validity; pairs that cross into the next
+    sample are zeroed here by a select (a NaN in one sample must never reach another, and NaN * 0 is NaN)."""
     b, n, c = x.shape
     flat = x.reshape(b * n, c)
-    d = torch.einsum("nc,nc->n", flat[:b * n - offset], flat[offset:])
-    return F.pad(d, (0, offset)).reshape(b, n)
+    d = F.pad(torch.einsum("nc,nc->n", flat[:b * n - offset], flat[offset:]), (0, offset)).reshape(b, n)
+    inside = torch.arange(n, device=x.device) < n - offset
+    return torch.where(inside, d, torch.zeros((), dtype=d.dtype, device=d.device))
 
 
 def neighbour_cosines(x: torch.Tensor, lattice) -> torch.Tensor:
@@ -150,14 +152,32 @@ def inverse_positions(kept: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.T
     return inv, mask
 
 
-def share_cfg_halves(t: torch.Tensor) -> torch.Tensor:
-    """Average a per-sample tensor over the two halves of a CFG batch [uncond | cond] and give both
-    halves the mean, so that they select identically. Odd batches are returned unchanged."""
+def cfg_pairs(latent: torch.Tensor) -> torch.Tensor:
+    """[B/2] bool: sample i and sample i + B/2 have the same latent (diffusers' CFG batch [uncond | cond]
+    concatenates the same latents twice). Static shapes, no boolean indexing: Equal, Cast, ReduceMin. A NaN
+    latent equals nothing, so a poisoned sample is never paired. Odd batches: an empty tensor."""
+    b = latent.shape[0]
+    h = b // 2
+    if b % 2 or h == 0:
+        return torch.zeros(0, dtype=torch.bool, device=latent.device)
+    eq = (latent[:h] == latent[h:2 * h]).reshape(h, -1).to(torch.float32)
+    return eq.amin(1) > 0
+
+
+def share_cfg_halves(t: torch.Tensor, pairs: torch.Tensor | None = None) -> torch.Tensor:
+    """Give both samples of a CFG pair (i, i + B/2) the mean of their per-sample tensor `t`, so that they
+    select identically; every other sample keeps its own. pairs: [B/2] bool from cfg_pairs (the latent's
+    halves); None pairs every i with i + B/2 (a direct call on a known CFG batch). Odd batches, and pairs
+    that do not fit the batch, are returned unchanged."""
     b = t.shape[0]
-    if b % 2:
+    h = b // 2
+    if b % 2 or (pairs is not None and pairs.shape[0] != h):
         return t
-    m = (t[: b // 2] + t[b // 2:]) * 0.5
-    return torch.cat([m, m], 0)
+    m = (t[:h] + t[h:]) * 0.5
+    if pairs is None:
+        return torch.cat([m, m], 0)
+    same = pairs.reshape(h, *([1] * (t.dim() - 1)))
+    return torch.cat([torch.where(same, m, t[:h]), torch.where(same, m, t[h:])], 0)
 
 
 def nearest_kept(lattice: tuple[int, ...], kept: torch.Tensor) -> torch.Tensor:

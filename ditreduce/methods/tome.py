@@ -110,7 +110,8 @@ def _local_similarity(u: torch.Tensor, t: dict) -> torch.Tensor:
     return sims.index_select(1, t["src_pos"])
 
 
-def tome_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, seed: int = 0, cfg: str = "per_sample") -> Selection:
+def tome_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, seed: int = 0, cfg: str = "per_sample",
+                pairs: torch.Tensor | None = None) -> Selection:
     n = x.shape[1]
     if k >= n:
         return identity_selection(n, device=x.device)
@@ -118,7 +119,7 @@ def tome_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, seed: int = 0
     u = F.normalize(x.float(), dim=-1)
     sims = _local_similarity(u, t)                                            # [B, S, 9]
     if cfg == "shared":
-        sims = share_cfg_halves(sims)
+        sims = share_cfg_halves(sims, pairs)
     sims = torch.where(t["cvalid"], sims, torch.full_like(sims, -2.0))
     best, arg = sims.max(-1)                                                  # [B, S]
     merged, unmerged = _split_sources(best, n - k)
@@ -172,5 +173,5 @@ class ToMe(Method):
     def kept_count(self, n, k, lattice):
         return tome_kept(n, k, tuple(lattice))
 
-    def select(self, x, lattice, k, state=None):
-        return tome_select(x, tuple(lattice), int(k), **self.params), state
+    def select(self, x, lattice, k, state=None, pairs=None):
+        return tome_select(x, tuple(lattice), int(k), **self.params, pairs=pairs), state

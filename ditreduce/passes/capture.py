@@ -10,6 +10,7 @@ import logging
 import sys
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 
 from ..errors import ModelCallError, UnsupportedModelError  # noqa: F401  (raised here, re-exported)
@@ -35,23 +36,60 @@ def bind_call(model: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
 
 
 def capture(model: torch.nn.Module, kwargs: dict) -> torch.fx.GraphModule:
-    """The functional ATen graph of `model(**kwargs)`; parameters as get_attr, inputs as placeholders."""
+    """The functional ATen graph of `model(**kwargs)`; parameters as get_attr, inputs as placeholders.
+
+    The model's parameters and buffers are the same objects with the same data afterwards, whatever export
+    did (a failed export has been seen to leave fake tensors in their place)."""
     name = type(model).__name__
+    tensors = _snapshot(model)
     try:
         with torch.no_grad(), _quiet_torch_logs():
             ep = torch.export.export(model, (), kwargs, strict=False)
             ep = ep.run_decompositions({})
     except Exception as e:  # noqa: BLE001 — re-raised with the model named, never swallowed
+        _restore(model, tensors)
+        _raise_if_the_call_fails(model, kwargs)
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise UnsupportedModelError(
             f"{name} cannot be captured with torch.export (non-strict): {type(e).__name__}: {first}\n"
             f"ditreduce rewrites the exported graph and does not fall back to the dense model. "
             f"Models with data-dependent control flow (e.g. sequence packing from mask.tolist()) "
             f"are not supported.") from e
+    _restore(model, tensors)
     gm = ep.module()
     _views_to_reshapes(gm)
     _drop_noop_copies(gm)
     return gm
+
+
+def _snapshot(model: torch.nn.Module) -> list:
+    """(owning module, attribute, tensor object, its data) of every parameter and buffer."""
+    out = []
+    for mod in model.modules():
+        for store in (mod._parameters, mod._buffers):
+            out.extend((store, key, t, t.data) for key, t in store.items() if t is not None)
+    return out
+
+
+def _restore(model: torch.nn.Module, snapshot: list) -> None:
+    for store, key, t, data in snapshot:
+        if store.get(key) is not t:
+            store[key] = t
+        now = t.data
+        if is_fake(now) or now.device != data.device or now.shape != data.shape or now.data_ptr() != data.data_ptr():
+            t.data = data
+
+
+def _raise_if_the_call_fails(model: torch.nn.Module, kwargs: dict) -> None:
+    """Export failed: run the model eagerly once. If the model itself fails on these arguments (wrong dtype,
+    a missing input), the call is at fault, not the model's capturability: ModelCallError names its error."""
+    try:
+        with torch.no_grad(), _quiet_torch_logs():
+            model(**kwargs)
+    except Exception as e:  # noqa: BLE001 — the model's own error, named
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ModelCallError(f"{type(model).__name__} fails on these arguments when run without ditreduce: "
+                             f"{type(e).__name__}: {first}") from e
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from .. import regions
 from ..flops import fake_inputs, fake_mode
 from ..methods import get_method
 from ..methods.graph import embed, image_tokens, select_tokens
+from ..methods.lattice import cfg_pairs
 from . import axes
 from .axes import axis_labels
 from .scope import CHECKS, RegionPlan, image_seg, token_dim
@@ -101,9 +102,27 @@ class _Builder:
                     parts.append(self.gm.graph.get_attr(attr))
             self.image_sel = self.call(regions.Selection, parts)
         else:
-            self.image_sel = self.call(select_tokens, [tokens], {
-                "method": self.cfg.method, "params": self.cfg.params, "lattice": tuple(grid), "k": self.cfg.k})
+            pairs, cfg = self.cfg_pairs(self.method.params.get("cfg"))
+            params = self.cfg.params if cfg == self.method.params.get("cfg") else tuple(
+                sorted({**dict(self.cfg.params), "cfg": cfg}.items()))
+            self.image_sel = self.call(select_tokens, [tokens] + ([pairs] if pairs is not None else []), {
+                "method": self.cfg.method, "params": params, "lattice": tuple(grid), "k": self.cfg.k})
         return self.image_sel
+
+    def cfg_pairs(self, cfg: str | None) -> tuple[fx.Node | None, str | None]:
+        """`cfg: shared` shares a selection only within CFG pairs (equal latents): (the graph's cfg_pairs
+        node, "shared"). Where the latent input is unknown: (None, "per_sample"), noted on the site."""
+        if cfg != "shared":
+            return None, cfg
+        node = self.gm.meta.get(_PAIRS)
+        if node is None:
+            note = ("cfg: shared runs per sample here: the latent input is unknown, so a CFG pair cannot be told "
+                    "from two independent samples")
+            notes = self.site.extra.setdefault("notes", [])
+            if note not in notes:
+                notes.append(note)
+            return None, "per_sample"
+        return node, "shared"
 
     def finish(self, out: fx.Node, dim: int, start: int) -> None:
         """Stateful methods: the site's full-length output `out` (image tokens at [start, start + n) of
@@ -119,6 +138,23 @@ class _Builder:
             self._embedded[key] = self.image_sel if (start, seq_len) == (0, n) else self.call(
                 embed, [self.image_sel], {"start": start, "seq_len": seq_len})
         return self._embedded[key]
+
+
+_PAIRS = "ditreduce_cfg_pairs"  # gm.meta key of the node comparing the latent's two halves, during rewrite
+
+
+def _insert_cfg_pairs(gm: fx.GraphModule) -> None:
+    """One `cfg_pairs(latent)` node after the inputs: the graph input seeded as the image latent (the
+    placeholder whose axis labels carry the lattice). None found: no node, and shared selection runs per sample."""
+    lattice_axes = {"y", "x", "f"}
+    places = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    labels = axis_labels(gm)
+    latents = [n for n in places if any(a[0] in lattice_axes for dl in labels.get(n, ())
+                                        for seg in dl for a in seg)]
+    if len(latents) != 1:
+        return
+    with gm.graph.inserting_after(places[-1]):
+        gm.meta[_PAIRS] = gm.graph.call_function(cfg_pairs, (latents[0],))
 
 
 def _rewrite_attention(new: fx.GraphModule, site: Site, cfg) -> tuple[fx.Node, _Builder]:
@@ -248,7 +284,8 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, rebuilt:
             av, cv = a.meta["val"], c.meta["val"]
             j = d_c - (cv.dim() - av.dim())
             sel = b.embedded(_seg_start(lab[c][d_c], seg), axes.dim_size(lab[c][d_c]))
-            g = b.call(_take_kept, [a, sel, j], before=c)
+            per_sample = c.target in _BROADCASTING and av.dim() == cv.dim() and cv.shape[0] > 1
+            g = b.call(_take_kept, [a, sel, j, per_sample], before=c)
         c.replace_input_with(a, g)
     for node in inner:
         _fix_sizes(node, lab, seg, cfg.k)
@@ -274,8 +311,15 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, rebuilt:
     return red_entry, b
 
 
-def _take_kept(t: torch.Tensor, sel: regions.Selection, dim: int) -> torch.Tensor:
-    """Rows of a positional tensor (RoPE table) at the kept tokens; a broadcast batch of 1 stays 1."""
+_BROADCASTING = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.div.Tensor}
+
+
+def _take_kept(t: torch.Tensor, sel: regions.Selection, dim: int, per_sample: bool = False) -> torch.Tensor:
+    """Rows of a positional tensor (RoPE table) at the kept tokens; a broadcast batch of 1 stays 1, except
+    under a per-sample selection feeding an op that broadcasts over the batch (`per_sample`): the table is
+    expanded so that every sample reads the rows of its own kept tokens, not sample 0's."""
+    if per_sample and dim != 0 and t.shape[0] == 1 and sel.kept.shape[0] > 1:
+        return regions.take_tokens(t.expand(sel.kept.shape[0], *t.shape[1:]), sel.kept, dim)
     kept = sel.kept if t.shape[0] == sel.kept.shape[0] or dim == 0 else sel.kept[:1]
     if kept.shape[0] > 1 and t.shape[0] == 1:
         t = t.expand(kept.shape[0], *t.shape[1:])
@@ -337,6 +381,7 @@ def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple) -> fx.GraphMo
         if node.target in CHECKS:
             new.graph.erase_node(node)
     regions_done, entries, rebuilt, state = 0, set(), {}, []
+    _insert_cfg_pairs(new)
     for site, cfg in zip(sites, configs):
         if cfg is None:
             continue
@@ -355,6 +400,7 @@ def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple) -> fx.GraphMo
                                            "k": cfg.k, "n": cfg.n, "ratio": cfg.ratio, "seq": site.q_len,
                                            "kept_seq": kept_seq, "scope": scope}
         regions_done += 1
+    new.meta.pop(_PAIRS, None)
     if state:
         _thread_state(new, state)
     new.graph.eliminate_dead_code()

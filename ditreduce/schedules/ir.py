@@ -28,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Kind = Literal["self", "cross", "joint"]
 Scope = Literal["attention", "attention+proj", "block"]
 FORMAT_VERSION = 1
+MAX_STEPS = 100_000      # num_steps above this is a typo, not a run
+MAX_TOKENS = 1 << 24     # a grid side or text length above this is a typo
 
 
 class _Strict(BaseModel):
@@ -87,7 +89,7 @@ def _selector_contains(sel: Selector | None, i: int, n: int | None) -> bool:
     return any(i == (j if j >= 0 else (n if n is not None else 0) + j) for j in sel)
 
 
-Ratio = Annotated[float, Field(ge=0.0, le=0.95)]
+Ratio = Annotated[float, Field(ge=0.0, le=0.95, allow_inf_nan=False)]
 
 
 class Rule(_Strict):
@@ -140,8 +142,8 @@ class Rule(_Strict):
 class LayoutOverride(_Strict):
     """For sites whose layout the analysis could not decide: the image lattice and the text segment."""
 
-    grid: list[Annotated[int, Field(gt=0)]] = Field(min_length=2, max_length=3)
-    text_tokens: Annotated[int, Field(ge=0)] = 0
+    grid: list[Annotated[int, Field(gt=0, le=MAX_TOKENS)]] = Field(min_length=2, max_length=3)
+    text_tokens: Annotated[int, Field(ge=0, le=MAX_TOKENS)] = 0
     text_position: Literal["before", "after"] = "before"
     modules: str | None = None
 
@@ -152,8 +154,8 @@ class Schedule(_Strict):
     ratio: Ratio = 0.5
     scope: Scope = "attention+proj"
     kinds: list[Kind] = Field(default_factory=lambda: ["self", "joint"])
-    ratio_step: Annotated[float, Field(gt=0.0, le=0.5)] = 0.05
-    num_steps: Annotated[int, Field(gt=0)] | None = None
+    ratio_step: Annotated[float, Field(ge=1e-3, le=0.5, allow_inf_nan=False)] = 0.05   # finer grids give one variant per k
+    num_steps: Annotated[int, Field(gt=0, le=MAX_STEPS)] | None = None
     params: dict[str, dict[str, Union[float, int, str, bool]]] = Field(default_factory=dict)
     layout: LayoutOverride | None = None
     rules: list[Rule] = Field(default_factory=list)

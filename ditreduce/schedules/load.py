@@ -11,6 +11,34 @@ from pydantic import ValidationError
 from .ir import Schedule
 
 PRESET_DIR = Path(__file__).parent / "presets"
+MAX_DEPTH = 32        # nesting of a schedule document (the format needs 4)
+MAX_BYTES = 1 << 20   # a schedule file larger than this is not a schedule
+
+
+class StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key repeated in one mapping (YAML's "last wins" hides typos) and
+    documents nested deeper than MAX_DEPTH (which would exhaust the recursion limit)."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.constructor.ConstructorError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                        self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 from ..errors import ScheduleError  # noqa: F401  (re-exported)
@@ -76,6 +104,29 @@ def validate(doc: Any, source: str = "dict") -> Schedule:
         raise ScheduleError(_format(e, source)) from None
     except (TypeError, ValueError) as e:  # a validator raised outside pydantic's wrapping
         raise ScheduleError(f"invalid schedule ({source}): {e}") from None
+    except RecursionError:  # a dict nested thousands deep, built in Python
+        raise ScheduleError(f"invalid schedule ({source}): <document>: nested too deeply") from None
+
+
+def read_yaml(path: Path):
+    """The YAML document of a schedule file; every way a file can fail to be one is a ScheduleError."""
+    if path.is_dir():
+        raise ScheduleError(f"invalid schedule ({path}): is a directory, not a YAML file")
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise ScheduleError(f"invalid schedule ({path}): {size} bytes; a schedule is at most {MAX_BYTES}")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ScheduleError(f"invalid schedule ({path}): not UTF-8 text (byte {e.start}); is it a binary file?") from None
+    except OSError as e:
+        raise ScheduleError(f"invalid schedule ({path}): cannot read: {e.strerror or e}") from None
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 — a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ScheduleError(f"invalid schedule ({path}): not valid YAML: {e}") from None
+    except RecursionError:
+        raise ScheduleError(f"invalid schedule ({path}): nested too deeply") from None
 
 
 def load_schedule(spec: "str | Path | dict | Schedule") -> Schedule:
@@ -90,11 +141,7 @@ def load_schedule(spec: "str | Path | dict | Schedule") -> Schedule:
             path = PRESET_DIR / f"{spec}.yaml"
         if not path.exists():
             raise ScheduleError(f"no schedule file {str(spec)!r} and no preset of that name; presets: {', '.join(presets())}")
-        try:
-            doc = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ScheduleError(f"invalid schedule ({path}): not valid YAML: {e}") from None
-        return validate(doc, str(path))
+        return validate(read_yaml(path), str(path))
     raise ScheduleError(f"schedule must be a path, preset name, dict or Schedule, got {type(spec).__name__}")
 
 
