@@ -78,6 +78,7 @@ class Report(list):
             out.append(line)
         if self.observed:
             out.append(self.observed)
+        out += [f"note: {n}" for n in getattr(self, "notes", [])]
         return "\n".join(out)
 
     def __repr__(self) -> str:
@@ -178,6 +179,8 @@ def build_report(model, cap, num_steps: int | None) -> Report:
         rep.append(SiteRecord(site.block, site.module or site.name, site.kind, site.image_tokens, site.text_tokens,
                               site.grid, bool(reduced_cfgs), scope, note, why, sched_txt if why is None else "-",
                               dense, red))
+    for site in cap.sites:   # what the rewrite noted about a site (e.g. cfg: shared run per sample)
+        rep.notes += [f"{site.module or site.name}: {n}" for n in site.extra.get("notes", []) if n not in rep.notes]
     for module, why in cap.unmatched.items():
         rep.append(SiteRecord(None, module, "unmatched", 0, 0, None, False, "-", None, why, "-", 0, 0))
     return rep

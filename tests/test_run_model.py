@@ -257,3 +257,12 @@ def test_in_process_runners_export_a_stateful_variant_with_its_state_io():
     state_in = {n.rsplit(".", 1)[1] for n in seen["ins"] if n.startswith("state.")}
     state_out = {n.rsplit(".", 1)[1] for n in seen["outs"] if n.startswith("state_out.")}
     assert state_in == state_out == {"y", "count", "merged", "unmerged", "arg"}
+
+
+def test_a_modules_glob_that_matches_no_site_is_warned_and_reported():
+    model, kw = zoo.pixart()
+    sched = {"ratio": 0.5, "rules": [{"modules": "transfomer_blocks.*", "ratio": 0.2}]}   # typo
+    reduced = compile_with_reduction(model, sched)
+    with pytest.warns(UserWarning, match="matches no attention site"):
+        reduced.capture(**kw)
+    assert any("rules[0].modules 'transfomer_blocks.*' matches no attention site" in n for n in reduced.report().notes)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..schedules.check import unused_selectors
 from ..schedules.lower import check_reduces_something
 from ..schedules.plan import MAX_VARIANTS, RunPlan, plan_run
 from . import capture as capture_pass
@@ -59,4 +60,8 @@ def analyze(model: torch.nn.Module, kw: dict, schedule) -> Analysis:
         if isinstance(lab, tuple):
             node.meta[AXES] = lab
     plan_scopes(gm, seeds.propagated, matched.sites)
-    return Analysis(gm, matched.sites, seeds.notes, matched.unmatched_modules)
+    notes = list(seeds.notes)
+    for note in unused_selectors(schedule, matched.sites):   # a typo'd `modules:` glob, an unused `layout:`
+        warnings.warn(f"ditreduce: {note}", stacklevel=4)
+        notes.append(note)
+    return Analysis(gm, matched.sites, notes, matched.unmatched_modules)
