@@ -8,6 +8,7 @@ import inspect
 import io
 import logging
 import sys
+import warnings
 
 import torch
 
@@ -38,7 +39,7 @@ def capture(model: torch.nn.Module, kwargs: dict) -> torch.fx.GraphModule:
     """The functional ATen graph of `model(**kwargs)`; parameters as get_attr, inputs as placeholders."""
     name = type(model).__name__
     try:
-        with torch.no_grad(), _quiet_torch_logs():
+        with torch.no_grad(), _quiet_torch_logs(), quiet_export_warnings():
             ep = torch.export.export(model, (), kwargs, strict=False)
             ep = ep.run_decompositions({})
     except Exception as e:  # noqa: BLE001 — re-raised with the model named, never swallowed
@@ -52,6 +53,21 @@ def capture(model: torch.nn.Module, kwargs: dict) -> torch.fx.GraphModule:
     _views_to_reshapes(gm)
     _drop_noop_copies(gm)
     return gm
+
+
+# torch.export's notices about torch internals it uses itself (not the user's code, not the user's to act on):
+# pytree's LeafSpec deprecation, raised by the deepcopy inside run_decompositions on every capture.
+_TORCH_INTERNAL_WARNINGS = ((FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),)
+
+
+@contextlib.contextmanager
+def quiet_export_warnings():
+    """Hide only the warnings in _TORCH_INTERNAL_WARNINGS (matched by category and message); every other
+    warning, the model's own included, is shown as usual. Wrap any torch.export call with it."""
+    with warnings.catch_warnings():
+        for category, message in _TORCH_INTERNAL_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
 
 
 @contextlib.contextmanager

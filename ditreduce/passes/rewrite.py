@@ -26,6 +26,7 @@ from ..flops import fake_inputs, fake_mode
 from ..methods import get_method
 from ..methods.graph import embed, image_tokens, select_tokens
 from . import axes
+from .capture import quiet_export_warnings
 from .scope import CHECKS, RegionPlan, image_seg, token_dim
 from .site import Site
 
@@ -41,7 +42,8 @@ def _sdpa_args(node: fx.Node) -> dict:
 
 def _copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     graph = fx.Graph()
-    graph._codegen = copy.deepcopy(gm.graph._codegen)
+    with quiet_export_warnings():  # the codegen's pytree specs: torch's own LeafSpec deprecation on copy
+        graph._codegen = copy.deepcopy(gm.graph._codegen)
     out = graph.graph_copy(gm.graph, {})
     graph.output(out)
     new = fx.GraphModule(gm, graph)
