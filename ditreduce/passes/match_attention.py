@@ -292,6 +292,8 @@ def match_attention(gm: fx.GraphModule, model: torch.nn.Module | None = None) ->
             s.origin = node.meta.get("ditreduce_origin", "sdpa")
             sites.append(s)
     _number_blocks(sites)
+    for s in sites:
+        s.owners = _owners(s)
     unmatched = _unmatched(model, sites, gm) if model is not None else {}
     return MatchResult(sites, canon, {**unmatched, **failed})
 
@@ -337,9 +339,50 @@ def _number_blocks(sites: list[Site]) -> None:
             s.block = order[key]
 
 
+PROJECTIONS = {aten.linear.default, aten.addmm.default, aten.mm.default, aten.matmul.default, aten.bmm.default}
+_OWNER_WALK = 64  # nodes: q / k / v reach their projections in a few ops (views, norms, RoPE, casts)
+
+
+def _projection_owner(n: fx.Node) -> str:
+    """The module that holds a projection: the owner of an nn.Linear by path (attn.to_q → attn, even when the
+    parent calls attn.to_q directly), else the module that called F.linear."""
+    stack = list((n.meta.get("nn_module_stack") or {}).values())
+    path = module_of(n)
+    if stack and "Linear" in str(stack[-1][1]) and "." in path:
+        return path.rsplit(".", 1)[0]
+    return path
+
+
+def _owners(site: Site) -> tuple[str, ...]:
+    """The modules whose projections feed the site: backwards from q / k / v and forwards from the output to
+    the first projection (with a weight, not the attention's own products) on each path."""
+    found: list[str] = []
+
+    def walk(starts, step):
+        seen, stack = set(), list(starts)
+        while stack and len(seen) < _OWNER_WALK:
+            n = stack.pop()
+            if not isinstance(n, fx.Node) or n in seen or n.op != "call_function":
+                continue
+            seen.add(n)
+            if n.target in PROJECTIONS and any(isinstance(a, fx.Node) and a.op == "get_attr" for a in n.all_input_nodes):
+                m = _projection_owner(n)
+                if m and m not in found:
+                    found.append(m)
+                continue
+            if n.target == SDPA and n is not site.node:
+                continue
+            stack.extend(step(n))
+
+    walk(site.node.args[:3], lambda n: n.all_input_nodes)
+    walk(list(site.node.users), lambda n: list(n.users))
+    return tuple(m for m in found if m != site.module)
+
+
 def _unmatched(model: torch.nn.Module, sites: list[Site], gm: fx.GraphModule) -> dict[str, str]:
-    """Attention modules (by class name) with no matched softmax-attention site inside."""
-    matched = {s.module for s in sites}
+    """Attention modules (by class name) with no matched softmax-attention site inside, and none whose
+    projections feed a matched site (a module holding only projections while its parent runs the sdpa)."""
+    matched = {s.module for s in sites} | {m for s in sites for m in s.owners}
     ran = {module_of(n) for n in gm.graph.nodes if n.op == "call_function"}
     out = {}
     for name, mod in model.named_modules():
