@@ -15,6 +15,8 @@ Second pass (issue 19), one research pattern each:
 - GQADiT: grouped-query attention, k / v heads repeated with `Tensor.repeat` (or repeat_interleave) to q's.
 - MPDiT: Next-DiT-like model-parallel linears: each q / k / v projection reads its own same-shape view /
   reshape / contiguous copy of the normalised hidden states.
+- PerSampleTextDiT: a loop over the batch, each sample attending to [its unpadded text | image]; the
+  text length is read from the mask at run time (still a named ScheduleError: see README "Any DiT").
 - MixFFNDiT: a 3×3 depthwise conv on the lattice inside the block's MLP: `block` is refused, named.
 - ProjOnlyMMDiT: pure-torch MMDiT / Flux code: the attention modules hold only the projections (and q / k
   norms); the parent block runs the joint sdpa. A real ReLU linear-attention module stays unmatched.
@@ -471,6 +473,34 @@ class ProjOnlyMMDiT(nn.Module):
         return x.reshape(b, h, w, p, p, self.c).permute(0, 5, 1, 3, 2, 4).reshape(b, self.c, hh, ww)
 
 
+class PerSampleTextDiT(nn.Module):
+    """Joint attention over [the unpadded text of each sample | image], one sample at a time: the text length
+    comes from the mask at run time (a data-dependent size for torch.export)."""
+
+    def __init__(self, dim=32, heads=4, depth=2, channels=4, patch=2, context_dim=12):
+        super().__init__()
+        self.p, self.c, self.heads = patch, channels, heads
+        self.x_embedder = nn.Conv2d(channels, dim, patch, patch)
+        self.context_embedder = nn.Linear(context_dim, dim)
+        self.t_embedder = nn.Linear(32, dim)
+        self.blocks = nn.ModuleList(TimmAttention(dim, heads, fused=True) for _ in range(depth))
+        self.proj_out = nn.Linear(dim, patch * patch * channels)
+
+    def forward(self, x, t, context, context_mask):
+        b, _, hh, ww = x.shape
+        p, h, w = self.p, hh // self.p, ww // self.p
+        img = self.x_embedder(x).flatten(2).transpose(1, 2) + self.t_embedder(_sincos(t, 32).to(x.dtype))[:, None]
+        ctx = self.context_embedder(context)
+        outs = []
+        for i in range(b):
+            seq = torch.cat([ctx[i][context_mask[i]][None], img[i:i + 1]], dim=1)  # unpadded text | image
+            for blk in self.blocks:
+                seq = seq + blk(seq)
+            outs.append(seq[:, -h * w:])
+        out = self.proj_out(torch.cat(outs, 0))
+        return out.reshape(b, h, w, p, p, self.c).permute(0, 5, 1, 3, 2, 4).reshape(b, self.c, hh, ww)
+
+
 def _g(seed):
     return torch.Generator().manual_seed(seed)
 
@@ -530,6 +560,16 @@ def gqadit(grid=(4, 4), batch=2, seed=0, kv_heads=2, repeat="repeat"):
 def mixffndit(grid=(4, 4), batch=2, seed=0):
     torch.manual_seed(seed)
     return _latent_t(MixFFNDiT(), grid, batch, seed)
+
+
+def persampletext(grid=(4, 4), batch=2, seed=0, text=5):
+    torch.manual_seed(seed)
+    g = _g(seed + 1)
+    mask = torch.ones(batch, text, dtype=torch.bool)
+    mask[0, text // 2:] = False
+    return PerSampleTextDiT().eval(), dict(x=torch.randn(batch, 4, grid[0] * 2, grid[1] * 2, generator=g),
+                                           t=torch.rand(batch, generator=g) * 1000,
+                                           context=torch.randn(batch, text, 12, generator=g), context_mask=mask)
 
 
 def mpdit(grid=(4, 4), batch=2, seed=0):

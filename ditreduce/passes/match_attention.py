@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 
-from .site import Site, block_of, module_of
+from .site import Site, block_of, module_of, where
 
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
@@ -268,9 +268,34 @@ def _site(node: fx.Node) -> Site:
     site = Site(node=node, module=module, block=idx, block_group=group, q_len=q_len, kv_len=kv_len,
                 batch=batch, heads=heads, head_dim=head_dim, v_dim=v_dim)
     if not static:
-        site.skip_reason = ("data-dependent shape: the sequence length is only known at run time (e.g. a loop over "
-                            "the valid tokens of each sample); ditreduce needs static token counts")
+        origin = _size_origin(node)
+        at = f", set by {where(origin)}" if origin is not None else ""
+        site.skip_reason = (f"data-dependent shape: the sequence length is only known at run time{at} (e.g. a loop "
+                            "over the valid tokens of each sample); ditreduce needs static token counts: pad the "
+                            "sequence to a fixed length and pass the padding as an attention mask instead")
     return site
+
+
+def _dynamic(v) -> bool:
+    if isinstance(v, (tuple, list)):
+        return any(_dynamic(x) for x in v)
+    return isinstance(v, torch.Tensor) and not all(isinstance(d, int) for d in v.shape)
+
+
+def _size_origin(node: fx.Node, limit: int = 2000) -> fx.Node | None:
+    """The op whose output size first became data-dependent on the way to `node` (e.g. a boolean-mask index
+    of the text, `text[mask]`): a dynamic-shaped node none of whose inputs is."""
+    seen, stack = set(), [node]
+    while stack and len(seen) < limit:
+        n = stack.pop()
+        if n in seen or not isinstance(n, fx.Node):
+            continue
+        seen.add(n)
+        ins = [a for a in n.all_input_nodes if _dynamic(_val(a))]
+        if _dynamic(_val(n)) and not ins and n.op == "call_function":
+            return n
+        stack.extend(ins)
+    return None
 
 
 def match_attention(gm: fx.GraphModule, model: torch.nn.Module | None = None) -> MatchResult:

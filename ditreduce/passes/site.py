@@ -129,8 +129,9 @@ def source_of(node: fx.Node) -> str | None:
         return None
     frames = re.findall(r'File "([^"]+)", line (\d+), in [^\n]*\n\s*([^\n]*)', trace)
     for path, line, code in reversed(frames):
-        if code.strip() and not any(part in path for part in _LIBRARY_FRAMES):
-            return f"`{code.strip()}` ({path.rsplit('/', 1)[-1]}:{line})"
+        code = re.sub(r"\s{2,}#.*$", "", code.strip())  # a trailing comment
+        if code and not any(part in path for part in _LIBRARY_FRAMES):
+            return f"`{code}` ({path.rsplit('/', 1)[-1]}:{line})"
     return None
 
 
