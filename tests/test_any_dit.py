@@ -389,3 +389,44 @@ def test_per_sample_unpadded_text_is_a_named_error_that_says_where_and_what_work
     msg = str(e.value)
     assert "blocks.0: data-dependent shape" in msg and "set by aten.index `seq = torch.cat([ctx[i][context_mask[i]]" in msg
     assert "anydit.py:" in msg and "pass the padding as an attention mask" in msg and "# unpadded" not in msg
+
+
+class _TokenRepeatMLP(nn.Module):
+    """Tiles the tokens and keeps the second copy: the values are unchanged, but the op repeats tokens."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        n = x.shape[1]
+        return self.fc(x).repeat(1, 2, 1)[:, n:]
+
+
+class _TokenGramMLP(nn.Module):
+    """A token-mixing einsum: every token reads the Gram matrix of all tokens."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        g = torch.einsum("bnc,bnd->bcd", x, x) / x.shape[1]
+        return self.fc(torch.einsum("bnc,bcd->bnd", x, g))
+
+
+@pytest.mark.parametrize("mlp,why", [(_TokenRepeatMLP, "repeats along the token dimension"),
+                                     (_TokenGramMLP, "sums over the token dimension")])
+def test_conditionally_token_wise_ops_refuse_block_when_they_act_along_the_tokens(mlp, why):
+    torch.manual_seed(0)
+    model = anydit.RopeDiT()
+    for blk in model.blocks:
+        blk.mlp = mlp(32)
+    model, kw = anydit._latent_t(model, (4, 4), 2, 0)
+    r = compile_with_reduction(model, {"method": "uniform", "ratio": 0.0, "scope": "block"})
+    with torch.no_grad():
+        torch.testing.assert_close(r(**kw), model(**kw), rtol=1e-5, atol=1e-5)
+    rows = r.report()
+    assert [row.scope for row in rows] == ["attention", "attention"]
+    assert all(why in row.scope_note and re.search(r"blocks\.\d\.mlp", row.scope_note)
+               and "test_any_dit.py:" in row.scope_note for row in rows), [row.scope_note for row in rows]
