@@ -17,6 +17,7 @@ Second pass (issue 19), one research pattern each:
   reshape / contiguous copy of the normalised hidden states.
 - PerSampleTextDiT: a loop over the batch, each sample attending to [its unpadded text | image]; the
   text length is read from the mask at run time (still a named ScheduleError: see README "Any DiT").
+- ListDiT: layers as ModuleLists without a forward, residual adds in the parent's loop.
 - MixFFNDiT: a 3×3 depthwise conv on the lattice inside the block's MLP: `block` is refused, named.
 - ProjOnlyMMDiT: pure-torch MMDiT / Flux code: the attention modules hold only the projections (and q / k
   norms); the parent block runs the joint sdpa. A real ReLU linear-attention module stays unmatched.
@@ -349,6 +350,22 @@ class MixFFNDiT(_PatchDiT):
         super().__init__(blocks, dim)
 
 
+class ListDiT(_PatchDiT):
+    """U-ViT / x-transformers style layers: a ModuleList [norm, attention, norm, MLP] with no forward of its
+    own; the residual adds are written in the parent's loop."""
+
+    def __init__(self, dim=32, heads=4, depth=2):
+        super().__init__([nn.ModuleList([nn.LayerNorm(dim), TimmAttention(dim, heads, fused=True), nn.LayerNorm(dim),
+                                         SwiGLU(dim, 2 * dim)]) for _ in range(depth)], dim)
+
+    def run_blocks(self, x, c):
+        x = x + c[:, None]
+        for norm1, attn, norm2, ff in self.blocks:
+            x = x + attn(norm1(x))
+            x = x + ff(norm2(x))
+        return x
+
+
 class GQADiT(_PatchDiT):
     def __init__(self, dim=32, heads=4, kv_heads=2, depth=2, repeat="repeat"):
         super().__init__([FlowBlock(dim, heads, kv_heads=kv_heads, repeat=repeat) for _ in range(depth)], dim)
@@ -570,6 +587,11 @@ def persampletext(grid=(4, 4), batch=2, seed=0, text=5):
     return PerSampleTextDiT().eval(), dict(x=torch.randn(batch, 4, grid[0] * 2, grid[1] * 2, generator=g),
                                            t=torch.rand(batch, generator=g) * 1000,
                                            context=torch.randn(batch, text, 12, generator=g), context_mask=mask)
+
+
+def listdit(grid=(4, 4), batch=2, seed=0):
+    torch.manual_seed(seed)
+    return _latent_t(ListDiT(), grid, batch, seed)
 
 
 def mpdit(grid=(4, 4), batch=2, seed=0):

@@ -289,6 +289,7 @@ PATTERNS = {
     "model-parallel-linears": (anydit.mpdit, {}, "block"),
     "projection-only-attention-modules": (anydit.projonly, {}, "block"),
     "mix-ffn-conv-in-block": (anydit.mixffndit, {}, "attention+proj"),
+    "modulelist-layers-residuals-in-parent": (anydit.listdit, {}, "block"),
 }
 SCOPES = ("attention", "attention+proj", "block")
 INTERNAL_NAME = re.compile(r"\b(getitem|linear|view|reshape|add|mul|split_with_sizes|sdpa|repeat|convolution|"
@@ -352,7 +353,7 @@ def test_scope_refusals_name_the_module_the_source_line_and_what_works():
         for scope, why in site.extra["scopes"].items():
             assert isinstance(why, str), scope
             assert not INTERNAL_NAME.search(why), why
-            assert re.search(r"layers\.\d", why) and "anydit.py:" in why and "the site can use scope `" in why
+            assert re.search(r"layers\.\d", why) and "anydit.py:" in why and "the site can use scope `attention`" in why
     assert "attention mask over the image tokens" in r._last.sites[0].extra["scopes"]["attention+proj"]
 
 

@@ -113,7 +113,11 @@ class _Walker:
     @property
     def hint(self) -> str:
         """What makes the site reducible anyway: the next narrower scope."""
-        return f"; the site can use scope `{NARROWER[self.scope]}`"
+        return self.hint_for(self.scope)
+
+    @staticmethod
+    def hint_for(scope: str) -> str:
+        return f"; the site can use scope `{NARROWER[scope]}`"
 
     def refuse(self, n: fx.Node, why: str) -> ScopeRefused:
         return ScopeRefused(f"{where(n)} {why}{self.hint}")
@@ -383,13 +387,25 @@ def block_nodes(gm: fx.GraphModule, prefix: str) -> set:
     return recorded | {n for n in between if n.op == "call_function" and n.target not in CHECKS}
 
 
+def _block_ends(w: _Walker, in_block: set) -> set:
+    return {n for n in in_block if w.carries(n) and any(u not in in_block and u.target not in CHECKS for u in n.users)}
+
+
 def plan_block(gm: fx.GraphModule, labels: dict, site: Site) -> RegionPlan:
     w = _Walker(gm, labels, site, "block")
     group, idx = block_of(site.module)
     prefix = f"{group}.{idx}"
     in_block = block_nodes(gm, prefix)
     entries = {a for n in in_block for a in n.all_input_nodes if a not in in_block and w.carries(a)}
-    ends = {n for n in in_block if w.carries(n) and any(u not in in_block and u.target not in CHECKS for u in n.users)}
+    ends = _block_ends(w, in_block)
+    while len(entries) == 1 and len(ends) > 1:  # residual adds written in the parent's loop (a ModuleList layer
+        joins = {u for e in ends for u in e.users if u not in in_block and u.target not in CHECKS}  # with no forward)
+        j = joins.pop() if len(joins) == 1 else None
+        entry = next(iter(entries))
+        if j is None or w.labels.get(j) != w.labels.get(entry) or _val_shape(j) != _val_shape(entry):
+            break  # the outputs meet in one op shaped like the block's input: the block ends there
+        in_block = in_block | {j}
+        ends = _block_ends(w, in_block)
     if len(entries) != 1 or len(ends) != 1:
         raise ScopeRefused(
             f"block {prefix} reads {_count(entries)} from outside ({_listed(entries) or 'none'}) and "
@@ -417,4 +433,7 @@ def plan_scopes(gm: fx.GraphModule, labels: dict, sites: list[Site]) -> None:
                 plans[scope] = planner(gm, labels, site)
             except ScopeRefused as e:
                 plans[scope] = str(e)
+        proj, block = plans.get("attention+proj"), plans.get("block")
+        if isinstance(proj, str) and isinstance(block, str):  # the next narrower scope is refused too
+            plans["block"] = block.replace(_Walker.hint_for("block"), _Walker.hint_for("attention+proj"))
         site.extra["scopes"] = plans
