@@ -1,7 +1,8 @@
 """Pass 3b — scope: how far a site's region may widen beyond the sdpa, proved on the axis labels.
 
 For `attention+proj` the region starts at the tensor the q/k/v projections read and ends after the
-output projection; for `block` it starts at the block's image-token input and ends at its output.
+output projection; for `block` it starts at the block's image-token input and ends at its output, the
+block read by dataflow (block_nodes: what its modules recorded plus every node on a path between them).
 The region is kept only if every op inside is proved token-wise by the labels (it never mixes image
 tokens across the token dimension — except the site's own sdpa, and cross-attention whose keys carry
 no image tokens), so that running it on a subset of tokens computes exactly those tokens' values.
@@ -41,7 +42,11 @@ TOKENWISE = {
     aten.to.dtype_layout, aten.to.device, aten.lift_fresh_copy.default, aten.masked_fill.Tensor,
     # token-wise unless over the token dim: checked in _Walker.check_tokenwise (dims below)
     aten.log_softmax.int, aten._safe_softmax.default, aten.std.correction, aten.linalg_vector_norm.default,
-    # token-wise unless they repeat / convolve / group along the token dim: checked in _conditional
+    # token-wise only for some arguments, checked in _Walker._conditional: repeat / repeat_interleave unless
+    # along the token dim (that duplicates tokens); einsum if every token letter survives to the output (else it
+    # sums over tokens); group_norm only with tokens on dim 0 (its statistics span every dim after the
+    # channels); convolutions only 1×1, stride 1, no padding, not transposed, tokens not on the channel dim
+    # (a wider kernel mixes neighbouring tokens)
     aten.repeat.default, aten.repeat_interleave.self_int, aten.einsum.default, aten.group_norm.default,
     aten.native_group_norm.default, aten.convolution.default, aten.conv1d.default, aten.conv2d.default,
     aten.conv3d.default,
@@ -427,7 +432,8 @@ def plan_scopes(gm: fx.GraphModule, labels: dict, sites: list[Site]) -> None:
             continue
         for scope, planner in PLANNERS.items():
             if scope == "block" and site.block is None:
-                plans[scope] = "the site is not inside a repeated block"
+                plans[scope] = (f"{site.module or 'the site'} is not inside a repeated block (no `<name>.<index>` "
+                                f"module such as blocks.3 around it){_Walker.hint_for('block')}")
                 continue
             try:
                 plans[scope] = planner(gm, labels, site)
