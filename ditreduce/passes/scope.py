@@ -416,7 +416,10 @@ def plan_block(gm: fx.GraphModule, labels: dict, site: Site) -> RegionPlan:
             f"block {prefix} reads {_count(entries)} from outside ({_listed(entries) or 'none'}) and "
             f"hands {_count(ends)} back ({_listed(ends) or 'none'}); block scope needs one image input and one image "
             f"output, as in `x = block(x, ...)`{w.hint}")
-    allow = {n for n in in_block if n.target == SDPA}
+    # only the block's own attentions: one that lies between its modules but another module recorded (a
+    # different block's, a shared block called twice) still refuses the region
+    allow = {n for n in in_block if n.target == SDPA and (module_of(n) == prefix or module_of(n).startswith(prefix + "."))}
+    allow.add(site.node)
     return _plan_between(w, entries.pop(), ends, "block", allow, residual=True)
 
 
