@@ -25,6 +25,7 @@ class SiteRecord:
     schedule: str           # method:ratio per step, compressed ("0-1 none, 2-19 uniform:0.5")
     flops_dense: int
     flops_reduced: int      # at the busiest variant (most tokens removed)
+    owners: tuple = ()      # other modules whose q/k/v/out projections feed this attention
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +56,8 @@ class Report(list):
         for r in self:
             grid = "x".join(map(str, r.grid)) if r.grid else "-"
             fl = f"{r.flops_dense / 1e9:.4g}→{r.flops_reduced / 1e9:.4g}" if r.flops_dense else "-"
-            rows.append([str(r.block if r.block is not None else "-"), r.module, r.kind, str(r.image_tokens),
+            module = r.module + (f" (projections: {', '.join(r.owners)})" if r.owners else "")
+            rows.append([str(r.block if r.block is not None else "-"), module, r.kind, str(r.image_tokens),
                          str(r.text_tokens), grid, "yes" if r.reduced else "no", r.scope, r.schedule, fl,
                          r.skip_reason or r.scope_note or ""])
         widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
@@ -172,13 +174,15 @@ def build_report(model, cap, num_steps: int | None) -> Report:
         scope, note = "-", None
         if reduced_cfgs:
             plan = site_plan(site, busiest)
-            scope = busiest.scope if not isinstance(plan, str) or busiest.scope == "attention" else "attention"
-            note = plan if isinstance(plan, str) and busiest.scope != "attention" else None
-            if note:
-                note = f"{busiest.scope} not applied: {note}"
-        rep.append(SiteRecord(site.block, site.module or site.name, site.kind, site.image_tokens, site.text_tokens,
+            scope = "attention" if isinstance(plan, str) else plan.scope
+            note = None
+            if scope != busiest.scope:
+                why = site.extra.get("scopes", {}).get(busiest.scope, plan)
+                note = f"{busiest.scope} not applied: {why}"
+        module = site.module or site.name
+        rep.append(SiteRecord(site.block, module, site.kind, site.image_tokens, site.text_tokens,
                               site.grid, bool(reduced_cfgs), scope, note, why, sched_txt if why is None else "-",
-                              dense, red))
+                              dense, red, tuple(o for o in site.owners if o != module)))
     for site in cap.sites:   # what the rewrite noted about a site (e.g. cfg: shared run per sample)
         rep.notes += [f"{site.module or site.name}: {n}" for n in site.extra.get("notes", []) if n not in rep.notes]
     for module, why in cap.unmatched.items():

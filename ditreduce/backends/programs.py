@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..passes.capture import bind_call
+from ..passes.capture import bind_call, quiet_export_warnings
 from ..errors import BackendError
 from .base import variant_label
 
@@ -79,7 +79,7 @@ def export_program(gm: torch.nn.Module, kw: dict) -> torch.export.ExportedProgra
     """The variant as an ExportedProgram with the call's static shapes (inference: no_grad); a stateful
     variant gets zero example state when kw has none."""
     kw = with_example_state(gm, kw)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_export_warnings():
         ep = torch.export.export(gm, (), dict(kw), strict=False)
     return drop_noop_squeezes(ep)
 

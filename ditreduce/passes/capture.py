@@ -8,6 +8,7 @@ import inspect
 import io
 import logging
 import sys
+import warnings
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
@@ -43,7 +44,7 @@ def capture(model: torch.nn.Module, kwargs: dict) -> torch.fx.GraphModule:
     name = type(model).__name__
     tensors = _snapshot(model)
     try:
-        with torch.no_grad(), _quiet_torch_logs():
+        with torch.no_grad(), _quiet_torch_logs(), quiet_export_warnings():
             ep = torch.export.export(model, (), kwargs, strict=False)
             ep = ep.run_decompositions({})
     except Exception as e:  # noqa: BLE001 — re-raised with the model named, never swallowed
@@ -90,6 +91,19 @@ def _raise_if_the_call_fails(model: torch.nn.Module, kwargs: dict) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ModelCallError(f"{type(model).__name__} fails on these arguments when run without ditreduce: "
                              f"{type(e).__name__}: {first}") from e
+# torch.export's notices about torch internals it uses itself (not the user's code, not the user's to act on):
+# pytree's LeafSpec deprecation, raised by the deepcopy inside run_decompositions on every capture.
+_TORCH_INTERNAL_WARNINGS = ((FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),)
+
+
+@contextlib.contextmanager
+def quiet_export_warnings():
+    """Hide only the warnings in _TORCH_INTERNAL_WARNINGS (matched by category and message); every other
+    warning, the model's own included, is shown as usual. Wrap any torch.export call with it."""
+    with warnings.catch_warnings():
+        for category, message in _TORCH_INTERNAL_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from .axes import opaque, opaque_label, plain
 from .inputs import lattice_for_tokens, lattice_from_ids, lattice_from_shapes  # noqa: F401 (re-exported)
 from .match_attention import SDPA
 from .propagate import propagate
-from .site import Layout, Segment, Site
+from .site import Layout, Segment, Site, module_of, source_of
 
 
 from ..errors import LayoutError  # noqa: F401  (re-exported)
@@ -230,8 +230,9 @@ def _nearest_loss(node: fx.Node, lost: dict) -> str | None:
                 if a in seen:
                     continue
                 seen.add(a)
-                if a in lost:
-                    return f"{lost[a]} ({a.name})"
+                if a in lost:  # the op, then where the user wrote it (source line, module path)
+                    src = source_of(a)
+                    return f"{lost[a]} ({(src + ' ') if src else ''}in {module_of(a) or 'the top-level forward'})"
                 nxt.append(a)
         frontier = nxt
     return None

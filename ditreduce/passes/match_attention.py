@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 
-from .site import Site, block_of, module_of
+from .site import Site, block_of, module_of, where
 
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
@@ -268,9 +268,34 @@ def _site(node: fx.Node) -> Site:
     site = Site(node=node, module=module, block=idx, block_group=group, q_len=q_len, kv_len=kv_len,
                 batch=batch, heads=heads, head_dim=head_dim, v_dim=v_dim)
     if not static:
-        site.skip_reason = ("data-dependent shape: the sequence length is only known at run time (e.g. a loop over "
-                            "the valid tokens of each sample); ditreduce needs static token counts")
+        origin = _size_origin(node)
+        at = f", set by {where(origin)}" if origin is not None else ""
+        site.skip_reason = (f"data-dependent shape: the sequence length is only known at run time{at} (e.g. a loop "
+                            "over the valid tokens of each sample); ditreduce needs static token counts: pad the "
+                            "sequence to a fixed length and pass the padding as an attention mask instead")
     return site
+
+
+def _dynamic(v) -> bool:
+    if isinstance(v, (tuple, list)):
+        return any(_dynamic(x) for x in v)
+    return isinstance(v, torch.Tensor) and not all(isinstance(d, int) for d in v.shape)
+
+
+def _size_origin(node: fx.Node, limit: int = 2000) -> fx.Node | None:
+    """The op whose output size first became data-dependent on the way to `node` (e.g. a boolean-mask index
+    of the text, `text[mask]`): a dynamic-shaped node none of whose inputs is."""
+    seen, stack = set(), [node]
+    while stack and len(seen) < limit:
+        n = stack.pop()
+        if n in seen or not isinstance(n, fx.Node):
+            continue
+        seen.add(n)
+        ins = [a for a in n.all_input_nodes if _dynamic(_val(a))]
+        if _dynamic(_val(n)) and not ins and n.op == "call_function":
+            return n
+        stack.extend(ins)
+    return None
 
 
 def match_attention(gm: fx.GraphModule, model: torch.nn.Module | None = None) -> MatchResult:
@@ -292,6 +317,8 @@ def match_attention(gm: fx.GraphModule, model: torch.nn.Module | None = None) ->
             s.origin = node.meta.get("ditreduce_origin", "sdpa")
             sites.append(s)
     _number_blocks(sites)
+    for s in sites:
+        s.owners = _owners(s)
     unmatched = _unmatched(model, sites, gm) if model is not None else {}
     return MatchResult(sites, canon, {**unmatched, **failed})
 
@@ -337,9 +364,50 @@ def _number_blocks(sites: list[Site]) -> None:
             s.block = order[key]
 
 
+PROJECTIONS = {aten.linear.default, aten.addmm.default, aten.mm.default, aten.matmul.default, aten.bmm.default}
+_OWNER_WALK = 64  # nodes: q / k / v reach their projections in a few ops (views, norms, RoPE, casts)
+
+
+def _projection_owner(n: fx.Node) -> str:
+    """The module that holds a projection: the owner of an nn.Linear by path (attn.to_q → attn, even when the
+    parent calls attn.to_q directly), else the module that called F.linear."""
+    stack = list((n.meta.get("nn_module_stack") or {}).values())
+    path = module_of(n)
+    if stack and "Linear" in str(stack[-1][1]) and "." in path:
+        return path.rsplit(".", 1)[0]
+    return path
+
+
+def _owners(site: Site) -> tuple[str, ...]:
+    """The modules whose projections feed the site: backwards from q / k / v and forwards from the output to
+    the first projection (with a weight, not the attention's own products) on each path."""
+    found: list[str] = []
+
+    def walk(starts, step):
+        seen, stack = set(), list(starts)
+        while stack and len(seen) < _OWNER_WALK:
+            n = stack.pop()
+            if not isinstance(n, fx.Node) or n in seen or n.op != "call_function":
+                continue
+            seen.add(n)
+            if n.target in PROJECTIONS and any(isinstance(a, fx.Node) and a.op == "get_attr" for a in n.all_input_nodes):
+                m = _projection_owner(n)
+                if m and m not in found:
+                    found.append(m)
+                continue
+            if n.target == SDPA and n is not site.node:
+                continue
+            stack.extend(step(n))
+
+    walk(site.node.args[:3], lambda n: n.all_input_nodes)
+    walk(list(site.node.users), lambda n: list(n.users))
+    return tuple(m for m in found if m != site.module)
+
+
 def _unmatched(model: torch.nn.Module, sites: list[Site], gm: fx.GraphModule) -> dict[str, str]:
-    """Attention modules (by class name) with no matched softmax-attention site inside."""
-    matched = {s.module for s in sites}
+    """Attention modules (by class name) with no matched softmax-attention site inside, and none whose
+    projections feed a matched site (a module holding only projections while its parent runs the sdpa)."""
+    matched = {s.module for s in sites} | {m for s in sites for m in s.owners}
     ran = {module_of(n) for n in gm.graph.nodes if n.op == "call_function"}
     out = {}
     for name, mod in model.named_modules():

@@ -28,6 +28,7 @@ from ..methods.graph import embed, image_tokens, select_tokens
 from ..methods.lattice import cfg_pairs
 from . import axes
 from .axes import axis_labels
+from .capture import quiet_export_warnings
 from .scope import CHECKS, RegionPlan, image_seg, token_dim
 from .site import Site
 
@@ -43,7 +44,8 @@ def _sdpa_args(node: fx.Node) -> dict:
 
 def _copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     graph = fx.Graph()
-    graph._codegen = copy.deepcopy(gm.graph._codegen)
+    with quiet_export_warnings():  # the codegen's pytree specs: torch's own LeafSpec deprecation on copy
+        graph._codegen = copy.deepcopy(gm.graph._codegen)
     out = graph.graph_copy(gm.graph, {})
     graph.output(out)
     new = fx.GraphModule(gm, graph)
@@ -411,14 +413,22 @@ def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple) -> fx.GraphMo
     return new
 
 
+WIDER_SCOPES = ("block", "attention+proj")   # widest first
+
+
 def site_plan(site: Site, cfg):
-    """The RegionPlan a site really gets for its config, or the reason it keeps `attention` (a str)."""
+    """The RegionPlan a site really gets for its config — the widest scope it allows, at most the one asked
+    for (`block` refused falls back to `attention+proj`) — or the reason it keeps `attention` (a str)."""
     if cfg.scope == "attention":
         return "attention"
     if not get_method(cfg.method).reduces_q:
         return (f"{cfg.method} reduces keys/values only: its region sits around the sdpa (the q projection "
                 "needs every token)")
-    return site.extra.get("scopes", {}).get(cfg.scope, "scope not planned for this site")
+    plans = site.extra.get("scopes", {})
+    for scope in WIDER_SCOPES[WIDER_SCOPES.index(cfg.scope):]:
+        if isinstance(plans.get(scope), RegionPlan):
+            return plans[scope]
+    return plans.get(cfg.scope, "scope not planned for this site")
 
 
 def region_nodes(gm: fx.GraphModule) -> list[fx.Node]:

@@ -1,7 +1,8 @@
 """Pass 3b — scope: how far a site's region may widen beyond the sdpa, proved on the axis labels.
 
 For `attention+proj` the region starts at the tensor the q/k/v projections read and ends after the
-output projection; for `block` it starts at the block's image-token input and ends at its output.
+output projection; for `block` it starts at the block's image-token input and ends at its output, the
+block read by dataflow (block_nodes: what its modules recorded plus every node on a path between them).
 The region is kept only if every op inside is proved token-wise by the labels (it never mixes image
 tokens across the token dimension — except the site's own sdpa, and cross-attention whose keys carry
 no image tokens), so that running it on a subset of tokens computes exactly those tokens' values.
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 
-from .site import Site, block_of, module_of
+from .site import Site, block_of, module_of, where
 
 aten = torch.ops.aten
 PROJECTIONS = {aten.linear.default, aten.addmm.default, aten.mm.default}
@@ -37,10 +38,30 @@ TOKENWISE = {
     aten.masked_fill.Scalar, aten.copy.default, aten.lerp.Scalar, aten.native_dropout.default,
     aten.empty_like.default, aten.zeros_like.default, aten.ones_like.default, aten.full_like.default,
     aten.slice_scatter.default, aten.select_scatter.default, operator.getitem, SDPA,
+    # audit against propagate.RULES (issue 19): value-preserving copies and casts, and elementwise ops
+    aten.to.dtype_layout, aten.to.device, aten.lift_fresh_copy.default, aten.masked_fill.Tensor,
+    # token-wise unless over the token dim: checked in _Walker.check_tokenwise (dims below)
+    aten.log_softmax.int, aten._safe_softmax.default, aten.std.correction, aten.linalg_vector_norm.default,
+    # token-wise only for some arguments, checked in _Walker._conditional: repeat / repeat_interleave unless
+    # along the token dim (that duplicates tokens); einsum if every token letter survives to the output (else it
+    # sums over tokens); group_norm only with tokens on dim 0 (its statistics span every dim after the
+    # channels); convolutions only 1×1, stride 1, no padding, not transposed, tokens not on the channel dim
+    # (a wider kernel mixes neighbouring tokens)
+    aten.repeat.default, aten.repeat_interleave.self_int, aten.einsum.default, aten.group_norm.default,
+    aten.native_group_norm.default, aten.convolution.default, aten.conv1d.default, aten.conv2d.default,
+    aten.conv3d.default,
 }
+# Every op propagate.RULES has a rule for is in TOKENWISE (tests/test_any_dit.py checks it); ops without a
+# rule lose the labels, so a region through them is refused as "not proved token-wise".
+SOFTMAXES = {aten.softmax.int, aten._softmax.default, aten.log_softmax.int, aten._safe_softmax.default}
+# elementwise ops without torch's pointwise tag: their operands broadcast like a pointwise op's
+ELEMENTWISE = {aten.masked_fill.Tensor, aten.copy.default}
 CHECKS = {aten._assert_tensor_metadata.default}
 CUTS = {aten.slice.Tensor, aten.split.Tensor, aten.split_with_sizes.default, operator.getitem}  # export's metadata asserts: dropped from rewritten graphs
-REDUCING = {aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.var.correction, aten.var_mean.correction}
+REDUCING = {aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.var.correction, aten.var_mean.correction,
+            aten.std.correction, aten.linalg_vector_norm.default}
+REDUCED_DIMS_ARG = {aten.linalg_vector_norm.default: 2}  # (self, ord, dim, ...); the others: (self, dim, ...)
+CONVS = {aten.convolution.default, aten.conv1d.default, aten.conv2d.default, aten.conv3d.default}
 SIZE_ARGS = {aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.expand.default}
 
 
@@ -81,10 +102,30 @@ def _lattice_atoms(label, seg) -> bool:
     return isinstance(label, tuple) and any(a[0] in names for dl in label for s in dl for a in s)
 
 
+NARROWER = {"block": "attention+proj", "attention+proj": "attention"}
+
+
+def _dims_arg(n: fx.Node, i: int):
+    dims = n.args[i] if len(n.args) > i else n.kwargs.get("dim")
+    return [dims] if isinstance(dims, int) else dims
+
+
 class _Walker:
-    def __init__(self, gm: fx.GraphModule, labels: dict, site: Site):
-        self.gm, self.labels, self.site = gm, labels, site
+    def __init__(self, gm: fx.GraphModule, labels: dict, site: Site, scope: str = "attention+proj"):
+        self.gm, self.labels, self.site, self.scope = gm, labels, site, scope
         self.seg = image_seg(site)
+
+    @property
+    def hint(self) -> str:
+        """What makes the site reducible anyway: the next narrower scope."""
+        return self.hint_for(self.scope)
+
+    @staticmethod
+    def hint_for(scope: str) -> str:
+        return f"; the site can use scope `{NARROWER[scope]}`"
+
+    def refuse(self, n: fx.Node, why: str) -> ScopeRefused:
+        return ScopeRefused(f"{where(n)} {why}{self.hint}")
 
     def carries(self, n) -> bool:
         if not isinstance(n, fx.Node):
@@ -93,6 +134,9 @@ class _Walker:
         if isinstance(lab, list):  # split / unbind: any part
             return any(token_dim(part, self.seg) is not None for part in lab)
         return token_dim(lab, self.seg) is not None
+
+    def tdim(self, n) -> int | None:
+        return token_dim(self.labels.get(n), self.seg) if isinstance(n, fx.Node) else None
 
     def partial(self, n) -> bool:
         """Lattice atoms present but not as one whole segment: tokens split across dims."""
@@ -103,30 +147,82 @@ class _Walker:
     def check_tokenwise(self, n: fx.Node, allow_sdpa: set) -> None:
         if n.target not in TOKENWISE and not (isinstance(n.target, torch._ops.OpOverload)
                                               and torch.Tag.pointwise in n.target.tags):
-            raise ScopeRefused(f"{n.target} ({n.name}) is not proved token-wise")
+            raise self.refuse(n, "is not proved token-wise (ditreduce has no rule showing it acts on each token "
+                                 "alone)")
         if self.partial(n):
-            raise ScopeRefused(f"{n.name} splits the image tokens across dimensions")
+            raise self.refuse(n, "splits the image tokens across dimensions (e.g. back to the H×W lattice)")
         if n.target == SDPA:
             if n not in allow_sdpa and self.carries(n.args[1]):
-                raise ScopeRefused(f"another attention over image tokens ({n.name}) inside the region")
+                raise self.refuse(n, f"is another attention over the image tokens inside the {self.scope} region")
             mask = n.args[3] if len(n.args) > 3 else n.kwargs.get("attn_mask")
             if mask is not None and self.carries(n.args[1]):
-                raise ScopeRefused(f"{n.name} has an attention mask over the image tokens")
+                raise self.refuse(n, "has an attention mask over the image tokens (it would have to be cut to the "
+                                     "kept tokens)")
             return
         ins = [a for a in n.all_input_nodes if self.carries(a)]
-        if n.target in REDUCING or n.target in (aten.softmax.int, aten._softmax.default):
+        if n.target in REDUCING or n.target in SOFTMAXES:
             x = n.args[0]
-            d = token_dim(self.labels.get(x), self.seg)
-            dims = n.args[1] if len(n.args) > 1 else None
-            dims = [dims] if isinstance(dims, int) else dims
-            if dims is None or (d is not None and any(dd % len(self.labels[x]) == d for dd in dims)):
-                raise ScopeRefused(f"{n.target} ({n.name}) reduces over the token dimension")
+            d = self.tdim(x)
+            dims = _dims_arg(n, REDUCED_DIMS_ARG.get(n.target, 1))
+            if not dims or (d is not None and any(dd % len(self.labels[x]) == d for dd in dims)):
+                raise self.refuse(n, "reduces over the token dimension (a statistic over all image tokens)")
         if n.target in (aten.matmul.default, aten.bmm.default, aten.mm.default) and len(ins) == 2:
-            raise ScopeRefused(f"{n.name}: a product of two token tensors mixes tokens")
+            raise self.refuse(n, "multiplies two image-token tensors (it mixes tokens)")
         if n.target in (aten.mm.default, aten.matmul.default, aten.bmm.default) and len(n.args) > 1:
             b = n.args[1]
-            if self.carries(b) and token_dim(self.labels[b], self.seg) == len(self.labels[b]) - 2:
-                raise ScopeRefused(f"{n.name} contracts over the token dimension")
+            if self.carries(b) and self.tdim(b) == len(self.labels[b]) - 2:
+                raise self.refuse(n, "contracts over the token dimension")
+        why = self._conditional(n)
+        if why:
+            raise self.refuse(n, why)
+
+    def _conditional(self, n: fx.Node) -> str | None:
+        """Ops that are token-wise only for some arguments: why not, or None."""
+        x = n.args[0] if n.args else None
+        d = self.tdim(x)
+        if n.target == aten.repeat.default and d is not None:
+            reps = list(n.args[1])
+            lead = len(reps) - len(self.labels[x])
+            if reps[lead + d] != 1:
+                return "repeats along the token dimension (tokens would be duplicated)"
+        elif n.target == aten.repeat_interleave.self_int and d is not None:
+            dim = n.args[2] if len(n.args) > 2 else n.kwargs.get("dim")
+            if dim is None or dim % len(self.labels[x]) == d:
+                return "repeats along the token dimension (tokens would be duplicated)"
+        elif n.target in (aten.group_norm.default, aten.native_group_norm.default) and d not in (None, 0):
+            return "normalises over groups that span the token dimension (statistics over all image tokens)"
+        elif n.target in CONVS and d is not None:
+            w = n.args[1].meta.get("val") if isinstance(n.args[1], fx.Node) else None
+            stride = n.args[3] if len(n.args) > 3 else 1
+            pad = n.args[4] if len(n.args) > 4 else 0
+            kernel_1 = w is not None and all(k == 1 for k in w.shape[2:])
+            flat = lambda v: list(v) if isinstance(v, (list, tuple)) else [v]  # noqa: E731
+            transposed = n.target == aten.convolution.default and n.args[6]
+            if d == 1 or transposed or not kernel_1 or any(v != 1 for v in flat(stride)) or any(flat(pad)):
+                return "convolves neighbouring image tokens (only a 1×1 convolution is token-wise)"
+        elif n.target == aten.einsum.default:
+            return self._einsum(n)
+        return None
+
+    def _einsum(self, n: fx.Node) -> str | None:
+        eq = n.args[0].replace(" ", "")
+        ops = list(n.args[1])
+        if "->" not in eq or "..." in eq:
+            return "is an einsum with an implicit output or `...`: which dims it sums is not proved"
+        ins, out = eq.split("->")
+        specs = ins.split(",")
+        letters = set()
+        for spec, a in zip(specs, ops):
+            d = self.tdim(a)
+            if d is not None:
+                if spec[d] not in out:
+                    return "sums over the token dimension"
+                letters.add(spec[d])
+        for spec, a in zip(specs, ops):
+            v = a.meta.get("val") if isinstance(a, fx.Node) else None
+            if self.tdim(a) is None and v is not None and any(c in letters and v.shape[i] > 1 for i, c in enumerate(spec)):
+                return "reads a tensor that runs along the token dimension with no token labels"
+        return None
 
 
 def _closure(start: list[fx.Node], step) -> set:
@@ -148,6 +244,25 @@ def _ancestors(nodes: list[fx.Node]) -> set:
     return _closure(nodes, lambda n: n.all_input_nodes)
 
 
+# same-shape copies a projection may read instead of the shared tensor (model-parallel linears: a view /
+# reshape / contiguous copy of the normalised hidden states per projection)
+SAME_SHAPE_COPIES = {aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.contiguous.default,
+                     aten.clone.default, aten.alias.default, aten.detach.default, aten.expand.default}
+
+
+def _val_shape(n):
+    v = n.meta.get("val") if isinstance(n, fx.Node) else None
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+
+
+def _through_same_shape(w: _Walker, x: fx.Node) -> fx.Node:
+    """The tensor behind a chain of same-shape views / reshapes / contiguous copies (same labels too)."""
+    while (x.op == "call_function" and x.target in SAME_SHAPE_COPIES and isinstance(x.args[0], fx.Node)
+           and _val_shape(x.args[0]) == _val_shape(x) is not None and w.labels.get(x.args[0]) == w.labels.get(x)):
+        x = x.args[0]
+    return x
+
+
 def _projection_inputs(w: _Walker, start: fx.Node) -> set:
     """Walking back from q / k / v over image-carrying ops: the image tensors the projections read."""
     found, seen, stack = set(), set(), [start]
@@ -159,7 +274,7 @@ def _projection_inputs(w: _Walker, start: fx.Node) -> set:
         if n.target in PROJECTIONS:
             x = n.args[1] if n.target == aten.addmm.default else n.args[0]
             if w.carries(x):
-                found.add(x)
+                found.add(_through_same_shape(w, x))
                 continue
         stack.extend(a for a in n.all_input_nodes if w.carries(a))
     return found
@@ -188,12 +303,15 @@ def _plan_between(w: _Walker, entry: fx.Node, ends: set, scope: str, allow_sdpa:
         outside = [u for u in n.users if u not in inside and u.target not in CHECKS]
         if outside and w.carries(n):
             if n not in ends:
-                raise ScopeRefused(f"{n.name} leaves the region before its end (used by {outside[0].name})")
+                raise ScopeRefused(
+                    f"{where(n)} is also used outside the {scope} region, by {where(outside[0])}: only the region's "
+                    f"end can be handed back at full length{w.hint}")
             exits.append(n.name)
         elif outside and n.target in CUTS:
             continue  # a text part cut out of a joint sequence: full length, leaves unchanged
         elif outside and _lattice_atoms(w.labels.get(n), w.seg):
-            raise ScopeRefused(f"{n.name} leaves the region with image tokens in an unknown form")
+            raise ScopeRefused(f"{where(n)} leaves the {scope} region (used by {where(outside[0])}) with the image "
+                               f"tokens split across dimensions{w.hint}")
     for n in region:  # tensors from outside that run along the token dimension
         for a in n.all_input_nodes:
             if a in inside or a is entry:
@@ -201,13 +319,14 @@ def _plan_between(w: _Walker, entry: fx.Node, ends: set, scope: str, allow_sdpa:
             if w.carries(a) or _along_tokens(w, n, a):
                 gathers.append((a.name, n.name))
     if not exits:
-        raise ScopeRefused("no image-token output at the region's end")
+        raise ScopeRefused(f"the {scope} region of {w.site.module} hands no image-token tensor back{w.hint}")
     return RegionPlan(scope, entry.name, [n.name for n in region], exits, residual, gathers)
 
 
 def _along_tokens(w: _Walker, consumer: fx.Node, a: fx.Node) -> bool:
     """An unlabelled operand broadcast against a token dim of full length (a RoPE table, a mask)."""
-    if not (isinstance(consumer.target, torch._ops.OpOverload) and torch.Tag.pointwise in consumer.target.tags):
+    if consumer.target not in ELEMENTWISE and not (isinstance(consumer.target, torch._ops.OpOverload)
+                                                    and torch.Tag.pointwise in consumer.target.tags):
         return False  # only elementwise broadcasting aligns an operand's dims with the token dim
     lab = w.labels.get(consumer)
     d = token_dim(lab, w.seg)
@@ -218,16 +337,30 @@ def _along_tokens(w: _Walker, consumer: fx.Node, a: fx.Node) -> bool:
     return 0 <= j < av.dim() and av.shape[j] == cv.shape[d] and av.shape[j] > 1
 
 
+def _listed(nodes) -> str:
+    nodes = sorted(nodes, key=lambda n: n.name)
+    more = f" and {len(nodes) - 3} more" if len(nodes) > 3 else ""
+    return "; ".join(where(n) for n in nodes[:3]) + more
+
+
+def _count(nodes) -> str:
+    return f"{len(nodes)} image-token tensor" + ("" if len(nodes) == 1 else "s")
+
+
 def plan_attention_proj(gm: fx.GraphModule, labels: dict, site: Site) -> RegionPlan:
-    w = _Walker(gm, labels, site)
+    w = _Walker(gm, labels, site, "attention+proj")
     sdpa = site.node
     entries = set()
     for arg in sdpa.args[:3]:
         if w.carries(arg):
             entries |= _projection_inputs(w, arg)
-    if len(entries) != 1:
-        raise ScopeRefused("the q/k/v projections do not read one image tensor" if entries else
-                           "no projection found before the attention")
+    if len(entries) > 1:
+        raise ScopeRefused(f"the q/k/v projections of {site.module} read {len(entries)} different image-token tensors "
+                           f"({_listed(entries)}); attention+proj needs the one tensor they all project (e.g. the "
+                           f"normalised hidden states){w.hint}")
+    if not entries:
+        raise ScopeRefused(f"no q/k/v projection (a linear layer on the image tokens) found before {where(sdpa)}"
+                           f"{w.hint}")
     entry = entries.pop()
     after = {sdpa} | _users_closure([sdpa])
     ends, seen, stack = set(), set(), [sdpa]
@@ -243,21 +376,50 @@ def plan_attention_proj(gm: fx.GraphModule, labels: dict, site: Site) -> RegionP
             seen.add(u)
             (ends.add if u.target in PROJECTIONS else stack.append)(u)
     if not ends:
-        raise ScopeRefused("no output projection after the attention")
+        raise ScopeRefused(f"no output projection (a linear layer) after {where(sdpa)}{w.hint}")
     return _plan_between(w, entry, ends, "attention+proj", {sdpa})
 
 
+def block_nodes(gm: fx.GraphModule, prefix: str) -> set:
+    """The nodes of block `prefix` by dataflow: those its modules recorded, plus every node on a path between
+    two of them — a rotary module owned by the top-level model and called inside the block, a residual add
+    written in a parent's loop between two sub-modules of the block."""
+    recorded = {n for n in gm.graph.nodes if n.op == "call_function" and n.target not in CHECKS and
+                (module_of(n) == prefix or module_of(n).startswith(prefix + "."))}
+    if not recorded:
+        return recorded
+    between = _users_closure(list(recorded)) & _ancestors(list(recorded))
+    return recorded | {n for n in between if n.op == "call_function" and n.target not in CHECKS}
+
+
+def _block_ends(w: _Walker, in_block: set) -> set:
+    return {n for n in in_block if w.carries(n) and any(u not in in_block and u.target not in CHECKS for u in n.users)}
+
+
 def plan_block(gm: fx.GraphModule, labels: dict, site: Site) -> RegionPlan:
-    w = _Walker(gm, labels, site)
+    w = _Walker(gm, labels, site, "block")
     group, idx = block_of(site.module)
     prefix = f"{group}.{idx}"
-    in_block = {n for n in gm.graph.nodes if n.op == "call_function" and
-                (module_of(n) == prefix or module_of(n).startswith(prefix + "."))}
+    in_block = block_nodes(gm, prefix)
     entries = {a for n in in_block for a in n.all_input_nodes if a not in in_block and w.carries(a)}
-    ends = {n for n in in_block if w.carries(n) and any(u not in in_block for u in n.users)}
+    ends = _block_ends(w, in_block)
+    while len(entries) == 1 and len(ends) > 1:  # residual adds written in the parent's loop (a ModuleList layer
+        joins = {u for e in ends for u in e.users if u not in in_block and u.target not in CHECKS}  # with no forward)
+        j = joins.pop() if len(joins) == 1 else None
+        entry = next(iter(entries))
+        if j is None or w.labels.get(j) != w.labels.get(entry) or _val_shape(j) != _val_shape(entry):
+            break  # the outputs meet in one op shaped like the block's input: the block ends there
+        in_block = in_block | {j}
+        ends = _block_ends(w, in_block)
     if len(entries) != 1 or len(ends) != 1:
-        raise ScopeRefused(f"block {prefix} has {len(entries)} image inputs and {len(ends)} image outputs (need 1 and 1)")
-    allow = {n for n in in_block if n.target == SDPA}
+        raise ScopeRefused(
+            f"block {prefix} reads {_count(entries)} from outside ({_listed(entries) or 'none'}) and "
+            f"hands {_count(ends)} back ({_listed(ends) or 'none'}); block scope needs one image input and one image "
+            f"output, as in `x = block(x, ...)`{w.hint}")
+    # only the block's own attentions: one that lies between its modules but another module recorded (a
+    # different block's, a shared block called twice) still refuses the region
+    allow = {n for n in in_block if n.target == SDPA and (module_of(n) == prefix or module_of(n).startswith(prefix + "."))}
+    allow.add(site.node)
     return _plan_between(w, entries.pop(), ends, "block", allow, residual=True)
 
 
@@ -273,10 +435,14 @@ def plan_scopes(gm: fx.GraphModule, labels: dict, sites: list[Site]) -> None:
             continue
         for scope, planner in PLANNERS.items():
             if scope == "block" and site.block is None:
-                plans[scope] = "the site is not inside a repeated block"
+                plans[scope] = (f"{site.module or 'the site'} is not inside a repeated block (no `<name>.<index>` "
+                                f"module such as blocks.3 around it){_Walker.hint_for('block')}")
                 continue
             try:
                 plans[scope] = planner(gm, labels, site)
             except ScopeRefused as e:
                 plans[scope] = str(e)
+        proj, block = plans.get("attention+proj"), plans.get("block")
+        if isinstance(proj, str) and isinstance(block, str):  # the next narrower scope is refused too
+            plans["block"] = block.replace(_Walker.hint_for("block"), _Walker.hint_for("attention+proj"))
         site.extra["scopes"] = plans

@@ -69,6 +69,8 @@ class Site:
     skip_reason: str | None = None
     lost_at: str | None = None     # the op that stopped layout inference, if any
     origin: str = "sdpa"           # "sdpa" or "matmul-softmax" (canonicalised hand-written attention)
+    owners: tuple[str, ...] = ()   # every module whose q/k/v/out projections feed this attention (a module that
+    #                                only holds projections while its parent runs the sdpa: Flux, MMDiT code)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -114,3 +116,37 @@ def block_of(module: str) -> tuple[str | None, int | None]:
     """The outermost `<name>.<int>` in a module path — the repeated block: ("transformer_blocks", 3)."""
     m = re.search(r"([A-Za-z_]\w*)\.(\d+)(?=\.|$)", module)
     return (module[: m.start(2) - 1], int(m.group(2))) if m else (None, None)
+
+
+_LIBRARY_FRAMES = ("/torch/", "/ditreduce/passes/", "<frozen ")  # torch's and our own frames; diffusers' count as the model's
+
+
+def source_of(node: fx.Node) -> str | None:
+    """The user's source line that recorded `node`, as "`code` (file.py:12)", from export's stack_trace
+    (the innermost frame outside torch and ditreduce); None where export kept no trace."""
+    trace = node.meta.get("stack_trace") if isinstance(node, fx.Node) else None
+    if not trace:
+        return None
+    frames = re.findall(r'File "([^"]+)", line (\d+), in [^\n]*\n\s*([^\n]*)', trace)
+    for path, line, code in reversed(frames):
+        code = re.sub(r"\s{2,}#.*$", "", code.strip())  # a trailing comment
+        if code and not any(part in path for part in _LIBRARY_FRAMES):
+            return f"`{code}` ({path.rsplit('/', 1)[-1]}:{line})"
+    return None
+
+
+def op_name(node: fx.Node) -> str:
+    """aten.repeat for aten.repeat.default: the op without its overload."""
+    t = node.target
+    name = getattr(t, "__name__", str(t))
+    if hasattr(t, "_schema"):
+        name = "aten." + t._schema.name.split("::")[-1]
+    return name
+
+
+def where(node: fx.Node) -> str:
+    """A node in the user's terms: the op, the source line that wrote it and the module path that ran it,
+    e.g. "aten.repeat `k = k.repeat(1, n_rep, 1, 1)` (model.py:40) in blocks.0.attn"."""
+    mod = module_of(node) or "the top-level forward"
+    src = source_of(node)
+    return f"{op_name(node)} {src} in {mod}" if src else f"{op_name(node)} in {mod}"
