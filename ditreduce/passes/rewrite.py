@@ -229,7 +229,8 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, labels: 
     # one dense copy at the entry when it is strided (e.g. a transposed patch embedding): every gather,
     # score and residual below reads it, and each would otherwise copy it again (no-op when contiguous)
     dense_entry = entry
-    if cfg.k != cfg.n:
+    identity = cfg.k == cfg.n and not regions.regions_forced()
+    if not identity:
         entry = b.call(torch.Tensor.contiguous, [entry])
     x0 = nodes[plan.exits[0]]
     tokens = None if b.method.static or b.method.stateful else b.call(image_tokens, [entry, d_e, start_e, n])
@@ -258,7 +259,7 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, labels: 
         d_x = token_dim(lab[x], seg)
         sel = b.embedded(_seg_start(lab[x][d_x], seg), axes.dim_size(lab[x][d_x]))
         after = x.next
-        if cfg.k == cfg.n:  # identity: nothing to reconstruct (exact)
+        if identity:  # nothing to reconstruct (exact)
             rec = x
         elif plan.residual:
             delta = b.call(operator.sub, [x, red_entry], before=after)
