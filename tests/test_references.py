@@ -189,3 +189,236 @@ def test_scope_matches_the_reference_on_a_hand_written_dit(method, scope, params
         ref = ref_handdit(model, kw["hidden_states"], kw["timestep"], scope, select)
         assert not torch.allclose(out, model(**kw)[0], atol=1e-4)  # it really reduced
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+# --- ToMe / DiTo: bipartite matching by brute force ------------------------------------------------
+def ref_destinations(lattice, seed):
+    """One destination per 2×2 window at a position drawn by a generator seeded with `seed` (tomesd); a
+    position outside a partial border window falls back to the window's top-left token."""
+    f, h, w = _fhw(lattice)
+    hw, ww = math.ceil(h / 2), math.ceil(w / 2)
+    pick = torch.randint(0, 4, (f, hw, ww), generator=_g(seed))
+    dst = []
+    for fi in range(f):
+        for wy in range(hw):
+            for wx in range(ww):
+                dy, dx = int(pick[fi, wy, wx]) // 2, int(pick[fi, wy, wx]) % 2
+                y, x = 2 * wy + (dy if 2 * wy + dy < h else 0), 2 * wx + (dx if 2 * wx + dx < w else 0)
+                dst.append((fi * h + y) * w + x)
+    return dst
+
+
+def _cos(a, b):
+    return float(F.cosine_similarity(a, b, dim=0))
+
+
+def ref_matching(x, lattice, k, seed=0, cfg="per_sample", count=None, lam=0.0):
+    """Per sample: (kept set, groups {dst: [dst, merged sources]}, merged sources). A source's candidates
+    are the destinations of its own and the 8 surrounding windows (same frame); the r = N - k sources
+    of highest score = best similarity - lam * count merge into their most similar candidate."""
+    f, h, w = _fhw(lattice)
+    n = f * h * w
+    dst = ref_destinations(lattice, seed)
+    srcs = [i for i in range(n) if i not in set(dst)]
+
+    def win(i):
+        return i // (h * w), (i // w) % h // 2, i % w // 2
+
+    sims = []
+    for b in range(x.shape[0]):
+        sims.append([{d: _cos(x[b, s], x[b, d]) for d in dst
+                      if win(d)[0] == win(s)[0] and abs(win(d)[1] - win(s)[1]) <= 1 and abs(win(d)[2] - win(s)[2]) <= 1}
+                     for s in srcs])
+    if cfg == "shared" and x.shape[0] % 2 == 0:
+        half = x.shape[0] // 2
+        for b in range(half):
+            for si in range(len(srcs)):
+                mean = {d: (sims[b][si][d] + sims[b + half][si][d]) / 2 for d in sims[b][si]}
+                sims[b][si] = sims[b + half][si] = mean
+    out = []
+    for b in range(x.shape[0]):
+        best = [max(sims[b][si].items(), key=lambda kv: kv[1]) for si in range(len(srcs))]
+        score = [best[si][1] - (lam * float(count[b, si]) if count is not None else 0.0) for si in range(len(srcs))]
+        merged = sorted(range(len(srcs)), key=lambda si: -score[si])[:n - k]
+        groups = {d: [d] for d in dst}
+        for si in merged:
+            groups[best[si][0]].append(srcs[si])
+        kept = set(dst) | {srcs[si] for si in range(len(srcs)) if si not in merged}
+        out.append((kept, groups, merged))
+    return out
+
+
+def _group_means(x, groups_per_sample):
+    """Every token's expected value after reduce -> reconstruct: the mean of its merge group."""
+    out = x.clone()
+    for b, groups in enumerate(groups_per_sample):
+        for members in groups.values():
+            out[b, members] = x[b, members].mean(0)
+    return out
+
+
+def _check_matching(x, sel, ref):
+    for b, (kept, _, _) in enumerate(ref):
+        assert set(sel.kept[b].tolist()) == kept
+    rec = reconstruct_tokens(reduce_tokens(x, sel, 1), sel, 1)
+    torch.testing.assert_close(rec, _group_means(x, [g for _, g, _ in ref]))
+
+
+@pytest.mark.parametrize("lattice", [(6, 8), (5, 7), (2, 4, 5)])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_tome_matches_brute_force_bipartite_matching(lattice, seed):
+    n = math.prod(lattice)
+    x = torch.randn(2, n, 6, generator=_g(7))
+    meth = get_method("tome")(seed=seed, cfg="per_sample")
+    k = meth.kept_count(n, n - round(0.4 * n), lattice)
+    sel, _ = meth.select(x, lattice, k)
+    _check_matching(x, sel, ref_matching(x, lattice, k, seed))
+
+
+def test_dito_matches_from_the_previous_outputs_with_the_count_penalty():
+    lattice, lam = (6, 6), 0.3
+    n = math.prod(lattice)
+    y = torch.randn(2, n, 6, generator=_g(8))  # the site's outputs at the previous step
+    s = n - len(ref_destinations(lattice, 0))
+    count = torch.randint(0, 4, (2, s), generator=_g(9)).float()
+    k = get_method("dito")().kept_count(n, n // 2, lattice)
+    merged, unmerged, arg, count2 = dito_match(y, count, lattice=lattice, k=k, seed=0, cfg="per_sample", lam=lam)
+    sel = dito_selection(merged, unmerged, arg, n=n, lattice=lattice, k=k, seed=0)
+    ref = ref_matching(y, lattice, k, count=count, lam=lam)
+    _check_matching(y, sel, ref)
+    for b, (_, _, ref_merged) in enumerate(ref):
+        expect = count[b].clone()
+        expect[ref_merged] += 1
+        torch.testing.assert_close(count2[b], expect)
+    # the penalty changes which sources merge (so the check above really covers it)
+    assert [r[2] for r in ref] != [r[2] for r in ref_matching(y, lattice, k)]
+
+
+# --- CoReDiT: anchors, pruning order, slot and pooled weights ----------------------------------------
+def ref_coredit(x, lattice, k, tau=0.1, slots=1, cfg="per_sample"):
+    """Per sample: (kept set, W) with W[i] = {kept token j: reconstruct weight}. Score: mean cosine to the
+    in-frame 8-neighbours; the least coherent token of each 2×2 window is an anchor (kept), then the least
+    coherent of the rest are kept; a pruned token takes softmax(cos / tau) over its `slots` most similar
+    kept neighbours."""
+    f, h, w = _fhw(lattice)
+    n = f * h * w
+
+    def nbrs(i):
+        fi, y, xx = i // (h * w), (i // w) % h, i % w
+        return [(fi * h + y + dy) * w + xx + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                if (dy or dx) and 0 <= y + dy < h and 0 <= xx + dx < w]
+
+    sims = [[{j: _cos(x[b, i], x[b, j]) for j in nbrs(i)} for i in range(n)] for b in range(x.shape[0])]
+    if cfg == "shared" and x.shape[0] % 2 == 0:
+        half = x.shape[0] // 2
+        for b in range(half):
+            for i in range(n):
+                mean = {j: (sims[b][i][j] + sims[b + half][i][j]) / 2 for j in sims[b][i]}
+                sims[b][i] = sims[b + half][i] = mean
+    out = []
+    for b in range(x.shape[0]):
+        score = [sum(sims[b][i].values()) / len(sims[b][i]) for i in range(n)]
+        anchors = set()
+        for fi in range(f):
+            for y0 in range(0, h, 2):
+                for x0 in range(0, w, 2):
+                    cell = [(fi * h + y) * w + xx for y in range(y0, min(y0 + 2, h)) for xx in range(x0, min(x0 + 2, w))]
+                    anchors.add(min(cell, key=lambda i: score[i]))
+        rest = sorted((i for i in range(n) if i not in anchors), key=lambda i: score[i])
+        kept = anchors | set(rest[:k - len(anchors)])
+        weights = {}
+        for i in range(n):
+            if i in kept:
+                weights[i] = {i: 1.0}
+                continue
+            cands = sorted((j for j in nbrs(i) if j in kept), key=lambda j: -sims[b][i][j])[:slots]
+            e = torch.softmax(torch.tensor([sims[b][i][j] / tau for j in cands], dtype=torch.float64), 0)
+            weights[i] = dict(zip(cands, e.tolist()))
+        out.append((kept, weights))
+    return out
+
+
+def _check_coredit(x, sel, ref, pool):
+    b, n, c = x.shape
+    y = torch.randn(b, sel.kept.shape[1], c, generator=_g(10))  # outputs of the kept tokens
+    rec, red = reconstruct_tokens(y, sel, 1), reduce_tokens(x, sel, 1)
+    for bi, (kept, weights) in enumerate(ref):
+        order = sel.kept[bi].tolist()
+        assert set(order) == kept
+        pos = {tok: p for p, tok in enumerate(order)}
+        expect = torch.stack([sum(wt * y[bi, pos[j]] for j, wt in weights[i].items()) for i in range(n)])
+        torch.testing.assert_close(rec[bi], expect, rtol=1e-4, atol=1e-5)
+        for p, j in enumerate(order):  # pooled: the transpose of the reconstruction weights
+            into = {i: weights[i][j] for i in range(n) if i != j and j in weights[i]}
+            pooled = (x[bi, j] + sum(wt * x[bi, i] for i, wt in into.items())) / (1 + sum(into.values()))
+            torch.testing.assert_close(red[bi, p], pooled if pool else x[bi, j], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("lattice", [(5, 7), (6, 6), (2, 3, 5)])
+@pytest.mark.parametrize("slots,pool", [(1, True), (1, False), (3, True), (8, False)])
+def test_coredit_matches_the_definition(lattice, slots, pool):
+    n = math.prod(lattice)
+    x = torch.randn(2, n, 8, generator=_g(11))
+    meth = get_method("coredit")(slots=slots, pool=pool, cfg="per_sample")
+    k = meth.kept_count(n, n - round(0.5 * n), lattice)
+    sel, _ = meth.select(x, lattice, k)
+    assert (sel.w is None) == (slots == 1)
+    _check_coredit(x, sel, ref_coredit(x, lattice, k, slots=slots), pool)
+
+
+def test_coredit_defaults_are_one_slot_and_pooled():
+    lattice, n = (6, 6), 36
+    x = torch.randn(1, n, 8, generator=_g(12))
+    meth = get_method("coredit")()
+    k = meth.kept_count(n, 18, lattice)
+    sel, _ = meth.select(x, lattice, k)
+    _check_coredit(x, sel, ref_coredit(x, lattice, k, slots=1), pool=True)
+
+
+# --- CFG: halves with different conditioning, per-sample vs shared selection -------------------------
+def _cfg_batch():
+    g = _g(13)
+    base = torch.randn(2, 36, 8, generator=g)
+    return torch.cat([base, base + 0.7 * torch.randn(2, 36, 8, generator=g)])  # [uncond | cond]
+
+
+@pytest.mark.parametrize("cfg", ["per_sample", "shared"])
+def test_cfg_selection_matches_the_reference(cfg):
+    x, lattice, n = _cfg_batch(), (6, 6), 36
+    co = get_method("coredit")(cfg=cfg, slots=3)
+    k = co.kept_count(n, 18, lattice)
+    sel, _ = co.select(x, lattice, k)
+    ref = ref_coredit(x, lattice, k, slots=3, cfg=cfg)
+    _check_coredit(x, sel, ref, pool=True)
+    tm = get_method("tome")(cfg=cfg)
+    kt = tm.kept_count(n, 18, lattice)
+    tsel, _ = tm.select(x, lattice, kt)
+    tref = ref_matching(x, lattice, kt, cfg=cfg)
+    _check_matching(x, tsel, tref)
+    same = [ref[0][0] == ref[2][0], tref[0][0] == tref[2][0]]
+    assert same == ([True, True] if cfg == "shared" else [False, False])
+
+
+# --- ToDo: adaptive-pooling cells on non-divisible lattices ----------------------------------------
+@pytest.mark.parametrize("lattice", [(5, 7), (7, 5), (2, 5, 7), (6, 6)])
+@pytest.mark.parametrize("ratio", [0.5, 0.75])
+def test_todo_pooling_matches_adaptive_pooling(lattice, ratio):
+    f, h, w = _fhw(lattice)
+    n, c = f * h * w, 3
+    x = torch.randn(2, n, c, generator=_g(14))
+    k = n - round(ratio * n)
+    s = math.sqrt(k / n)  # a kv grid of k / n of the tokens, sqrt(k / n) per axis
+    hk, wk = max(1, min(h, round(h * s))), max(1, min(w, round(w * s)))
+    for mode in ("avg", "nearest"):
+        meth = get_method("todo")(mode=mode)
+        sel, _ = meth.select(None, lattice, k)
+        red = reduce_tokens(x, sel, 1)
+        grid = x.reshape(2, f, h, w, c).permute(0, 1, 4, 2, 3).reshape(2 * f, c, h, w)
+        if mode == "avg":
+            ref = F.adaptive_avg_pool2d(grid, (hk, wk))
+        else:  # the token nearest each adaptive bin's centre
+            rows = [(math.floor(i * h / hk) + math.ceil((i + 1) * h / hk) - 1) // 2 for i in range(hk)]
+            cols = [(math.floor(i * w / wk) + math.ceil((i + 1) * w / wk) - 1) // 2 for i in range(wk)]
+            ref = grid[:, :, rows][:, :, :, cols]
+        ref = ref.reshape(2, f, c, hk * wk).permute(0, 1, 3, 2).reshape(2, f * hk * wk, c)
+        torch.testing.assert_close(red, ref, rtol=1e-5, atol=1e-6)
