@@ -7,10 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import zoo
 from ditreduce import compile_with_reduction
-from ditreduce.methods import get_method
+from ditreduce.methods import METHODS, get_method
 from ditreduce.methods.dito import dito_match, dito_selection
 from ditreduce.regions import Selection, attention_region, embed_in_sequence, reconstruct_tokens, reduce_tokens
 
@@ -422,3 +424,36 @@ def test_todo_pooling_matches_adaptive_pooling(lattice, ratio):
             ref = grid[:, :, rows][:, :, :, cols]
         ref = ref.reshape(2, f, c, hk * wk).permute(0, 1, 3, 2).reshape(2, f * hk * wk, c)
         torch.testing.assert_close(red, ref, rtol=1e-5, atol=1e-6)
+
+
+# --- metamorphic: a redundant image ------------------------------------------------------------------
+def _redundant(family, batch, seed, grid):
+    """A zoo model whose image tokens are identical within each sample: a latent constant over the
+    lattice and no additive position embedding (RoPE models keep theirs: the values stay identical)."""
+    model, kw = zoo.build(family, grid=grid, batch=batch, seed=seed)
+    pos = getattr(getattr(model, "pos_embed", None), "pos_embed", None)
+    if isinstance(pos, torch.Tensor):
+        pos.zero_()
+    h = kw["hidden_states"]
+    kw["hidden_states"] = h.mean(tuple(range(2, h.dim())), keepdim=True).expand_as(h).contiguous()
+    return model, (kw if family == "handdit" else dict(kw, return_dict=False))
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(family=st.sampled_from(["handdit", "pixart", "dit", "wan"]), method=st.sampled_from(sorted(METHODS)),
+       scope=st.sampled_from(["attention", "attention+proj"]), ratio=st.floats(0.1, 0.75),
+       batch=st.integers(1, 2), seed=st.integers(0, 99))
+def test_a_redundant_image_reproduces_the_dense_self_attention(family, method, scope, ratio, batch, seed):
+    """Every image token of a sample identical: whatever is kept, merged or pooled, each self-attention
+    site's output is the common value, so the reduced model equals the dense one."""
+    grid = (2, 4, 4) if family in zoo.VIDEO else (4, 4)
+    model, kw = _redundant(family, batch, seed, grid)
+    times = [900.0, 600.0, 300.0] if method == "dito" else [500.0]  # dito: prime, match, reduce
+    sched = {"method": method, "ratio": ratio, "scope": scope, "kinds": ["self"], "num_steps": len(times)}
+    reduced = compile_with_reduction(model, sched)
+    with torch.no_grad(), reduced.generation(num_steps=len(times)):
+        for t in times:
+            call = dict(kw, timestep=torch.full_like(kw["timestep"], t))
+            out, ref = reduced(**call)[0], model(**call)[0]
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert any(c is not None and c.k < c.n for c in reduced.last_key)  # the last step really reduced
