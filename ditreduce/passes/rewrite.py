@@ -49,6 +49,13 @@ def _copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     return new
 
 
+def _device(node: fx.Node) -> torch.device:
+    """The device of a node's (first) tensor value."""
+    val = node.meta.get("val")
+    val = next((v for v in val if isinstance(v, torch.Tensor)), None) if isinstance(val, (tuple, list)) else val
+    return val.device if isinstance(val, torch.Tensor) else torch.device("cpu")
+
+
 class _Builder:
     """Inserts the selection of one site into a graph: constants or an in-graph select node, and the
     embeddings of the image selection into the sequence layouts that need it."""
@@ -94,8 +101,8 @@ class _Builder:
                 if t is None:
                     parts.append(None)
                     continue
-                attr = f"_ditreduce_{self.site.name}_{field}"
-                self.gm.register_buffer(attr, t.clone(), persistent=False)
+                attr = f"_ditreduce_{self.site.name}_{field}"  # on the graph's device (tables are built on CPU)
+                self.gm.register_buffer(attr, t.to(_device(self.before), copy=True), persistent=False)
                 with self.gm.graph.inserting_before(self.before):
                     parts.append(self.gm.graph.get_attr(attr))
             self.image_sel = self.call(regions.Selection, parts)
