@@ -3,6 +3,7 @@ rewritten with the model on a non-CPU device in bf16 / fp16 (meta), then each va
 FakeTensorMode with its parameters and inputs on `cuda`. A constant the rewrite or a method leaves on
 CPU is a FakeTensorDeviceMismatchError there; a float32 literal that promotes the half-precision
 stream, or an index dtype mix, shows in the output's dtype against the dense graph's."""
+import copy
 import warnings
 
 import pytest
@@ -78,6 +79,7 @@ def _to_fake_cuda(gm, mode):
 
 def _run_fake_cuda(gm, kw):
     mode = FakeTensorMode(allow_non_fake_inputs=True)
+    gm = copy.deepcopy(gm)  # the capture's own graph keeps its meta parameters for the next variants
     fake = _to_fake_cuda(gm, mode)
     with mode, _NoDeviceGuard(), torch.no_grad():
         out = gm(**{k: fake(v) for k, v in kw.items()})
@@ -102,17 +104,18 @@ CASES = [("handdit", torch.bfloat16), ("handdit", torch.float16),
 @pytest.mark.parametrize("family,dtype", CASES)
 def test_every_variant_runs_on_fake_cuda_in_half_precision(family, dtype):
     model, kw = _meta_model(family, dtype)
+    combos = [(m, s) for m in METHODS for s in SCOPES]  # one step per (method, scope): one capture for all
+    rules = [{"steps": [i], "method": m, "scope": s} for i, (m, s) in enumerate(combos)]
+    reduced = compile_with_reduction(model, {"ratio": 0.5, "num_steps": len(combos), "rules": rules})
     dense = None
-    for method in METHODS:
-        for scope in SCOPES:
-            reduced = compile_with_reduction(model, {"method": method, "ratio": 0.5, "scope": scope})
-            reduced.set_step(0, 1)
-            with torch.no_grad():
-                reduced(**kw)
-            cap = reduced._last
-            assert any(c is not None and c.k < c.n for c in reduced.last_key)
-            if dense is None:
-                dense = _run_fake_cuda(cap.graph, kw)
-                assert dense.device == CUDA
-            out = _run_fake_cuda(cap.variants[reduced.last_key], kw)
-            assert (out.device, out.dtype, out.shape) == (dense.device, dense.dtype, dense.shape), (method, scope)
+    for i, (method, scope) in enumerate(combos):
+        reduced.set_step(i, len(combos))
+        with torch.no_grad():
+            reduced(**kw)
+        cap = reduced._last
+        assert {(c.method, c.k < c.n) for c in reduced.last_key if c is not None} == {(method, True)}
+        if dense is None:
+            dense = _run_fake_cuda(cap.graph, kw)
+            assert dense.device == CUDA
+        out = _run_fake_cuda(cap.variants[reduced.last_key], kw)
+        assert (out.device, out.dtype, out.shape) == (dense.device, dense.dtype, dense.shape), (method, scope)
