@@ -148,8 +148,10 @@ def test_attention_proj_equals_attention_for_the_same_kept_set(family):
 
 
 @pytest.mark.parametrize("method", ["coredit", "tome"])
-def test_16k_tokens_lower_without_large_topk_or_banned_ops(method):
-    lattice, n = (128, 128), 128 * 128
+def test_large_lattices_lower_without_large_topk_or_banned_ops(method):
+    # TopKs above TensorRT's limit (3840) at half the 16k cost: CoReDiT keeps 4096, ToMe orders 4608 sources
+    lattice = (64, 128) if method == "coredit" else (64, 96)
+    n = math.prod(lattice)
     fn = coredit_select if method == "coredit" else tome_select
     k = grouped_k(n, n // 2) if method == "coredit" else tome_kept(n, n // 2, lattice)
 

@@ -33,7 +33,7 @@ def _lattice(family, data):
     return (data.draw(st.integers(2, 6)), data.draw(st.integers(2, 7)))
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_ratio_zero_is_equivalence(data):
     family = data.draw(st.sampled_from(FAMILIES))
