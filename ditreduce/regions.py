@@ -17,9 +17,11 @@ no per-element index reads, no scatter, no boolean mask, no data-dependent shape
 
 Contract: k == N means the identity selection. Methods return it at ratio zero, and the region then
 runs the plain dense ops (no gather at all), so ratio zero costs nothing and is exact.
+Inside `forced_regions()` it runs the full gather / sdpa / reconstruct path instead (for tests).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple, Optional
 
@@ -41,9 +43,27 @@ def identity_selection(n: int, device=None) -> Selection:
     return Selection(ar[None], ar[None, :, None], None)
 
 
+_FORCED = [False]
+
+
+@contextlib.contextmanager
+def forced_regions(on: bool = True):
+    """While active, k == N regions take the full reduce / sdpa / reconstruct path (rewrite reads it when
+    it builds a variant graph, attention_region when it runs), so ratio zero tests the region's math."""
+    prev, _FORCED[0] = _FORCED[0], on
+    try:
+        yield
+    finally:
+        _FORCED[0] = prev
+
+
+def regions_forced() -> bool:
+    return _FORCED[0]
+
+
 def is_identity(sel: Selection, n: int) -> bool:
-    """Static test (shapes only): the contract k == N means identity."""
-    return sel.kept.shape[-1] == n
+    """Static test (shapes only): the contract k == N means identity (never inside forced_regions())."""
+    return sel.kept.shape[-1] == n and not _FORCED[0]
 
 
 def take_tokens(x: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:

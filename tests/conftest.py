@@ -4,9 +4,19 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import HealthCheck, Phase, settings
 
 sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# `ci` (chosen when $CI is set): reproducible draws, no example database, failures print a reproduction blob.
+# `dev` (default): random draws, failing examples kept in .hypothesis/ and replayed first.
+# `mutation`: like ci but no shrinking (a deliberately broken build fails fast).
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.register_profile("mutation", derandomize=True, database=None, print_blob=True,
+                          phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
 @pytest.fixture(autouse=True)

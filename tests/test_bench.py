@@ -17,6 +17,7 @@ RESULT_KEYS = {"schema_version", "ditreduce_version", "created_utc", "command", 
 ROW_KEYS = {"model", "image_tokens", "blocks", "method", "scope", "backend", "nominal_ratio", "ratio", "schedule",
             "steps", "variants", "per_step_variant", "capture_s", "compile_s", "flops", "timing", "memory",
             "quality", "error"}
+THREADS_BEFORE = torch.get_num_threads()
 TIMING_KEYS = {"dense_baseline", "dense_s", "reduced_s", "call_speedup", "run_speedup", "achieved_over_ideal",
                "repeats", "dense_times", "variant_times", "busiest_variant", "graph_speedup"}
 
@@ -24,8 +25,16 @@ TIMING_KEYS = {"dense_baseline", "dense_s", "reduced_s", "call_speedup", "run_sp
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    assert main(["bench", "--quick", "--threads", "1", "--methods", "uniform,random", "--out", str(out)]) == 0
+    threads = torch.get_num_threads()  # --threads sets the process's thread count: restore it after
+    try:
+        assert main(["bench", "--quick", "--threads", "1", "--methods", "uniform,random", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return out
+
+
+def test_the_quick_bench_leaves_the_thread_count_as_it_found_it(quick):
+    assert torch.get_num_threads() == THREADS_BEFORE
 
 
 def test_quick_writes_every_output_with_the_versioned_schema(quick):

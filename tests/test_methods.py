@@ -12,7 +12,7 @@ from ditreduce.flops import count_flops
 from ditreduce.methods.coredit import CoReDiT, coherence, coredit_select
 from ditreduce.methods.lattice import MAX_TOPK, grouped_k, neighbour_cosines, neighbour_table
 from ditreduce.methods.todo import todo_selection
-from ditreduce.methods.tome import tome_kept, tome_select, tome_tables
+from ditreduce.methods.tome import tome_kept, tome_select
 from ditreduce.regions import reconstruct_tokens, reduce_tokens
 
 LATTICES = [(5, 7), (6, 6), (2, 3, 5)]
@@ -41,26 +41,33 @@ def test_coherence_matches_brute_force(lattice):
 
 @pytest.mark.parametrize("lattice", LATTICES)
 @pytest.mark.parametrize("ratio", [0.3, 0.5, 0.75])
-def test_coredit_structure(lattice, ratio):
+@pytest.mark.parametrize("params", [{}, {"slots": 3}, {"slots": 8, "pool": False}])
+def test_coredit_structure(lattice, ratio, params):
     n = math.prod(lattice)
-    k = CoReDiT().kept_count(n, n - round(ratio * n), lattice)
+    meth = CoReDiT(cfg="per_sample", **params)  # {}: the method's defaults (one slot, pooled)
+    k = meth.kept_count(n, n - round(ratio * n), lattice)
     x = torch.randn(3, n, 8, generator=torch.Generator().manual_seed(1))
-    sel = coredit_select(x, lattice, k)
+    sel, _ = meth.select(x, lattice, k)
     assert sel.kept.shape == (3, k)
+    w = torch.ones(sel.src.shape) if sel.w is None else sel.w
     nbr, valid = neighbour_table(lattice)
     for b in range(3):
         kept = set(sel.kept[b].tolist())
         assert len(kept) == k
-        torch.testing.assert_close(sel.w[b].sum(-1), torch.ones(n))  # rows sum to 1
+        torch.testing.assert_close(w[b].sum(-1), torch.ones(n))  # rows sum to 1
         for i in range(n):
+            used = w[b, i] > 0
+            sources = sel.kept[b, sel.src[b, i][used]].tolist()
             if i in kept:
-                assert sel.kept[b, sel.src[b, i, 0]] == i and sel.w[b, i, 0] == 1
+                assert sources == [i]
             else:  # a pruned token aggregates only retained in-frame neighbours
                 assert any(nbr[i, d].item() in kept for d in range(8) if valid[i, d])
-                used = sel.w[b, i] > 0
-                assert sel.w[b, i, 0] == 0 and used.any()
-                sources = sel.kept[b, sel.src[b, i][used]].tolist()
-                assert all(s in nbr[i][valid[i]].tolist() for s in sources)
+                assert sources and all(s in nbr[i][valid[i]].tolist() for s in sources)
+        if sel.msrc is not None:  # pooled: each reduced token mixes itself and in-frame neighbours, rows sum to 1
+            torch.testing.assert_close(sel.mw[b].sum(-1), torch.ones(k))
+            for j, tok in enumerate(sel.kept[b].tolist()):
+                mixed = sel.msrc[b, j][sel.mw[b, j] > 0].tolist()
+                assert sel.msrc[b, j, 0] == tok and set(mixed) <= {tok, *nbr[tok][valid[tok]].tolist()}
 
 
 def test_coredit_prunes_the_coherent_tokens():
@@ -76,10 +83,11 @@ def test_coredit_prunes_the_coherent_tokens():
 
 
 @pytest.mark.parametrize("lattice", LATTICES)
-def test_constant_lattice_reconstructs_exactly(lattice):
+@pytest.mark.parametrize("slots", [1, 3])
+def test_constant_lattice_reconstructs_exactly(lattice, slots):
     n = math.prod(lattice)
     x = torch.randn(1, 1, 6).expand(2, n, 6).contiguous()
-    sel = coredit_select(x, lattice, grouped_k(n, n // 2))
+    sel = coredit_select(x, lattice, grouped_k(n, n // 2), slots=slots)
     rec = reconstruct_tokens(reduce_tokens(x, sel, 1), sel, 1)
     torch.testing.assert_close(rec, x)
 
@@ -96,19 +104,6 @@ def test_tome_identical_2x2_groups_merge_and_unmerge_exactly(lattice):
     red = reduce_tokens(x, sel, 1)
     assert red.shape == (2, k, 8)
     torch.testing.assert_close(reconstruct_tokens(red, sel, 1), x)
-
-
-def test_tome_merge_is_the_mean_of_dst_and_its_sources():
-    lattice = (4, 4)
-    x = torch.randn(1, 16, 4, generator=torch.Generator().manual_seed(4))
-    sel = tome_select(x, lattice, 10)
-    t = tome_tables(lattice, 0)
-    red = reduce_tokens(x, sel, 1)
-    # reference: every source's target (by the unmerge map) averaged with its destination
-    target = sel.kept[0, sel.src[0, :, 0]]
-    for j, d in enumerate(t["dst_tok"].tolist()):
-        members = [i for i in range(16) if target[i] == d]
-        torch.testing.assert_close(red[0, j], x[0, members].mean(0))
 
 
 def test_todo_2x2_is_average_pooling():
@@ -153,8 +148,10 @@ def test_attention_proj_equals_attention_for_the_same_kept_set(family):
 
 
 @pytest.mark.parametrize("method", ["coredit", "tome"])
-def test_16k_tokens_lower_without_large_topk_or_banned_ops(method):
-    lattice, n = (128, 128), 128 * 128
+def test_large_lattices_lower_without_large_topk_or_banned_ops(method):
+    # TopKs above TensorRT's limit (3840) at half the 16k cost: CoReDiT keeps 4096, ToMe orders 4608 sources
+    lattice = (64, 128) if method == "coredit" else (64, 96)
+    n = math.prod(lattice)
     fn = coredit_select if method == "coredit" else tome_select
     k = grouped_k(n, n // 2) if method == "coredit" else tome_kept(n, n // 2, lattice)
 

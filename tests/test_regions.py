@@ -81,11 +81,19 @@ def test_embed_in_sequence_keeps_other_tokens(start, seq):
     torch.testing.assert_close(img, x[:, start:start + 16][:, copied_from])
 
 
-def test_mask_is_gathered_along_kv():
+@pytest.mark.parametrize("q_rows", [False, True])
+def test_mask_is_gathered_along_kv(q_rows):
     g = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(1, 2, 10, 4, generator=g) for _ in range(3))
-    mask = torch.ones(1, 1, 1, 10, dtype=torch.bool)
-    mask[..., 7] = False
-    sel = embed_in_sequence(uniform_selection((2, 4), 8), 2, 10)  # ratio 0 on the image, text first
+    sel = embed_in_sequence(uniform_selection((2, 4), 4), 2, 10)  # half the image, text first
+    kept, src = sel.kept[0], sel.src[0, :, 0]
+    mask = torch.ones(1, 1, 10 if q_rows else 1, 10, dtype=torch.bool)
+    mask[..., kept[[1, 3]]] = False  # kept keys (image and text) that must stay masked at their new places
+    if q_rows:
+        mask[..., kept[2], :] = True
     out = attention_region(q, k, v, mask, *sel)
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    qr, kr, vr = q[:, :, kept], k[:, :, kept], v[:, :, kept]
+    m = mask[..., kept] if not q_rows else mask[..., kept, :][..., kept]
+    ref = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=m)[:, :, src]  # copy back: token i <- kept[src[i]]
+    torch.testing.assert_close(out, ref)
+    assert not torch.allclose(ref, F.scaled_dot_product_attention(qr, kr, vr)[:, :, src], atol=1e-3)

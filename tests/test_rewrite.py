@@ -9,7 +9,7 @@ import zoo
 from ditreduce import compile_with_reduction
 from ditreduce.methods import METHODS
 from ditreduce.passes.rewrite import region_nodes
-from ditreduce.regions import attention_region
+from ditreduce.regions import forced_regions
 
 aten = torch.ops.aten
 FAMILIES = sorted(set(zoo.ZOO) - {"sana"})
@@ -33,7 +33,7 @@ def _lattice(family, data):
     return (data.draw(st.integers(2, 6)), data.draw(st.integers(2, 7)))
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_ratio_zero_is_equivalence(data):
     family = data.draw(st.sampled_from(FAMILIES))
@@ -50,7 +50,7 @@ def test_ratio_zero_is_equivalence(data):
     kw = _kw(family, kw)
     method = data.draw(st.sampled_from(sorted(METHODS)))
     scope = data.draw(st.sampled_from(["attention", "attention+proj", "block"]))
-    with torch.no_grad():
+    with torch.no_grad(), forced_regions():  # k = N regions run their full gather / sdpa / reconstruct path
         ref = _call(model, kw)
         reduced = compile_with_reduction(model, {"method": method, "ratio": 0.0, "scope": scope})
         out = _call(reduced, kw)
@@ -127,18 +127,6 @@ def test_attention_flops_drop_as_reported(family):
     rep_dense, rep_red = reduced.report().totals()
     assert dense == rep_dense
     assert red == rep_red < dense
-
-
-def test_region_is_a_pure_function_of_its_inputs():
-    node_target = attention_region
-    q = torch.randn(1, 2, 6, 4)
-    from ditreduce.methods.uniform import uniform_selection
-    from ditreduce.regions import embed_in_sequence
-
-    sel = embed_in_sequence(uniform_selection((2, 3), 3), 0, 6)
-    a = node_target(q, q, q, None, *sel)
-    b = node_target(q.clone(), q.clone(), q.clone(), None, *sel)
-    assert torch.equal(a, b)
 
 
 def test_run_flops_sum_the_variant_of_every_step():

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import zoo
-from ditreduce import UnsupportedModelError, compile_with_reduction
+from ditreduce import ScheduleError, UnsupportedModelError, compile_with_reduction
+from ditreduce.errors import LayoutError
 
 # family -> list of (module, kind, grid, text tokens, reduced)
 EXPECTED = {
@@ -64,7 +65,7 @@ def test_non_square_and_odd_lattices(family, grid):
 def test_sana_linear_attention_is_reported_unmatched_and_nothing_reducible_is_an_error():
     model, kw = zoo.sana()
     r = compile_with_reduction(model, "uniform-50")
-    with pytest.raises(Exception) as e:
+    with pytest.raises(ScheduleError) as e:
         r(**kw)
     assert "reduces no attention site" in str(e.value)
     assert "attn2" in str(e.value) and "cross" in str(e.value)
@@ -83,14 +84,14 @@ def test_packed_tokens_without_lattice_hint_warn_and_override_fixes_it():
     ids = kw["img_ids"].clone()
     kw["img_ids"] = ids[torch.randperm(16, generator=torch.Generator().manual_seed(0))]  # not row-major
     r = compile_with_reduction(model, "uniform-50")
-    with pytest.warns(UserWarning, match="layout unknown"), pytest.raises(Exception, match="reduces no attention site"):
+    with pytest.warns(UserWarning, match="layout unknown"), pytest.raises(ScheduleError, match="reduces no attention site"):
         r(**kw)
     fixed = compile_with_reduction(model, {"ratio": 0.5, "layout": {"grid": [4, 4], "text_tokens": 6,
                                                                      "text_position": "before"}})
     fixed.capture(**kw)
     assert [rec.grid for rec in fixed.report()] == [(4, 4), (4, 4)]
     bad = compile_with_reduction(model, {"ratio": 0.5, "layout": {"grid": [5, 4]}})
-    with pytest.raises(ValueError, match="does not fit site"):
+    with pytest.raises(LayoutError, match="does not fit site"):
         bad.capture(**kw)
 
 
@@ -114,7 +115,7 @@ def test_unknown_op_is_named_in_skip_reason_and_override_reduces_it():
     model = _ShuffledDiT().eval()
     kw = dict(hidden_states=torch.randn(2, 4, 8, 8), timestep=torch.tensor([10, 10]))
     r = compile_with_reduction(model, "uniform-50")
-    with pytest.warns(UserWarning, match=r"lost at aten\.index\.Tensor"), pytest.raises(Exception) as e:
+    with pytest.warns(UserWarning, match=r"lost at aten\.index\.Tensor"), pytest.raises(ScheduleError) as e:
         r(**kw)
     assert "lost at aten.index.Tensor" in str(e.value)
     fixed = compile_with_reduction(model, {"ratio": 0.5, "layout": {"grid": [4, 4]}})

@@ -53,6 +53,13 @@ def _copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     return new
 
 
+def _device(node: fx.Node) -> torch.device:
+    """The device of a node's (first) tensor value."""
+    val = node.meta.get("val")
+    val = next((v for v in val if isinstance(v, torch.Tensor)), None) if isinstance(val, (tuple, list)) else val
+    return val.device if isinstance(val, torch.Tensor) else torch.device("cpu")
+
+
 class _Builder:
     """Inserts the selection of one site into a graph: constants or an in-graph select node, and the
     embeddings of the image selection into the sequence layouts that need it."""
@@ -98,8 +105,8 @@ class _Builder:
                 if t is None:
                     parts.append(None)
                     continue
-                attr = f"_ditreduce_{self.site.name}_{field}"
-                self.gm.register_buffer(attr, t.clone(), persistent=False)
+                attr = f"_ditreduce_{self.site.name}_{field}"  # on the graph's device (tables are built on CPU)
+                self.gm.register_buffer(attr, t.to(_device(self.before), copy=True), persistent=False)
                 with self.gm.graph.inserting_before(self.before):
                     parts.append(self.gm.graph.get_attr(attr))
             self.image_sel = self.call(regions.Selection, parts)
@@ -267,7 +274,8 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, rebuilt:
     # one dense copy at the entry when it is strided (e.g. a transposed patch embedding): every gather,
     # score and residual below reads it, and each would otherwise copy it again (no-op when contiguous)
     dense_entry = entry
-    if cfg.k != cfg.n:
+    identity = cfg.k == cfg.n and not regions.regions_forced()
+    if not identity:
         entry = b.call(torch.Tensor.contiguous, [entry])
     x0 = nodes[plan.exits[0]]
     tokens = None if b.method.static or b.method.stateful else b.call(image_tokens, [entry, d_e, start_e, n])
@@ -297,7 +305,7 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, rebuilt:
         d_x = token_dim(lab[x], seg)
         sel = b.embedded(_seg_start(lab[x][d_x], seg), axes.dim_size(lab[x][d_x]))
         after = x.next
-        if cfg.k == cfg.n:  # identity: nothing to reconstruct (exact)
+        if identity:  # nothing to reconstruct (exact)
             rec = x
         elif plan.residual:
             delta = b.call(operator.sub, [x, red_entry], before=after)

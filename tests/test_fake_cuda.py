@@ -1,0 +1,121 @@
+"""GPU-shaped checks without a GPU: every method × scope variant of a few zoo families is captured and
+rewritten with the model on a non-CPU device in bf16 / fp16 (meta), then each variant graph runs under
+FakeTensorMode with its parameters and inputs on `cuda`. A constant the rewrite or a method leaves on
+CPU is a FakeTensorDeviceMismatchError there; a float32 literal that promotes the half-precision
+stream, or an index dtype mix, shows in the output's dtype against the dense graph's."""
+import copy
+import warnings
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.overrides import TorchFunctionMode
+
+import zoo
+from ditreduce import compile_with_reduction
+
+aten = torch.ops.aten
+CUDA = torch.device("cuda", 0)
+METHODS = ["uniform", "random", "coredit", "tome", "todo"]
+SCOPES = ["attention", "attention+proj", "block"]
+
+
+def _getitem(t, idx):
+    """Tensor indexing as aten ops: the Python binding takes a CUDA device guard this build lacks."""
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    used = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    out, dim, adv = t, 0, {}
+    for i in idx:
+        if i is Ellipsis:
+            dim += t.dim() - used
+        elif i is None:
+            out, dim = aten.unsqueeze.default(out, dim), dim + 1
+        elif isinstance(i, int):
+            out = aten.select.int(out, dim, i)
+        elif isinstance(i, slice):
+            out, dim = aten.slice.Tensor(out, dim, i.start, i.stop, i.step or 1), dim + 1
+        else:
+            adv[dim], dim = i, dim + 1
+    if adv:
+        out = aten.index.Tensor(out, [adv.get(d) for d in range(max(adv) + 1)])
+    return out
+
+
+class _NoDeviceGuard(TorchFunctionMode):
+    """Routes the two Tensor methods whose Python bindings need a real CUDA runtime through aten."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.__getitem__:
+            return _getitem(*args)
+        if func is torch.Tensor.contiguous:
+            return args[0] if args[0].is_contiguous() else aten.clone.default(args[0], memory_format=torch.contiguous_format)
+        return func(*args, **(kwargs or {}))
+
+
+def _to_fake_cuda(gm, mode):
+    """The graph as if captured on cuda: meta constants become fake cuda tensors, factory calls target
+    cuda. Real CPU tensors stay CPU (the fake mode wraps them as they are)."""
+    def fake(t):
+        return FakeTensor(mode, t.detach(), CUDA)
+
+    for node in gm.graph.nodes:
+        if node.kwargs.get("device") == torch.device("meta"):
+            node.kwargs = {**node.kwargs, "device": CUDA}
+        if node.op != "get_attr":
+            continue
+        owner, _, leaf = node.target.rpartition(".")
+        mod = gm.get_submodule(owner) if owner else gm
+        t = getattr(mod, leaf)
+        if isinstance(t, torch.Tensor) and t.device.type == "meta":
+            if leaf in mod._parameters:
+                mod._parameters[leaf] = torch.nn.Parameter(fake(t), requires_grad=False)
+            elif leaf in mod._buffers:
+                mod._buffers[leaf] = fake(t)
+            else:
+                object.__setattr__(mod, leaf, fake(t))
+    gm.recompile()
+    return lambda t: fake(t) if isinstance(t, torch.Tensor) and t.device.type == "meta" else t
+
+
+def _run_fake_cuda(gm, kw):
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    gm = copy.deepcopy(gm)  # the capture's own graph keeps its meta parameters for the next variants
+    fake = _to_fake_cuda(gm, mode)
+    with mode, _NoDeviceGuard(), torch.no_grad():
+        out = gm(**{k: fake(v) for k, v in kw.items()})
+    return out[0]
+
+
+def _meta_model(family, dtype):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, kw = zoo.build(family)
+        model = model.to("meta", dtype)
+    kw = {k: v.to("meta", dtype if v.is_floating_point() else v.dtype) if isinstance(v, torch.Tensor) else v
+          for k, v in kw.items()}
+    return model, (kw if family == "handdit" else dict(kw, return_dict=False))
+
+
+CASES = [("handdit", torch.bfloat16), ("handdit", torch.float16),
+         pytest.param("pixart", torch.bfloat16, marks=pytest.mark.slow),
+         pytest.param("wan", torch.float16, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("family,dtype", CASES)
+def test_every_variant_runs_on_fake_cuda_in_half_precision(family, dtype):
+    model, kw = _meta_model(family, dtype)
+    combos = [(m, s) for m in METHODS for s in SCOPES]  # one step per (method, scope): one capture for all
+    rules = [{"steps": [i], "method": m, "scope": s} for i, (m, s) in enumerate(combos)]
+    reduced = compile_with_reduction(model, {"ratio": 0.5, "num_steps": len(combos), "rules": rules})
+    dense = None
+    for i, (method, scope) in enumerate(combos):
+        reduced.set_step(i, len(combos))
+        with torch.no_grad():
+            reduced(**kw)
+        cap = reduced._last
+        assert {(c.method, c.k < c.n) for c in reduced.last_key if c is not None} == {(method, True)}
+        if dense is None:
+            dense = _run_fake_cuda(cap.graph, kw)
+            assert dense.device == CUDA
+        out = _run_fake_cuda(cap.variants[reduced.last_key], kw)
+        assert (out.device, out.dtype, out.shape) == (dense.device, dense.dtype, dense.shape), (method, scope)
