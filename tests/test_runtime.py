@@ -76,17 +76,6 @@ def test_step_fraction_needs_num_steps_and_says_how():
     reduced.set_step(None)
 
 
-def test_cfg_batch_halves_share_one_pattern():
-    model, kw = zoo.pixart(batch=1)
-    kw2 = {k: torch.cat([v, v]) for k, v in kw.items()}
-    reduced = compile_with_reduction(model, "uniform-50")
-    with torch.no_grad():
-        out = reduced(**kw2, return_dict=False)[0]
-        single = compile_with_reduction(model, "uniform-50")(**kw, return_dict=False)[0]
-    torch.testing.assert_close(out[0], out[1], rtol=0, atol=1e-6)
-    torch.testing.assert_close(out[:1], single, rtol=1e-5, atol=1e-5)
-
-
 def test_report_before_first_call_says_what_to_do():
     model, _ = zoo.pixart()
     with pytest.raises(RuntimeError, match="captures lazily"):
