@@ -27,7 +27,8 @@ def add_subcommands(sub) -> None:
     b.add_argument("models", nargs="*", help="small-dit[:RES] | pixart-alpha:TOKENS:BLOCKS | "
                    "DiffusersClass:{json config} | package.module:callable (default: small-dit)")
     b.add_argument("--methods", default=None,
-                   help=f"comma-separated (default: the registered subset of {','.join(PREFERRED_METHODS)})")
+                   help=f"comma-separated (default: the registered subset of {','.join(PREFERRED_METHODS)}); "
+                   "`tomesd` runs the tomesd package (the `bench` extra) as an external baseline")
     b.add_argument("--ratios", default=None, help="nominal ratios (default 0.3,0.5); with equal FLOPs on, each "
                    "method runs the ratio whose self-attention FLOPs equal a q+kv method's at the nominal ratio")
     b.add_argument("--scopes", default=None, help="comma-separated region scopes (default: attention)")
