@@ -15,6 +15,7 @@ from ditreduce.methods.todo import todo_selection
 from ditreduce.methods.tome import tome_kept, tome_select
 from ditreduce.regions import (Selection, attention_region, embed_in_sequence, reconstruct_tokens, reduce_tokens,
                                token_sizes, with_size_bias)
+from ditreduce.schedules.lower import plan_key
 
 LATTICE = (6, 6)
 N = 36
@@ -150,7 +151,10 @@ def test_wider_scopes_carry_the_bias(joint_model, scope, method):
     assert (red - dense).abs().max() > 1e-3
 
 
-def test_prop_attn_is_a_schedule_field_rules_override():
+def test_prop_attn_is_a_schedule_field_rules_override(joint_model):
     sched = load_schedule({"method": "tome", "prop_attn": True, "rules": [{"blocks": [0], "prop_attn": False}]})
     assert sched.prop_attn and sched.rules[0].prop_attn is False
     assert load_schedule({"method": "tome"}).prop_attn is False
+    sites = joint_model[2].capture(**joint_model[1]).sites
+    per_block = {s.block: c.prop_attn for s, c in zip(sites, plan_key(sched, sites, 0, 1)) if c is not None}
+    assert per_block == {0: False, 1: True}
