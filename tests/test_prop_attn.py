@@ -158,3 +158,22 @@ def test_prop_attn_is_a_schedule_field_rules_override(joint_model):
     sites = joint_model[2].capture(**joint_model[1]).sites
     per_block = {s.block: c.prop_attn for s, c in zip(sites, plan_key(sched, sites, 0, 1)) if c is not None}
     assert per_block == {0: False, 1: True}
+
+
+def test_the_bias_lowers_without_banned_ops():
+    """At 4096 tokens the one-hot runs in chunks; the re-export holds no scatter_add / index_put / nonzero."""
+    from ditreduce.methods.uniform import uniform_selection
+
+    sel = uniform_selection((64, 64), 2048)
+
+    class Bias(torch.nn.Module):
+        def forward(self, q, kept, src):
+            return with_size_bias(None, Selection(kept, src), q)
+
+    q = torch.randn(2, 2, 2048, 8)
+    ep = torch.export.export(Bias(), (q, sel.kept, sel.src), strict=False)
+    ops = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+    banned = ("scatter", "index_put", "nonzero", "masked_select", "sort")
+    assert not [op for op in ops if any(b in op for b in banned)]
+    assert sum("bmm" in op for op in ops) == 2  # 4096 × 2048 one-hot > ONE_HOT_ELEMENTS: two chunks
+    torch.testing.assert_close(ep.module()(q, sel.kept, sel.src), Bias()(q, sel.kept, sel.src))
