@@ -23,9 +23,9 @@ from . import memory, speed
 from .flops import Flops, attention_exponent, count_flops, matched_ratio
 from .models import BenchModel
 from .quality import QualitySetup, compare, draw
-from .tomesd import TOMESD, TOMESD_SCOPE, TomesdUnavailableError, TomesdVariants
 from .report import (BenchResults, FlopsRecord, MatchedRatio, MemoryRecord, QualityRecord, Row, Stat,
                      TimingRecord)
+from .tomesd import TOMESD, TOMESD_SCOPE, TomesdUnavailableError, TomesdVariants
 
 # best first, as measured by `ditreduce bench small-dit` (README "Results"): at equal attention FLOPs DiTo is
 # 2-5 dB above CoReDiT and, on that model (the demo's), also faster; on the PixArt-α shape CoReDiT is the
