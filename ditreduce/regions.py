@@ -152,14 +152,71 @@ def _gather_mask(mask: torch.Tensor, sel: Selection, q_len: int, kv_len: int, re
     return mask
 
 
+ONE_HOT_ELEMENTS = 1 << 22  # per sample: _weighted_counts builds its one-hot in chunks below this
+
+
+def _weighted_counts(idx: torch.Tensor, w: torch.Tensor, length: int) -> torch.Tensor:
+    """[Bs, length]: out[b, j] = sum_l w[b, l] * [idx[b, l] == j], for idx / w [Bs or 1, L]. A histogram with
+    static shapes: one-hot comparisons contracted with the weights (chunked), no scatter_add / index_put."""
+    bs = max(idx.shape[0], w.shape[0])
+    n = idx.shape[1]
+    idx, w = idx.reshape(-1, n, 1).expand(bs, n, 1), w.reshape(-1, 1, n).expand(bs, 1, n)
+    chunk = max(1, ONE_HOT_ELEMENTS // n)
+    parts = []
+    for j0 in range(0, length, chunk):
+        cols = torch.arange(j0, min(length, j0 + chunk), device=idx.device)
+        parts.append(torch.bmm(w, (idx == cols).to(w.dtype)).squeeze(1))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+
+def token_sizes(sel: Selection, reduce_q: bool = True) -> torch.Tensor:
+    """[Bs, k] float32: how many full-length tokens each reduced token stands for (the sizes sum to N).
+
+    reduce_q: the column sums of the reconstruction, s_j = sum_i sum_m w[i, m] * [src[i, m] == j] (a merge
+    destination counts its sources, a kept token the pruned ones rebuilt from it). k/v-only methods
+    reconstruct nothing: a reduced token counts the tokens merged into it (nonzero merge weights), each
+    divided by the number of merges it enters (overlapping pooling bins); a gathered token counts 1.
+    """
+    k = sel.kept.shape[1]
+    if reduce_q:
+        n, m = sel.src.shape[1:]
+        w = torch.ones(1, n * m, device=sel.src.device) if sel.w is None else sel.w.float().reshape(-1, n * m)
+        return _weighted_counts(sel.src.reshape(-1, n * m), w, k)
+    ones = torch.ones(sel.kept.shape, device=sel.kept.device)
+    if sel.msrc is None:
+        return ones
+    km, r = sel.msrc.shape[1:]
+    member = (sel.mw > 0).float().expand(sel.msrc.shape[0], km, r).reshape(-1, km * r)
+    cover = _weighted_counts(sel.msrc.reshape(-1, km * r), member, sel.src.shape[1])   # merges per token
+    merged = (member / take_tokens(cover[..., None], sel.msrc.reshape(-1, km * r), 1)[..., 0].clamp(min=1))
+    merged = merged.reshape(-1, km, r).sum(-1)
+    return merged if km == k else torch.cat([merged, ones[:, km:].expand(merged.shape[0], k - km)], 1)
+
+
+def with_size_bias(attn_mask: torch.Tensor | None, sel: Selection, query: torch.Tensor,
+                   reduce_q: bool = True) -> torch.Tensor:
+    """Proportional attention (ToMe): the float attn_mask that adds log s_j to every logit of key j, s_j its
+    token size (token_sizes), on top of attn_mask (a boolean mask becomes 0 / -inf). A key standing for s
+    tokens then weighs as s copies, so the image segment keeps its share of a softmax it shares with text
+    tokens (joint attention). Shape [Bs, 1, 1, k] broadcast over heads and queries: still one sdpa."""
+    bias = torch.log(token_sizes(sel, reduce_q).clamp(min=1e-6)).to(query.dtype)
+    bias = bias.reshape(bias.shape[0], *([1] * (query.dim() - 2)), bias.shape[1])
+    if attn_mask is None:
+        return bias
+    if attn_mask.dtype == torch.bool:
+        attn_mask = torch.where(attn_mask, 0.0, float("-inf")).to(query.dtype)
+    return attn_mask + bias
+
+
 def attention_region(q, k, v, attn_mask, kept, src, w=None, msrc=None, mw=None, *, reduce_q: bool = True,
                      dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
-                     enable_gqa: bool = False):
+                     enable_gqa: bool = False, prop_attn: bool = False):
     """reduce -> one sdpa on the kept tokens -> reconstruct the full-length output.
 
     q, k, v: [B, H, L, D] as aten.scaled_dot_product_attention takes them; the selection covers the
     whole sequence (see embed_in_sequence). With reduce_q=False only k/v are reduced (ToDo-style) and
     nothing is reconstructed. A selection with k == L is the identity: plain sdpa, no gather.
+    prop_attn: add log(token size) to each kept key's logits (with_size_bias; README "Methods").
     """
     sel = Selection(kept, src, w, msrc, mw)
     q_len, kv_len = q.shape[-2], k.shape[-2]
@@ -173,6 +230,8 @@ def attention_region(q, k, v, attn_mask, kept, src, w=None, msrc=None, mw=None, 
     qr = reduce_tokens(q, sel) if reduce_q else q
     if attn_mask is not None:
         attn_mask = _gather_mask(attn_mask, sel, q_len, kv_len, reduce_q)
+    if prop_attn:
+        attn_mask = with_size_bias(attn_mask, sel, qr, reduce_q)
     y = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                                        **kwargs)
     if not reduce_q:

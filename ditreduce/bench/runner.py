@@ -24,12 +24,13 @@ from .models import BenchModel
 from .quality import QualitySetup, compare, draw
 from .report import (BenchResults, FlopsRecord, MatchedRatio, MemoryRecord, QualityRecord, Row, Stat,
                      TimingRecord)
+from .tomesd import TOMESD, TOMESD_SCOPE, TomesdUnavailableError, TomesdVariants
 
 # best first, as measured by `ditreduce bench small-dit` (README "Results"): at equal attention FLOPs DiTo is
 # 2-5 dB above CoReDiT and, on that model (the demo's), also faster; on the PixArt-α shape CoReDiT is the
 # faster one. `ditreduce demo --schedule auto` runs the first registered one
 PREFERRED_METHODS = ("dito", "coredit", "tome", "todo", "random", "uniform")
-NAMED_ERRORS = (ScheduleError, UnsupportedModelError, LayoutError)
+NAMED_ERRORS = (ScheduleError, UnsupportedModelError, LayoutError, TomesdUnavailableError)
 PROBE_RATIO = 0.5
 
 
@@ -90,11 +91,13 @@ def validate(settings: BenchSettings) -> None:
     if not settings.methods:
         raise BenchError(f"--methods: none given and none of {', '.join(PREFERRED_METHODS)} is registered")
     for m in settings.methods:
-        if m not in registered_methods():
-            raise BenchError(f"--methods: {m!r} is not registered; registered: {', '.join(registered_methods())}")
+        if m not in registered_methods() and m != TOMESD:
+            raise BenchError(f"--methods: {m!r} is not registered; registered: {', '.join(registered_methods())} "
+                             f"(and {TOMESD}, the external baseline)")
+    ours = [m for m in settings.methods if m != TOMESD]
     for s in settings.scopes:
         try:
-            load_schedule(make_schedule(settings.methods[0], 0.5, s, 0.0))
+            load_schedule(make_schedule((ours or ["uniform"])[0], 0.5, s, 0.0))
         except ScheduleError as e:
             allowed = ", ".join(known_scopes()) or "see `ditreduce schema`"
             raise BenchError(f"--scopes: {s!r} is not a scope of this build; allowed: {allowed} ({e})") from None
@@ -103,7 +106,7 @@ def validate(settings: BenchSettings) -> None:
             raise BenchError(f"--ratios: {r} is outside (0, 0.95]")
     if not 0 <= settings.dense_fraction < 1:
         raise BenchError(f"--dense-fraction: {settings.dense_fraction} is outside [0, 1)")
-    for m in settings.methods:
+    for m in ours:
         for s in settings.scopes:
             load_schedule(make_schedule(m, settings.ratios[0], s, settings.dense_fraction))
     from .. import compile_with_reduction
@@ -156,6 +159,10 @@ def match_ratios(settings: BenchSettings) -> list[MatchedRatio]:
     dense = count_flops(lambda: model(**kw))
     out = []
     for method in settings.methods:
+        if method == TOMESD:  # not probed: its merge precedes attn1's projections, so q, k and v shrink alike
+            out.append(MatchedRatio(method=method, scope=TOMESD_SCOPE, exponent=2.0, reduces="q+kv",
+                                    ratios={str(r): matched_ratio((1 - r) ** 2, 2.0) for r in settings.ratios}))
+            continue
         for scope in settings.scopes:
             try:
                 reduced = compile_for(model, make_schedule(method, PROBE_RATIO, scope, 0.0), "eager")
@@ -261,7 +268,8 @@ def bench_model(bm: BenchModel, settings: BenchSettings, matched: list[MatchedRa
         if grid_rows is not None:
             grid_rows.append(("dense", dense.images))
     ratio_of = {(m.method, m.scope): m.ratios for m in matched}
-    configs = [(m, s, r) for m in settings.methods for s in settings.scopes for r in settings.ratios]
+    configs = [(m, s, r) for m in settings.methods for s in (settings.scopes if m != TOMESD else [TOMESD_SCOPE])
+               for r in settings.ratios]
     rows: list[Row] = []
     built: list = []
     baselines: dict = {}
@@ -271,7 +279,8 @@ def bench_model(bm: BenchModel, settings: BenchSettings, matched: list[MatchedRa
         base = dict(model=bm.name, image_tokens=bm.image_tokens, blocks=bm.blocks, method=method, scope=scope,
                     nominal_ratio=nominal, ratio=ratio, schedule=sched, steps=settings.steps)
         try:
-            eager = Variants(compile_for(bm.module, sched, "eager"), kw, settings.steps)
+            eager = TomesdVariants(bm.module, kw, settings.steps, ratio, settings.dense_fraction) \
+                if method == TOMESD else Variants(compile_for(bm.module, sched, "eager"), kw, settings.steps)
             with torch.no_grad():
                 # the all-dense variant is the captured graph itself: dense FLOPs, no need to count again
                 per_variant = [dense_flops if _is_dense_key(key) else count_flops(eager.caller(v))
@@ -312,6 +321,9 @@ def _time_backend(bm: BenchModel, settings: BenchSettings, backend: str, built: 
     configuration's reduced variants. All speedups of the table divide the same dense times."""
     rows, runs = [], []
     for base, eager, flops, busiest, mem, qual in built:
+        if base["method"] == TOMESD and backend != "eager":
+            rows.append(Row(**base, backend=backend, error=f"{TOMESD} runs on the eager module only"))
+            continue
         try:
             run = eager if backend == "eager" else Variants(compile_for(bm.module, base["schedule"], backend),
                                                              bm.kwargs, settings.steps)

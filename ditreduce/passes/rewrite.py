@@ -177,7 +177,7 @@ def _rewrite_attention(new: fx.GraphModule, site: Site, cfg) -> tuple[fx.Node, _
     parts = [b.call(operator.getitem, [sel, i]) for i in range(len(regions.Selection._fields))]
     kwargs = {"reduce_q": b.method.reduces_q, "dropout_p": float(a.get("dropout_p", 0.0) or 0.0),
               "is_causal": bool(a.get("is_causal", False)), "scale": a.get("scale"),
-              "enable_gqa": bool(a.get("enable_gqa", False))}
+              "enable_gqa": bool(a.get("enable_gqa", False)), "prop_attn": cfg.prop_attn}
     region = b.call(regions.attention_region, [a["query"], a["key"], a["value"], a.get("attn_mask"), *parts], kwargs)
     region.meta.update(node.meta)
     node.replace_all_uses_with(region)
@@ -318,7 +318,21 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, rebuilt:
         rebuilt[x_name] = rec
         if x_name == plan.exits[0]:
             b.finish(rec, d_x, _seg_start(lab[x][d_x], seg))
+    sdpa = nodes.get(site.name)
+    if cfg.prop_attn and cfg.k != cfg.n and sdpa in inside:
+        _add_size_bias(b, sdpa, b.embedded(site.image[0], site.q_len))
     return red_entry, b
+
+
+def _add_size_bias(b: _Builder, sdpa: fx.Node, sel: fx.Node) -> None:
+    """Proportional attention inside a wider region: the site's sdpa (already on the kept tokens) gets
+    regions.with_size_bias as its attn_mask."""
+    a = _sdpa_args(sdpa)
+    mask = b.call(regions.with_size_bias, [a.get("attn_mask"), sel, a["query"]], before=sdpa)
+    if len(sdpa.args) > 3:
+        sdpa.args = (*sdpa.args[:3], mask, *sdpa.args[4:])
+    else:
+        sdpa.kwargs = {**sdpa.kwargs, "attn_mask": mask}
 
 
 _BROADCASTING = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.div.Tensor}

@@ -4,6 +4,7 @@
     method: uniform          # default method for every selected site
     ratio: 0.5               # default fraction of image tokens removed
     scope: attention+proj    # where the region sits: attention | attention+proj | block
+    prop_attn: false         # proportional attention: + log(token size) on each kept key's logits
     kinds: [self, joint]     # site kinds reduced by default (cross is never reduced by default)
     ratio_step: 0.05         # ratios are quantised to this grid: fewer distinct k, fewer variants
     num_steps: 20            # optional: needed by step_fraction rules when the pipeline does not say
@@ -102,6 +103,7 @@ class Rule(_Strict):
     method: str | None = None
     scope: Scope | None = None
     params: dict[str, Union[float, int, str, bool]] | None = None
+    prop_attn: bool | None = None
 
     _pre_blocks = field_validator("blocks", "steps", mode="before")(_parse_range)
 
@@ -112,8 +114,9 @@ class Rule(_Strict):
 
     @model_validator(mode="after")
     def _sets_something(self):
-        if self.ratio is None and self.method is None and self.params is None and self.scope is None:
-            raise ValueError("a rule must set at least one of: ratio, method, scope, params")
+        if self.ratio is None and self.method is None and self.params is None and self.scope is None \
+                and self.prop_attn is None:
+            raise ValueError("a rule must set at least one of: ratio, method, scope, params, prop_attn")
         if self.steps is not None and self.step_fraction is not None:
             raise ValueError("use either steps or step_fraction in one rule, not both")
         return self
@@ -153,6 +156,7 @@ class Schedule(_Strict):
     method: str = "uniform"
     ratio: Ratio = 0.5
     scope: Scope = "attention+proj"
+    prop_attn: bool = False  # proportional attention: log(token size) added to each kept key's logits
     kinds: list[Kind] = Field(default_factory=lambda: ["self", "joint"])
     ratio_step: Annotated[float, Field(ge=1e-3, le=0.5, allow_inf_nan=False)] = 0.05   # finer grids give one variant per k
     num_steps: Annotated[int, Field(gt=0, le=MAX_STEPS)] | None = None

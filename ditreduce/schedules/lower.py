@@ -23,6 +23,7 @@ class RegionConfig:
     n: int                  # image tokens in the site
     params: tuple = ()      # sorted (name, value) pairs
     scope: str = "attention"
+    prop_attn: bool = False  # add log(token size) to the kept keys' logits (regions.with_size_bias)
 
     @property
     def param_dict(self) -> dict:
@@ -51,7 +52,7 @@ def quantise(ratio: float, step: float) -> float:
 def site_config(schedule: Schedule, site, num_blocks: int, step: int | None, num_steps: int | None) -> RegionConfig | None:
     if eligible(site, schedule) is not None:
         return None
-    method, ratio, scope = schedule.method, schedule.ratio, schedule.scope
+    method, ratio, scope, prop_attn = schedule.method, schedule.ratio, schedule.scope, schedule.prop_attn
     params = dict(schedule.params.get(method, {}))
     for rule in schedule.rules:
         if not rule.matches_site(site.block, num_blocks, site.module, site.kind):
@@ -72,6 +73,8 @@ def site_config(schedule: Schedule, site, num_blocks: int, step: int | None, num
             scope = rule.scope
         if rule.params is not None:
             params.update(rule.params)
+        if rule.prop_attn is not None:
+            prop_attn = rule.prop_attn
     if method == "none":
         return None
     n, grid = site.image[1].length, site.image[1].grid
@@ -81,7 +84,7 @@ def site_config(schedule: Schedule, site, num_blocks: int, step: int | None, num
         raise ScheduleError(f"ratio {q:g} at {site.module or site.name}: method {method!r} supports ratios up to "
                             f"{impl.max_ratio:g} (see README 'Methods'); lower the ratio or pick another method")
     k = impl(**params).kept_count(n, max(1, n - round(q * n)), grid)
-    return RegionConfig(method, q, k, n, tuple(sorted(params.items())), scope)
+    return RegionConfig(method, q, k, n, tuple(sorted(params.items())), scope, prop_attn)
 
 
 def _negative(sel) -> bool:
