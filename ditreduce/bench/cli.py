@@ -23,16 +23,10 @@ def add_subcommands(sub) -> None:
                        description=__doc__)
     b.add_argument("models", nargs="*", help="small-dit[:RES] | pixart-alpha:TOKENS:BLOCKS | "
                    "DiffusersClass:{json config} | package.module:callable (default: small-dit)")
-<<<<<<< HEAD
     b.add_argument("--methods", type=_names, default=None,
-                   help=f"comma-separated (default: the registered subset of {','.join(PREFERRED_METHODS)})")
-    b.add_argument("--ratios", type=float_list(0.0, 0.95), default=None, help="nominal ratios (default 0.3,0.5); with equal FLOPs on, each "
-=======
-    b.add_argument("--methods", default=None,
                    help=f"comma-separated (default: the registered subset of {','.join(PREFERRED_METHODS)}); "
                    "`tomesd` runs the tomesd package (the `bench` extra) as an external baseline")
-    b.add_argument("--ratios", default=None, help="nominal ratios (default 0.3,0.5); with equal FLOPs on, each "
->>>>>>> i18
+    b.add_argument("--ratios", type=float_list(0.0, 0.95), default=None, help="nominal ratios (default 0.3,0.5); with equal FLOPs on, each "
                    "method runs the ratio whose self-attention FLOPs equal a q+kv method's at the nominal ratio")
     b.add_argument("--scopes", type=name_list(known_scopes), default=None, help="comma-separated region scopes (default: attention)")
     b.add_argument("--backends", type=name_list(BACKENDS), default=["eager"], help="comma-separated (default eager)")
