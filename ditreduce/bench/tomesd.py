@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import BenchError
-from ..runtime import StepTracker
+from ..run_state import Generations
 
 TOMESD = "tomesd"
 TOMESD_VERSION = "0.1.3"
@@ -67,8 +67,7 @@ class TomesdModel(nn.Module):
         super().__init__()
         check_applicable(model)
         self.model, self.ratio, self.dense_fraction, self.seed = model, ratio, dense_fraction, seed
-        self.tracker = StepTracker()
-        self._num_steps: int | None = None
+        self.generations = Generations()   # the runtime's step clock, so dense steps match ReducedModel's
         self._info = {"size": None, "hooks": [],
                       "args": {"ratio": ratio, "max_downsample": 1, "sx": sx, "sy": sy, "use_rand": use_rand,
                                "generator": None, "merge_attn": True, "merge_crossattn": False, "merge_mlp": False}}
@@ -79,26 +78,20 @@ class TomesdModel(nn.Module):
 
     # --- step control, as ReducedModel ------------------------------------------------------------
     def set_step(self, step: int | None, num_steps: int | None = None) -> None:
-        self.tracker.explicit = None if step is None else (int(step), num_steps)
+        self.generations.set_step(step, num_steps)
 
     @contextlib.contextmanager
     def generation(self, num_steps: int | None = None):
-        self.tracker.reset()
-        self._num_steps = num_steps
-        try:
+        with self.generations.open(num_steps):
             yield self
-        finally:
-            self._num_steps = None
-            self.tracker.reset()
 
-    def step_ratio(self, timestep) -> float:
+    def step_ratio(self, timestep, latent=None) -> float:
         """The merge ratio of this call: 0 in the dense first `dense_fraction` of the steps."""
-        step = self.tracker.observe(timestep)
-        explicit = self.tracker.explicit
-        num_steps = explicit[1] if explicit is not None and explicit[1] else self._num_steps
-        if step is None or not num_steps or self.dense_fraction <= 0:
+        gen, call = self.generations.advance(timestep, latent)
+        num_steps = gen.resolved_num_steps(None)
+        if call.step is None or not num_steps or self.dense_fraction <= 0:
             return self.ratio
-        return 0.0 if step / num_steps < self.dense_fraction else self.ratio
+        return 0.0 if call.step / num_steps < self.dense_fraction else self.ratio
 
     # --- the call: hooks on for its duration --------------------------------------------------------
     def forward(self, hidden_states, *args, **kwargs):
@@ -106,7 +99,7 @@ class TomesdModel(nn.Module):
         p = self.model.config.patch_size
         info = self._info
         info["size"] = (hidden_states.shape[-2] // p, hidden_states.shape[-1] // p)
-        info["args"]["ratio"] = self.step_ratio(kwargs.get("timestep"))
+        info["args"]["ratio"] = self.step_ratio(kwargs.get("timestep"), hidden_states)
         info["args"]["generator"] = torch.Generator(device=hidden_states.device).manual_seed(self.seed)
         handles = []
         for block in self_attention_blocks(self.model):
