@@ -126,7 +126,7 @@ def cmd_demo(args) -> int:
     if tokens <= 1024 and speedup < 1.1:
         print(f"note: at {tokens} image tokens there is no real wall-time gain on this CPU ({speedup:.2f}x): attention "
               "is a small part of the time, and the linears and MLPs this scope leaves alone dominate. The gain "
-              "grows with the token count: see the 4096- and 16384-token speed tables in README 'Results' "
+              "grows with the token count: see the 4096- and 16384-token speed tables in docs/benchmarks.md "
               "(`ditreduce bench pixart-alpha:4096:2 --no-quality`).")
     _save_grid([dense, red], args.out)
     print(f"wrote {args.out} (top: dense, bottom: {name})")

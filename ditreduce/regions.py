@@ -1,6 +1,6 @@
 """Region math: pure tensor functions, no FX inside, written to lower to ONNX / TensorRT.
 
-The region ABI (see README "Region ABI"):
+The region ABI (see docs/how-it-works.md, "Region ABI"):
 
     Selection.kept  LongTensor[Bs, k]      which tokens of a sequence enter attention (one per reduced slot)
     Selection.src   LongTensor[Bs, N, M]   for each of the N tokens, M slots into the kept outputs
@@ -216,7 +216,7 @@ def attention_region(q, k, v, attn_mask, kept, src, w=None, msrc=None, mw=None, 
     q, k, v: [B, H, L, D] as aten.scaled_dot_product_attention takes them; the selection covers the
     whole sequence (see embed_in_sequence). With reduce_q=False only k/v are reduced (ToDo-style) and
     nothing is reconstructed. A selection with k == L is the identity: plain sdpa, no gather.
-    prop_attn: add log(token size) to each kept key's logits (with_size_bias; README "Methods").
+    prop_attn: add log(token size) to each kept key's logits (with_size_bias; docs/methods.md).
     """
     sel = Selection(kept, src, w, msrc, mw)
     q_len, kv_len = q.shape[-2], k.shape[-2]

@@ -16,7 +16,7 @@ Second pass (issue 19), one research pattern each:
 - MPDiT: Next-DiT-like model-parallel linears: each q / k / v projection reads its own same-shape view /
   reshape / contiguous copy of the normalised hidden states.
 - PerSampleTextDiT: a loop over the batch, each sample attending to [its unpadded text | image]; the
-  text length is read from the mask at run time (still a named ScheduleError: see README "Any DiT").
+  text length is read from the mask at run time (still a named ScheduleError: see docs/models.md).
 - ListDiT: layers as ModuleLists without a forward, residual adds in the parent's loop.
 - MixFFNDiT: a 3×3 depthwise conv on the lattice inside the block's MLP: `block` is refused, named.
 - ProjOnlyMMDiT: pure-torch MMDiT / Flux code: the attention modules hold only the projections (and q / k

@@ -26,7 +26,7 @@ from .report import (BenchResults, FlopsRecord, MatchedRatio, MemoryRecord, Qual
                      TimingRecord)
 from .tomesd import TOMESD, TOMESD_SCOPE, TomesdUnavailableError, TomesdVariants
 
-# best first, as measured by `ditreduce bench small-dit` (README "Results"): at equal attention FLOPs DiTo is
+# best first, as measured by `ditreduce bench small-dit` (docs/benchmarks.md): at equal attention FLOPs DiTo is
 # 2-5 dB above CoReDiT and, on that model (the demo's), also faster; on the PixArt-α shape CoReDiT is the
 # faster one. `ditreduce demo --schedule auto` runs the first registered one
 PREFERRED_METHODS = ("dito", "coredit", "tome", "todo", "random", "uniform")

@@ -1,4 +1,4 @@
-"""Calibration: measure a model on a few dense generations and write a schedule (see README "Calibrate")."""
+"""Calibration: measure a model on a few dense generations and write a schedule (see docs/calibrate.md)."""
 from __future__ import annotations
 
 import yaml

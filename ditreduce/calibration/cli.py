@@ -13,7 +13,7 @@ def add_subcommands(sub) -> None:
                         "where generate(transformer) runs full generations through `transformer`")
     c.add_argument("--method", default="coredit", choices=["coredit", "dito"])
     c.add_argument("--budget", type=float_in(0.0, 0.95), default=0.45, help="coredit: fraction of self-attention FLOPs removed "
-                   "(dito: the ratio and interval come from the PMR measurement, see README 'DiTo')")
+                   "(dito: the ratio and interval come from the PMR measurement, see docs/methods.md)")
     c.add_argument("--steps", type=positive_int, default=20)
     c.add_argument("--samples", type=positive_int, default=4, help="small-dit: calibration generations (classes 0..)")
     c.add_argument("--dense-fraction", type=float_in(0.0, 1.0, hi_open=True), default=0.2)

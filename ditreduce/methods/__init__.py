@@ -1,6 +1,6 @@
 """Reduction methods. Each method turns (tokens, lattice, k, state) into a region Selection.
 
-A method is registered by name; the schedule IR names it in `method:`. See README "Methods".
+A method is registered by name; the schedule IR names it in `method:`. See docs/methods.md.
 """
 from __future__ import annotations
 

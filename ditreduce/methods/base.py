@@ -45,7 +45,7 @@ class Method:
     reduces_q    True: q and k/v are reduced and outputs reconstructed; False: only k/v (ToDo-style)
     static       True: the selection depends only on (lattice, k); it is computed once at rewrite time
                  and baked into the graph as constants. False: `select` runs inside the graph on a
-                 token tensor (see README "Methods" for which tensor each scope scores).
+                 token tensor (see docs/methods.md for which tensor each scope scores).
     defaults     the parameters the method takes, with their defaults (the schedule's `params:`)
     choices      allowed values of string parameters
     ranges       the allowed interval of numeric parameters (annotated_types.Interval); every float must
@@ -54,7 +54,7 @@ class Method:
     stateful     True: the method carries tensors across steps (DiTo); its assign_phases gives each step
                  its phase, and rewrite calls its
                  insert_select(builder, n, y_shape, y_dtype) / finish_state(builder, y) hooks and the
-                 variant graph takes and returns them under a `state` key (see README "DiTo")
+                 variant graph takes and returns them under a `state` key (see docs/methods.md, "DiTo")
     """
 
     name: ClassVar[str]

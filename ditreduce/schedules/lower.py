@@ -82,7 +82,7 @@ def site_config(schedule: Schedule, site, num_blocks: int, step: int | None, num
     impl = get_method(method)
     if q > impl.max_ratio:
         raise ScheduleError(f"ratio {q:g} at {site.module or site.name}: method {method!r} supports ratios up to "
-                            f"{impl.max_ratio:g} (see README 'Methods'); lower the ratio or pick another method")
+                            f"{impl.max_ratio:g} (see docs/methods.md); lower the ratio or pick another method")
     k = impl(**params).kept_count(n, max(1, n - round(q * n)), grid)
     return RegionConfig(method, q, k, n, tuple(sorted(params.items())), scope, prop_attn)
 
