@@ -24,6 +24,7 @@ from .models import BenchModel
 from .quality import QualitySetup, compare, draw
 from .report import (BenchResults, FlopsRecord, MatchedRatio, MemoryRecord, QualityRecord, Row, Stat,
                      TimingRecord)
+from .variants import StepVariants
 from .tomesd import TOMESD, TOMESD_SCOPE, TomesdUnavailableError, TomesdVariants
 
 # best first, as measured by `ditreduce bench small-dit` (docs/benchmarks.md): at equal attention FLOPs DiTo is
@@ -186,7 +187,7 @@ def match_ratios(settings: BenchSettings) -> list[MatchedRatio]:
 
 
 # ---------------------------------------------------------------------------------------------- one model
-class Variants:
+class Variants(StepVariants):
     """A reduced model captured on the bench call, its distinct variants over a run and a caller per variant."""
 
     def __init__(self, reduced, kwargs: dict, steps: int):
@@ -197,22 +198,7 @@ class Variants:
         # the variants a real run calls: with DiTo phases (prime / match / reduce) where the schedule has state
         plan = reduced.plan(cap, steps)
         self.keys, self.per_step = list(plan.keys), list(plan.per_step)
-        self.first_step = [self.per_step.index(v) for v in range(len(self.keys))]
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            for v in range(len(self.keys)):
-                self.call(v)
-        self.compile_s = time.perf_counter() - t0
-
-    def call(self, v: int):
-        self.reduced.set_step(self.first_step[v], self.steps)
-        try:
-            return self.reduced(**self.kwargs)
-        finally:
-            self.reduced.set_step(None)
-
-    def caller(self, v: int):
-        return lambda: self.call(v)
+        self._warm()
 
     def graph_caller(self):
         """The captured graph at ratio 0 (every site dense) on this backend: what a reduced model costs before

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 
 import torch
 from torch import nn
 
 from ..errors import BenchError
 from ..run_state import Generations
+from .variants import StepVariants
 
 TOMESD = "tomesd"
 TOMESD_VERSION = "0.1.3"
@@ -137,7 +137,7 @@ def _hook_block(block: nn.Module, info: dict, compute_merge) -> list:
             block.attn1.register_forward_hook(attn_output, with_kwargs=True)]
 
 
-class TomesdVariants:
+class TomesdVariants(StepVariants):
     """A tomesd configuration as the bench runs one (the interface of runner.Variants): variant 0 its dense
     steps (the first `dense_fraction`), variant 1 its merged steps; the "graph at ratio 0" is the eager module
     (tomesd captures nothing)."""
@@ -149,23 +149,8 @@ class TomesdVariants:
         used = sorted(set(merged))
         self.keys = [(TOMESD, 0.0 if v == 0 else ratio) for v in used]
         self.per_step = [used.index(v) for v in merged]
-        self.first_step = [self.per_step.index(v) for v in range(len(self.keys))]
         self.capture_s = 0.0
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            for v in range(len(self.keys)):
-                self.call(v)
-        self.compile_s = time.perf_counter() - t0
-
-    def call(self, v: int):
-        self.reduced.set_step(self.first_step[v], self.steps)
-        try:
-            return self.reduced(**self.kwargs)
-        finally:
-            self.reduced.set_step(None)
-
-    def caller(self, v: int):
-        return lambda: self.call(v)
+        self._warm()
 
     def graph_caller(self):
         return lambda: self.module(**self.kwargs)

@@ -1,0 +1,30 @@
+"""What the bench times for one configuration: its distinct variants over a run (keys, the variant of each
+step) and a caller per variant that runs it as the step it first serves (set_step)."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+class StepVariants:
+    """Subclasses set reduced (set_step + call), kwargs, steps, keys, per_step, capture_s, then call _warm()."""
+
+    def _warm(self) -> None:
+        """Build every variant and run it once (rewrite / compile), timed as compile_s."""
+        self.first_step = [self.per_step.index(v) for v in range(len(self.keys))]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for v in range(len(self.keys)):
+                self.call(v)
+        self.compile_s = time.perf_counter() - t0
+
+    def call(self, v: int):
+        self.reduced.set_step(self.first_step[v], self.steps)
+        try:
+            return self.reduced(**self.kwargs)
+        finally:
+            self.reduced.set_step(None)
+
+    def caller(self, v: int):
+        return lambda: self.call(v)
