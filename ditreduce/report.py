@@ -177,8 +177,8 @@ def build_report(model, cap, num_steps: int | None) -> Report:
             scope = "attention" if isinstance(plan, str) else plan.scope
             note = None
             if scope != busiest.scope:
-                why = site.extra.get("scopes", {}).get(busiest.scope, plan)
-                note = f"{busiest.scope} not applied: {why}"
+                refused = site.extra.get("scopes", {}).get(busiest.scope, plan)
+                note = f"{busiest.scope} not applied: {refused}"
         module = site.module or site.name
         rep.append(SiteRecord(site.block, module, site.kind, site.image_tokens, site.text_tokens,
                               site.grid, bool(reduced_cfgs), scope, note, why, sched_txt if why is None else "-",

@@ -41,7 +41,7 @@ class ReducedModel(nn.Module):
                  backend_options: dict | None = None, max_variants: int = MAX_VARIANTS):
         super().__init__()
         self.model = model
-        self.schedule = schedule
+        self._schedule = schedule
         self.backend, self.backend_options = check_backend(backend, backend_options)
         self.max_variants = max_variants
         self.captures: dict[tuple, Analysis] = {}   # input signature -> Analysis
@@ -50,6 +50,18 @@ class ReducedModel(nn.Module):
         self.last_key: tuple | None = None
         self._lock = threading.RLock()              # analysis, variant and runner building
         self.on_state = None  # optional callback(call: run_state.Call, state_out) (DiTo calibration reads matchings)
+
+    @property
+    def schedule(self) -> Schedule:
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, schedule: Schedule) -> None:
+        """A new schedule keeps the analyses (they do not depend on it) and drops their run plans."""
+        with self._lock:
+            self._schedule = schedule
+            for cap in self.captures.values():
+                cap.plans.clear()
 
     # --- what a diffusers pipeline reads from its transformer --------------------------------------
     @property

@@ -312,7 +312,7 @@ def test_research_pattern_gets_the_widest_scope_its_structure_allows(pattern, sc
     sites = [row for row in rep if row.kind != "unmatched"]
     assert len(sites) == 2 and all(row.reduced and row.skip_reason is None for row in sites)
     widest = PATTERNS[pattern][2]
-    got = scope if SCOPES.index(scope) <= SCOPES.index(widest) else "attention"  # a refused site keeps attention
+    got = scope if SCOPES.index(scope) <= SCOPES.index(widest) else widest  # refused: the widest scope that works
     assert [row.scope for row in sites] == [got, got], [row.scope_note for row in sites]
     for row in sites:
         if got == scope:
@@ -349,12 +349,12 @@ def test_scope_refusals_name_the_module_the_source_line_and_what_works():
     r = compile_with_reduction(model, {"method": "uniform", "ratio": 0.5, "scope": "attention+proj"})
     with torch.no_grad():
         r(**kw)
-    for site in r._last.sites:
+    for site in r.last_capture.sites:
         for scope, why in site.extra["scopes"].items():
             assert isinstance(why, str), scope
             assert not INTERNAL_NAME.search(why), why
             assert re.search(r"layers\.\d", why) and "anydit.py:" in why and "the site can use scope `attention`" in why
-    assert "attention mask over the image tokens" in r._last.sites[0].extra["scopes"]["attention+proj"]
+    assert "attention mask over the image tokens" in r.last_capture.sites[0].extra["scopes"]["attention+proj"]
 
 
 def test_every_op_propagation_reads_is_in_the_token_wise_table():
@@ -428,6 +428,6 @@ def test_conditionally_token_wise_ops_refuse_block_when_they_act_along_the_token
     with torch.no_grad():
         torch.testing.assert_close(r(**kw), model(**kw), rtol=1e-5, atol=1e-5)
     rows = r.report()
-    assert [row.scope for row in rows] == ["attention", "attention"]
+    assert [row.scope for row in rows] == ["attention+proj", "attention+proj"]   # block refused: the next scope
     assert all(why in row.scope_note and re.search(r"blocks\.\d\.mlp", row.scope_note)
                and "test_any_dit.py:" in row.scope_note for row in rows), [row.scope_note for row in rows]

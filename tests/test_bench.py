@@ -126,6 +126,8 @@ def test_pareto_plot_has_one_series_per_method(quick):
     assert sorted(ln.get_label() for ln in lines) == ["coredit", "tome", "uniform"]
     coredit = next(ln for ln in lines if ln.get_label() == "coredit")
     assert list(coredit.get_xdata()) == [1.0, 1.5] and list(coredit.get_ydata()) == [27.0, 25.0]
+    # the fastest method at each PSNR target is starred and labelled (none reaches 30 dB)
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["≥24 dB: coredit 1.50×", "≥27 dB: coredit 1.00×"]
 
 
 def test_pareto_front_keeps_only_undominated_configurations():

@@ -112,7 +112,7 @@ def test_every_variant_runs_on_fake_cuda_in_half_precision(family, dtype):
         reduced.set_step(i, len(combos))
         with torch.no_grad():
             reduced(**kw)
-        cap = reduced._last
+        cap = reduced.last_capture
         assert {(c.method, c.k < c.n) for c in reduced.last_key if c is not None} == {(method, True)}
         if dense is None:
             dense = _run_fake_cuda(cap.graph, kw)

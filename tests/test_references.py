@@ -174,7 +174,9 @@ SCOPE_CASES += [("todo", "attention", {}), ("coredit", "attention+proj", {"slots
 @pytest.mark.parametrize("method,scope,params", SCOPE_CASES)
 def test_scope_matches_the_reference_on_a_hand_written_dit(method, scope, params):
     lattice = (4, 6)
-    model, kw = zoo.handdit(grid=lattice, batch=2)
+    model, kw = zoo.handdit(grid=lattice, batch=2)   # two independent samples: never a CFG pair
+    if "cfg" in get_method(method).defaults:
+        params = {**params, "cfg": "per_sample"}      # what the graph runs for them (tests/test_isolation.py)
     sched = {"method": method, "ratio": 0.5, "scope": scope, "params": {method: params}}
     with torch.no_grad():
         reduced = compile_with_reduction(model, sched)

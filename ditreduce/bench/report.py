@@ -272,7 +272,6 @@ def pareto_figure(res: BenchResults):
         best = [r for t, _, r in fastest_at_quality([r for r in res.rows if r.backend == backend], (target,)) if r]
         if best:
             top = max(best, key=lambda r: r.timing.run_speedup.median)   # the fastest method at this quality
-            ax.axhline(target, color="grey", lw=0.6, ls=":")
             ax.scatter([top.timing.run_speedup.median], [top.quality.psnr_db.median], marker="*", s=140,
                        color="black", zorder=5)
             ax.annotate(f"≥{target:g} dB: {top.method} {top.timing.run_speedup.median:.2f}×",
