@@ -177,14 +177,14 @@ def build_report(model, cap, num_steps: int | None) -> Report:
             scope = "attention" if isinstance(plan, str) else plan.scope
             note = None
             if scope != busiest.scope:
-                refused = site.extra.get("scopes", {}).get(busiest.scope, plan)
+                refused = site.scopes.get(busiest.scope, plan)
                 note = f"{busiest.scope} not applied: {refused}"
         module = site.module or site.name
         rep.append(SiteRecord(site.block, module, site.kind, site.image_tokens, site.text_tokens,
                               site.grid, bool(reduced_cfgs), scope, note, why, sched_txt if why is None else "-",
                               dense, red, tuple(o for o in site.owners if o != module)))
     for site in cap.sites:   # what the rewrite noted about a site (e.g. cfg: shared run per sample)
-        rep.notes += [f"{site.module or site.name}: {n}" for n in site.extra.get("notes", []) if n not in rep.notes]
+        rep.notes += [f"{site.module or site.name}: {n}" for n in site.notes if n not in rep.notes]
     for module, why in cap.unmatched.items():
         rep.append(SiteRecord(None, module, "unmatched", 0, 0, None, False, "-", None, why, "-", 0, 0))
     return rep

@@ -350,11 +350,11 @@ def test_scope_refusals_name_the_module_the_source_line_and_what_works():
     with torch.no_grad():
         r(**kw)
     for site in r.last_capture.sites:
-        for scope, why in site.extra["scopes"].items():
+        for scope, why in site.scopes.items():
             assert isinstance(why, str), scope
             assert not INTERNAL_NAME.search(why), why
             assert re.search(r"layers\.\d", why) and "anydit.py:" in why and "the site can use scope `attention`" in why
-    assert "attention mask over the image tokens" in r.last_capture.sites[0].extra["scopes"]["attention+proj"]
+    assert "attention mask over the image tokens" in r.last_capture.sites[0].scopes["attention+proj"]
 
 
 def test_every_op_propagation_reads_is_in_the_token_wise_table():

@@ -292,7 +292,7 @@ def apply_override(site: Site, override) -> None:
         "self" if site.kv_len == site.q_len else "cross")
     site.kv_layout = site.layout if site.kv_len == site.q_len else None
     site.skip_reason = None
-    site.extra["layout_source"] = "override"
+    site.layout_source = "override"
 
 
 def _undecided(site: Site) -> bool:

@@ -360,7 +360,6 @@ def _number_blocks(sites: list[Site]) -> None:
             key = (s.block_group, s.block)
             if key not in order:
                 order[key] = len(order)
-            s.extra["local_block"] = s.block
             s.block = order[key]
 
 

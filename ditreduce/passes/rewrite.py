@@ -127,7 +127,7 @@ class _Builder:
         if node is None:
             note = ("cfg: shared runs per sample here: the latent input is unknown, so a CFG pair cannot be told "
                     "from two independent samples")
-            notes = self.site.extra.setdefault("notes", [])
+            notes = self.site.notes
             if note not in notes:
                 notes.append(note)
             return None, "per_sample"
@@ -446,7 +446,7 @@ def site_plan(site: Site, cfg):
     if not get_method(cfg.method).reduces_q:
         return (f"{cfg.method} reduces keys/values only: its region sits around the sdpa (the q projection "
                 "needs every token)")
-    plans = site.extra.get("scopes", {})
+    plans = site.scopes
     for scope in WIDER_SCOPES[WIDER_SCOPES.index(cfg.scope):]:
         if isinstance(plans.get(scope), RegionPlan):
             return plans[scope]

@@ -427,11 +427,11 @@ PLANNERS = {"attention+proj": plan_attention_proj, "block": plan_block}
 
 
 def plan_scopes(gm: fx.GraphModule, labels: dict, sites: list[Site]) -> None:
-    """Record, per site, a RegionPlan or the reason for every wider scope (site.extra['scopes'])."""
+    """Record, per site, a RegionPlan or the reason for every wider scope (site.scopes)."""
     for site in sites:
         plans = {}
         if site.grid is None or site.image is None:
-            site.extra["scopes"] = plans
+            site.scopes = plans
             continue
         for scope, planner in PLANNERS.items():
             if scope == "block" and site.block is None:
@@ -445,4 +445,4 @@ def plan_scopes(gm: fx.GraphModule, labels: dict, sites: list[Site]) -> None:
         proj, block = plans.get("attention+proj"), plans.get("block")
         if isinstance(proj, str) and isinstance(block, str):  # the next narrower scope is refused too
             plans["block"] = block.replace(_Walker.hint_for("block"), _Walker.hint_for("attention+proj"))
-        site.extra["scopes"] = plans
+        site.scopes = plans

@@ -71,7 +71,9 @@ class Site:
     origin: str = "sdpa"           # "sdpa" or "matmul-softmax" (canonicalised hand-written attention)
     owners: tuple[str, ...] = ()   # every module whose q/k/v/out projections feed this attention (a module that
     #                                only holds projections while its parent runs the sdpa: Flux, MMDiT code)
-    extra: dict = field(default_factory=dict)
+    scopes: dict = field(default_factory=dict)  # wider scope -> RegionPlan, or why the site cannot have it
+    layout_source: str | None = None  # "override" when the schedule's `layout:` decided the site's layout
+    notes: list[str] = field(default_factory=list)  # what the rewrite noted (e.g. cfg: shared run per sample)
 
     @property
     def name(self) -> str:

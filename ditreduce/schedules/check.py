@@ -17,7 +17,7 @@ def unused_selectors(schedule: Schedule, sites: list) -> list[str]:
             notes.append(f"rules[{i}].modules {rule.modules!r} matches no attention site "
                          f"(sites: {_examples(modules)}); the rule never applies")
     lay = schedule.layout
-    if lay is not None and not any(s.extra.get("layout_source") == "override" for s in sites):
+    if lay is not None and not any(s.layout_source == "override" for s in sites):
         where = f" with modules {lay.modules!r}" if lay.modules is not None else ""
         matched = [m for m in modules if lay.modules is None or fnmatch.fnmatchcase(m, lay.modules)]
         why = ("its modules glob matches no site" if not matched else
