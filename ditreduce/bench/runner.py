@@ -116,7 +116,7 @@ def validate(settings: BenchSettings) -> None:
             "backend" not in inspect.signature(compile_with_reduction).parameters:
         raise BackendUnavailableError(
             f"--backends {','.join(settings.backends)}: this ditreduce build's compile_with_reduction() takes no "
-            "`backend=` argument (backends arrive with issue 8); use --backends eager")
+            "`backend=` argument; use --backends eager")
 
 
 def compile_for(model, schedule, backend: str):

@@ -38,7 +38,7 @@ TOKENWISE = {
     aten.masked_fill.Scalar, aten.copy.default, aten.lerp.Scalar, aten.native_dropout.default,
     aten.empty_like.default, aten.zeros_like.default, aten.ones_like.default, aten.full_like.default,
     aten.slice_scatter.default, aten.select_scatter.default, operator.getitem, SDPA,
-    # audit against propagate.RULES (issue 19): value-preserving copies and casts, and elementwise ops
+    # audited against propagate.RULES: value-preserving copies and casts, and elementwise ops
     aten.to.dtype_layout, aten.to.device, aten.lift_fresh_copy.default, aten.masked_fill.Tensor,
     # token-wise unless over the token dim: checked in _Walker.check_tokenwise (dims below)
     aten.log_softmax.int, aten._safe_softmax.default, aten.std.correction, aten.linalg_vector_norm.default,
