@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import zoo
@@ -458,4 +458,6 @@ def test_a_redundant_image_reproduces_the_dense_self_attention(family, method, s
             call = dict(kw, timestep=torch.full_like(kw["timestep"], t))
             out, ref = reduced(**call)[0], model(**call)[0]
             torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    assert any(c is not None and c.k < c.n for c in reduced.last_key)  # the last step really reduced
+    # the last step really reduced; a draw the method cannot reduce at all (ToDo's pooling grid of a 4×4
+    # lattice at a ratio of 0.125 keeps all 16 tokens) is discarded: if every draw were, hypothesis fails
+    assume(any(c is not None and c.k < c.n for c in reduced.last_key))
