@@ -174,7 +174,7 @@ class ReducedModel(nn.Module):
         kw = capture_pass.bind_call(self.model, args, kwargs)
         cap = self.analysis(kw)
         gen, call = self.generations.advance(timestep_value(kw), latent_of(kw))
-        num_steps = gen.resolved_num_steps(self.schedule.num_steps, self.schedule.needs_num_steps)
+        num_steps = self.num_steps()   # of `gen`, this thread's current generation
         plan = self.plan(cap, num_steps)
         key = self.last_key = self._key(plan, call.step)
         call.variant = variant_label(key)

@@ -55,7 +55,6 @@ class RunPlan:
 
     def __init__(self, schedule: Schedule, sites: list, num_steps: int | None, max_variants: int = MAX_VARIANTS):
         self.schedule, self.sites, self.num_steps, self.max_variants = schedule, sites, num_steps, max_variants
-        self.stateful = is_stateful(schedule)
         self.step_dependent = is_step_dependent(schedule)
         self.keys: list[tuple] = []
         self.per_step: list[int] = []
@@ -82,10 +81,6 @@ class RunPlan:
         if step >= len(self.per_step):
             self._extend(max(2 * len(self.per_step), step + 1, 8))
         return self.keys[self.per_step[step]]
-
-    def variant_of_step(self, step: int) -> int:
-        self.key(step)
-        return self.per_step[step]
 
     def _extend(self, length: int) -> None:
         # an open plan lowers one step ahead: a step's phase may depend on the next (DiTo's prime step)
