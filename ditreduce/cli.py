@@ -13,7 +13,7 @@ from .errors import BenchModelError, DitreduceError
 def _small_dit_example(res: int, batch: int = 2):
     import torch
 
-    from .models import load_small_dit
+    from .smalldit.models import load_small_dit
 
     m = load_small_dit()
     labels = torch.arange(batch) % len(m.class_names)
@@ -64,9 +64,9 @@ def cmd_demo(args) -> int:
     from .bench.flops import count_flops
     from .bench.runner import PREFERRED_METHODS, Variants, flops_record, make_schedule
     from .methods import METHODS
-    from .metrics import psnr, ssim
-    from .models import load_small_dit
-    from .sampling import sample
+    from .smalldit.metrics import psnr, ssim
+    from .smalldit.models import load_small_dit
+    from .smalldit.sampling import sample
     from .schedules import presets
 
     try:
@@ -137,7 +137,7 @@ def _save_grid(rows, path):
     import numpy as np
     from PIL import Image
 
-    from .metrics import to_unit
+    from .smalldit.metrics import to_unit
 
     grid = np.concatenate([np.concatenate([to_unit(img) for img in row], axis=1) for row in rows], axis=0)
     Image.fromarray((grid * 255).round().astype("uint8")).resize(

@@ -46,7 +46,7 @@ def test_onnxruntime_backend_matches_eager(family):
 
 
 def test_onnxruntime_backend_matches_eager_on_the_small_dit_at_low_res():
-    from ditreduce.models import load_small_dit
+    from ditreduce.smalldit.models import load_small_dit
 
     m = load_small_dit()
     kw = dict(hidden_states=torch.randn(2, 3, 16, 16), encoder_hidden_states=m.captions(torch.tensor([0, 6])).detach(),

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from ditreduce.data import NUM_CLASSES, batch
-from ditreduce.metrics import psnr, spectrum_slope, ssim, total_variation
-from ditreduce.models import SMALL_DIT_DIR, load_small_dit, new_small_dit
-from ditreduce.sampling import sample
+from ditreduce.smalldit.data import NUM_CLASSES, batch
+from ditreduce.smalldit.metrics import psnr, spectrum_slope, ssim, total_variation
+from ditreduce.smalldit.models import SMALL_DIT_DIR, load_small_dit, new_small_dit
+from ditreduce.smalldit.sampling import sample
 
 ROOT = Path(__file__).resolve().parents[1]
 

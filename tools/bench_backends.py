@@ -23,7 +23,7 @@ BACKENDS = ("eager", "inductor", "onnxruntime", "aotinductor")
 
 
 def small_dit(batch: int):
-    from ditreduce.models import load_small_dit
+    from ditreduce.smalldit.models import load_small_dit
 
     m = load_small_dit()
     labels = torch.arange(batch) % len(m.class_names)
@@ -107,9 +107,9 @@ def bench_model(title, model, kw, schedule: str, backends, repeats: int) -> list
 def bench_pipeline(steps: int, samples: int, schedule: str) -> str:
     from ditreduce import compile_with_reduction
     from ditreduce.backends.onnxruntime import load_onnx
-    from ditreduce.metrics import psnr
-    from ditreduce.models import load_small_dit
-    from ditreduce.sampling import sample
+    from ditreduce.smalldit.metrics import psnr
+    from ditreduce.smalldit.models import load_small_dit
+    from ditreduce.smalldit.sampling import sample
 
     m = load_small_dit()
     labels, seeds = [i % len(m.class_names) for i in range(samples)], list(range(samples))

@@ -5,8 +5,8 @@
 import torch
 
 from ditreduce.calibration.dito import calibrate_dito
-from ditreduce.models import load_small_dit
-from ditreduce.sampling import sample
+from ditreduce.smalldit.models import load_small_dit
+from ditreduce.smalldit.sampling import sample
 
 torch.set_num_threads(1)
 m = load_small_dit()

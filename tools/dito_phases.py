@@ -5,7 +5,7 @@
 import statistics, time, torch
 torch.set_num_threads(1)
 from ditreduce import compile_with_reduction
-from ditreduce.models import load_small_dit
+from ditreduce.smalldit.models import load_small_dit
 m = load_small_dit()
 tr = m.transformer
 kw = dict(hidden_states=torch.randn(2, 3, 64, 64), encoder_hidden_states=m.captions(torch.tensor([1, 2])),

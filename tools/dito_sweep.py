@@ -7,9 +7,9 @@ import sys
 import torch
 
 from ditreduce import compile_with_reduction
-from ditreduce.metrics import psnr, ssim
-from ditreduce.models import load_small_dit
-from ditreduce.sampling import sample
+from ditreduce.smalldit.metrics import psnr, ssim
+from ditreduce.smalldit.models import load_small_dit
+from ditreduce.smalldit.sampling import sample
 
 torch.set_num_threads(1)
 m = load_small_dit()

@@ -14,9 +14,9 @@ import statistics
 import warnings
 
 from ditreduce import compile_with_reduction
-from ditreduce.metrics import psnr, ssim
-from ditreduce.models import load_small_dit
-from ditreduce.sampling import sample
+from ditreduce.smalldit.metrics import psnr, ssim
+from ditreduce.smalldit.models import load_small_dit
+from ditreduce.smalldit.sampling import sample
 
 
 def main(argv=None) -> None:

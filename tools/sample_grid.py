@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from ditreduce.cli import _save_grid
-from ditreduce.data import CLASS_NAMES, batch
-from ditreduce.metrics import spectrum_slope, total_variation
-from ditreduce.models import load_small_dit, new_small_dit
-from ditreduce.sampling import sample
+from ditreduce.smalldit.data import CLASS_NAMES, batch
+from ditreduce.smalldit.metrics import spectrum_slope, total_variation
+from ditreduce.smalldit.models import load_small_dit, new_small_dit
+from ditreduce.smalldit.sampling import sample
 
 
 def _heldout(model, res):

@@ -1,11 +1,11 @@
-"""Train the small PixArt-shaped DiT that ships in ditreduce/models/small_dit.
+"""Train the small PixArt-shaped DiT that ships in ditreduce/smalldit/models/small_dit.
 
 Rectified-flow objective (x_t = (1-s) x0 + s e, target e - x0, timestep = 1000 s), matching
-ditreduce.sampling's FlowMatchEulerDiscreteScheduler. Fixed seed, resumable (checkpoint every
+ditreduce.smalldit.sampling's FlowMatchEulerDiscreteScheduler. Fixed seed, resumable (checkpoint every
 --save-every steps), tqdm progress bar, loss log as CSV. Most steps train on 32x32 renders
 (256 tokens, cheap); the last --hires-frac of steps on 64x64 (1024 tokens), the sampling resolution.
 
-    python tools/train_small_dit.py --steps 6000 --out ditreduce/models/small_dit
+    python tools/train_small_dit.py --steps 6000 --out ditreduce/smalldit/models/small_dit
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ditreduce.data import NULL_CLASS, batch
-from ditreduce.models import new_small_dit, save_small_dit
+from ditreduce.smalldit.data import NULL_CLASS, batch
+from ditreduce.smalldit.models import new_small_dit, save_small_dit
 
 
 def flow_loss(model, x0, labels, g, null_prob=0.1, sigma=None):
@@ -56,7 +56,7 @@ def main(argv=None):
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="runs/small_dit", help="checkpoint and loss log")
-    ap.add_argument("--out", default="ditreduce/models/small_dit", help="where the final model is saved")
+    ap.add_argument("--out", default="ditreduce/smalldit/models/small_dit", help="where the final model is saved")
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--config", default=None, help="JSON overrides of SMALL_DIT_CONFIG (tests use a tiny one)")
     ap.add_argument("--threads", type=int, default=None)

@@ -80,7 +80,7 @@ def pixart_alpha(tokens: int = 4096, blocks: int = 2, batch: int = 2, seed: int 
 
 def small_dit(res: int = 64, batch: int = 2) -> BenchModel:
     """The shipped trained DiT; `res` pixels (patch 2: res/2 squared image tokens); a CFG-shaped batch."""
-    from ..models import load_small_dit
+    from ..smalldit.models import load_small_dit
 
     m = load_small_dit()
     labels = torch.arange(batch) % len(m.class_names)

@@ -1,5 +1,5 @@
-"""Quality of a reduced model against dense on the same seeds: PSNR and SSIM (ditreduce.metrics,
-scikit-image) of samples from the shipped trained DiT (ditreduce.sampling.sample)."""
+"""Quality of a reduced model against dense on the same seeds: PSNR and SSIM (ditreduce.smalldit.metrics,
+scikit-image) of samples from the shipped trained DiT (ditreduce.smalldit.sampling.sample)."""
 from __future__ import annotations
 
 import time
@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from ..metrics import psnr, ssim
-from ..sampling import sample
+from ..smalldit.metrics import psnr, ssim
+from ..smalldit.sampling import sample
 
 
 @dataclass

@@ -295,7 +295,7 @@ def save_image_grid(rows: list[tuple[str, "object"]], path: str | Path, col_titl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..metrics import to_unit
+    from ..smalldit.metrics import to_unit
 
     n = max(len(imgs) for _, imgs in rows)
     label_w = 1.5  # inches for the row labels

@@ -26,8 +26,8 @@ def _target(spec: str, steps: int, samples: int):
     import torch
 
     if spec == "small-dit":
-        from ..models import load_small_dit
-        from ..sampling import sample
+        from ..smalldit.models import load_small_dit
+        from ..smalldit.sampling import sample
 
         m = load_small_dit()
         labels = [i % len(m.class_names) for i in range(samples)]
