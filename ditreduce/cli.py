@@ -172,6 +172,7 @@ def main(argv=None) -> int:
     importlib.import_module(".bench.cli", __package__).add_subcommands(sub)
     __import__("ditreduce.backends.cli", fromlist=["add_subcommands"]).add_subcommands(sub)
     importlib.import_module(".calibration.cli", __package__).add_subcommands(sub)
+    importlib.import_module(".calibration.tune", __package__).add_subcommands(sub)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)
