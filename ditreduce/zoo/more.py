@@ -9,13 +9,8 @@ import torch
 
 import diffusers
 
-
-def _g(seed):
-    return torch.Generator().manual_seed(seed)
-
-
-def _r(g, *shape):
-    return torch.randn(*shape, generator=g)
+from .tiny import _g
+from .tiny import _rand as _r
 
 
 def _make(cls_name, seed, **cfg):
