@@ -1,4 +1,5 @@
-"""`ditreduce` command line: demo, inspect, presets, schema."""
+"""`ditreduce` command line: demo, inspect, presets, schema (and bench, export, check-tensorrt, build-engines,
+calibrate, zoo from their subpackages)."""
 from __future__ import annotations
 
 import argparse
@@ -6,48 +7,20 @@ import importlib
 import sys
 import time
 
-from .cli_args import finite_float, positive_int, print_error, traceback_wanted
+from .cli_args import MODEL_SPEC_HELP, finite_float, positive_int, print_error, traceback_wanted
 from .errors import BenchModelError, DitreduceError
-
-
-def _small_dit_example(res: int, batch: int = 2):
-    import torch
-
-    from .smalldit.models import load_small_dit
-
-    m = load_small_dit()
-    labels = torch.arange(batch) % len(m.class_names)
-    kw = dict(hidden_states=torch.randn(batch, 3, res, res), encoder_hidden_states=m.captions(labels),
-              timestep=torch.full((batch,), 500.0), return_dict=False)
-    return m.transformer, kw
-
-
-def _load_target(spec: str, res: int):
-    if spec == "small-dit":
-        return _small_dit_example(res)
-    return load_callable(spec, "(model, kwargs)")()
-
-
-def load_callable(spec: str, returning: str):
-    """`package.module:function` -> the function; anything else is a BenchModelError naming the spec."""
-    mod, _, fn = spec.partition(":")
-    if not fn or not mod:
-        raise BenchModelError(f"model must be 'small-dit' or 'package.module:function' returning {returning}, got {spec!r}")
-    try:
-        return getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise BenchModelError(f"model {spec!r}: cannot load it: {type(e).__name__}: {e}") from None
 
 
 def cmd_inspect(args) -> int:
     import torch
 
     from . import compile_with_reduction
+    from .model_specs import resolve_model
 
-    model, kw = _load_target(args.model, args.res)
-    reduced = compile_with_reduction(model, args.schedule)
+    bm = resolve_model(args.model, args.res)
+    reduced = compile_with_reduction(bm.module, args.schedule)
     with torch.no_grad():
-        reduced.capture(**kw)
+        reduced.capture(**bm.kwargs)
     rep = reduced.report(num_steps=args.steps)
     for note in rep.notes:
         print(f"# {note}")
@@ -64,16 +37,22 @@ def cmd_demo(args) -> int:
     from .bench.flops import count_flops
     from .bench.runner import PREFERRED_METHODS, Variants, flops_record, make_schedule
     from .methods import METHODS
+    from .model_specs import resolve_model
     from .smalldit.metrics import psnr, ssim
-    from .smalldit.models import load_small_dit
     from .smalldit.sampling import sample
     from .schedules import presets
 
+    b2 = 2 * args.samples if args.guidance != 1.0 else args.samples  # the batch of the sampling calls (CFG)
     try:
-        model = load_small_dit()
+        bm = resolve_model(args.model, args.res, batch=b2)
     except FileNotFoundError as e:
         print(e, file=sys.stderr)
         return 1
+    if not bm.can_sample:
+        raise BenchModelError(f"demo samples images and compares them, so it needs small-dit[:RES]; {args.model!r} "
+                              "cannot sample (`ditreduce inspect` and `ditreduce bench --no-quality` take any model)")
+    args.res = bm.res
+    model, example = bm.small_dit, bm.kwargs
     schedule, name = args.schedule, args.schedule
     if schedule == "auto":  # the best method (in the bench's order of preference) with its default schedule
         best = next(m for m in PREFERRED_METHODS if m in METHODS)
@@ -95,14 +74,8 @@ def cmd_demo(args) -> int:
         return imgs, time.perf_counter() - t0
 
     reduced_model = compile_with_reduction(model.transformer, schedule)
-    # capture (torch.export), every variant built and called once, and a dense warm-up: outside the timed runs
-    b2 = 2 * n if args.guidance != 1.0 else n
-    # random, not zeros: an integer-valued tensor may be read as position ids (part of the capture's
-    # signature), and the warm-up must capture the very signature the sampling calls use
-    g = torch.Generator().manual_seed(0)
-    example = dict(hidden_states=torch.randn(b2, 3, args.res, args.res, generator=g),
-                   encoder_hidden_states=torch.randn(b2, 4, model.captions.channels, generator=g),
-                   timestep=torch.full((b2,), 500.0), return_dict=False)
+    # capture (torch.export), every variant built and called once, and a dense warm-up: outside the timed runs;
+    # the example has the very signature the sampling calls use (batch b2, random inputs)
     with torch.no_grad():
         variants = Variants(reduced_model, example, args.steps)
         dense_flops = count_flops(lambda: model.transformer(**example))  # also the dense warm-up
@@ -150,20 +123,20 @@ def main(argv=None) -> int:
                     help="show the traceback of a ditreduce error (also: DITREDUCE_TRACEBACK=1)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="dense vs reduced samples of the shipped small DiT: speed, FLOPs, PSNR, SSIM")
+    d.add_argument("model", nargs="?", default="small-dit", help="small-dit[:RES] (a model that samples images)")
     d.add_argument("--samples", type=positive_int, default=4)
     d.add_argument("--steps", type=positive_int, default=20)
-    d.add_argument("--res", type=positive_int, default=64)
+    d.add_argument("--res", type=positive_int, default=64, help="pixels (small-dit:RES overrides it)")
     d.add_argument("--guidance", type=finite_float, default=3.0)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--schedule", default="auto", help="a schedule or preset; auto: the best registered method's default")
     d.add_argument("--out", default="ditreduce_demo.png")
     d.set_defaults(fn=cmd_demo)
     i = sub.add_parser("inspect", help="sites, layouts and per-step plan of a model under a schedule")
-    i.add_argument("model", nargs="?", default="small-dit",
-                   help="'small-dit' or 'package.module:function' returning (model, example_kwargs)")
+    i.add_argument("model", nargs="?", default="small-dit", help=MODEL_SPEC_HELP)
     i.add_argument("--schedule", default="uniform-50")
     i.add_argument("--steps", type=positive_int, default=None, help="number of denoising steps (for step rules)")
-    i.add_argument("--res", type=positive_int, default=64)
+    i.add_argument("--res", type=positive_int, default=64, help="small-dit's resolution when the spec has none")
     i.set_defaults(fn=cmd_inspect)
     p = sub.add_parser("presets", help="list the shipped schedule presets")
     p.set_defaults(fn=lambda a: print("\n".join(__import__("ditreduce.schedules", fromlist=["presets"]).presets())) or 0)
@@ -173,6 +146,7 @@ def main(argv=None) -> int:
     __import__("ditreduce.backends.cli", fromlist=["add_subcommands"]).add_subcommands(sub)
     importlib.import_module(".calibration.cli", __package__).add_subcommands(sub)
     importlib.import_module(".calibration.tune", __package__).add_subcommands(sub)
+    importlib.import_module(".zoo", __package__).add_subcommands(sub)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

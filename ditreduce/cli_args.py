@@ -8,6 +8,10 @@ import os
 import sys
 
 
+MODEL_SPEC_HELP = ("model spec: small-dit[:RES], pixart-alpha:TOKENS:BLOCKS, DiffusersClass:{json config} or "
+                   "package.module:callable returning (model, example_kwargs[, generate]) (ditreduce.model_specs)")
+
+
 def int_at_least(lo: int):
     def parse(text: str) -> int:
         try:

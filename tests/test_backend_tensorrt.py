@@ -1,7 +1,6 @@
 """TensorRT: the optimisation-profile rules and the messages given without TensorRT run everywhere; building
 and running engines, and Torch-TensorRT on export_programs(), need TensorRT and a CUDA GPU and skip here."""
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import zoo
 from ditreduce import compile_with_reduction
 from ditreduce.backends import BackendError
 from ditreduce.backends.trt_build import build_engines, profile_shapes
+from ditreduce.cli import main
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 needs_trt_gpu = pytest.mark.skipif(not (HAVE_TRT and torch.cuda.is_available()),
@@ -28,16 +28,31 @@ def test_static_graphs_build_one_point_profiles_and_reject_batch_ranges():
         profile_shapes(["batch", 4, 8, 8], None)
 
 
-@pytest.mark.skipif(HAVE_TRT, reason="checks the message given where TensorRT is missing")
-def test_build_engines_without_tensorrt_says_what_to_do(tmp_path):
-    with pytest.raises(BackendError, match="TensorRT is not installed.*check-tensorrt"):
+@pytest.mark.skipif(HAVE_TRT and torch.cuda.is_available(), reason="checks the message given without TensorRT or a GPU")
+def test_build_engines_without_tensorrt_or_gpu_says_what_to_do(tmp_path, capsys):
+    why = "TensorRT is not installed.*check-tensorrt" if not HAVE_TRT else "needs a CUDA GPU.*check-tensorrt"
+    with pytest.raises(BackendError, match=why):
         build_engines(tmp_path / "manifest.json", tmp_path / "engines")
-    sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))
-    try:
-        import build_engines as tool
-    finally:
-        sys.path.pop(0)
-    assert tool.main([str(tmp_path / "manifest.json"), "--out", str(tmp_path / "engines")]) == 2
+    # the installed command: the same named error, one line, exit 2
+    assert main(["build-engines", str(tmp_path / "manifest.json"), "--out", str(tmp_path / "engines")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ditreduce: error: BackendError: ") and "check-tensorrt" in err and "\n" not in err
+
+
+def test_build_engines_arguments(monkeypatch):
+    import ditreduce.backends.trt_build as trt_build
+
+    calls = []
+    monkeypatch.setattr(trt_build, "build_engines", lambda *a: calls.append(a) or Path(a[1]) / "engines.json")
+    assert main(["build-engines", "m/manifest.json"]) == 0
+    assert main(["build-engines", "m/manifest.json", "--precision", "bf16", "--out", "e", "--batch", "1,2,4",
+                 "--no-refit", "--strip-weights"]) == 0
+    assert calls == [("m/manifest.json", "engines", "fp16", None, True, False),
+                     ("m/manifest.json", "e", "bf16", (1, 2, 4), False, True)]
+    for bad in (["--batch", "2,1,4"], ["--batch", "1,2"], ["--batch", "a,b,c"], ["--precision", "int8"]):
+        with pytest.raises(SystemExit) as e:
+            main(["build-engines", "m/manifest.json", *bad])
+        assert e.value.code == 2
 
 
 @pytest.fixture

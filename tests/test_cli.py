@@ -41,6 +41,8 @@ import pytest  # noqa: E402
     (["calibrate", "--samples", "0"], "argument --samples: an integer >= 1 expected"),
     (["calibrate", "--budget", "inf"], "argument --budget: a number in [0, 0.95] expected"),
     (["demo", "--res", "abc"], "argument --res: an integer >= 1 expected, got 'abc'"),
+    (["zoo", "--classes", "dit,nosuch"], "argument --classes: invalid choice 'nosuch'; allowed (comma-separated): "),
+    (["build-engines", "m.json", "--batch", "4,2,1"], "argument --batch: MIN,OPT,MAX expected"),
 ])
 def test_bad_arguments_are_argparse_errors_naming_the_allowed_values(argv, allowed, capsys):
     with pytest.raises(SystemExit) as e:
@@ -53,7 +55,13 @@ def test_bad_arguments_are_argparse_errors_naming_the_allowed_values(argv, allow
 @pytest.mark.parametrize("argv, message", [
     (["inspect", "zoo:pixart_example", "--schedule", "nosuch-preset"], "ScheduleError: no schedule file 'nosuch-preset' and no preset"),
     (["inspect", "nosuchmodule:make"], "BenchModelError: model 'nosuchmodule:make': cannot load it"),
-    (["inspect", "notaspec"], "BenchModelError: model must be 'small-dit' or 'package.module:function'"),
+    (["inspect", "notaspec"], "BenchModelError: model 'notaspec': not a model spec; accepted spellings: small-dit[:RES], "
+                              "pixart-alpha:TOKENS:BLOCKS, DiffusersClass:{json config}, package.module:callable"),
+    (["export", "notaspec", "uniform-50", "unused"], "BenchModelError: model 'notaspec': not a model spec"),
+    (["calibrate", "nosuchmodule:make"], "BenchModelError: model 'nosuchmodule:make': cannot load it"),
+    (["calibrate", "zoo:pixart_example"], "BenchModelError: model 'zoo:pixart_example' cannot generate: calibrate"),
+    (["demo", "zoo:pixart_example"], "BenchModelError: demo samples images and compares them, so it needs small-dit"),
+    (["inspect", "small-dit:abc"], "BenchModelError: model 'small-dit:abc': write small-dit or small-dit:RES"),
     (["check-tensorrt", "/nonexistent/manifest.json"], "BackendError: no manifest at /nonexistent/manifest.json"),
 ])
 def test_ditreduce_errors_are_one_line_and_exit_2(argv, message, capsys):
@@ -75,3 +83,58 @@ def test_schedule_error_in_a_subprocess_is_one_line_and_traceback_on_request(tmp
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "duplicate key 'ratio'" in r.stderr, r.stderr
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(env, DITREDUCE_TRACEBACK="1"), timeout=300)
     assert r.returncode == 1 and "Traceback" in r.stderr and "ScheduleError" in r.stderr
+
+
+# --- one resolver for model specs: every command takes every spelling ---------------------------------
+TINY_DIT = ('DiTTransformer2DModel:{"num_attention_heads": 2, "attention_head_dim": 8, "in_channels": 4, '
+            '"out_channels": 8, "num_layers": 1, "sample_size": 8, "patch_size": 2, "num_embeds_ada_norm": 1000, '
+            '"norm_num_groups": 1}')
+
+
+@pytest.mark.parametrize("spec, site", [(TINY_DIT, "transformer_blocks.0.attn1"),
+                                        ("small-dit:32", "16x16"),
+                                        ("zoo:pixart_generate_example", "4x6")])  # a 3-tuple callable
+def test_inspect_takes_every_spelling(spec, site, capsys):
+    assert main(["inspect", spec, "--schedule", "uniform-50"]) == 0
+    assert site in capsys.readouterr().out
+
+
+def test_export_takes_a_diffusers_class_spec(tmp_path, capsys):
+    assert main(["export", TINY_DIT, "uniform-50", str(tmp_path / "out"), "--steps", "2"]) == 0
+    assert (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_calibrate_takes_a_callable_with_generate(tmp_path):
+    from ditreduce.schedules import load_schedule
+
+    out = tmp_path / "s.yaml"
+    assert main(["calibrate", "zoo:pixart_generate_example", "--steps", "3", "--budget", "0.2", "--phases", "1",
+                 "--dense-fraction", "0.34", "-o", str(out)]) == 0
+    sched = load_schedule(str(out))
+    assert sched.method == "coredit" and sched.num_steps == 3
+    assert sched.rules[0].method == "none" and sched.rules[0].step_fraction.stop > 0
+
+
+def test_zoo_prints_the_rows_of_the_classes_asked_for(capsys):
+    assert main(["zoo", "--classes", "dit,sana"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| model (zoo name) | sites (reduced / found)") and len(out) == 4
+    assert out[2].startswith("| DiTTransformer2DModel (dit) | 2 / 2 | self | 4x4 | 0 | 0.0e+00 | 0.25× |")
+    assert out[3].startswith("| SanaTransformer2DModel (sana) | – |") and "ScheduleError" in out[3]
+
+
+def test_zoo_takes_model_specs_and_does_not_import_tests(capsys):
+    import ast
+    from pathlib import Path
+
+    import ditreduce.zoo
+
+    assert main(["zoo", "--models", TINY_DIT]) == 0  # --models alone: only its rows
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and out[2].startswith("| DiTTransformer2DModel (DiTTransformer2DModel:{") and "| 1 / 1 |" in out[2]
+    for path in Path(ditreduce.zoo.__file__).parent.glob("*.py"):  # installed with the package: no tests/ imports
+        text = path.read_text()
+        names = {a.name.split(".")[0] for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Import) for a in n.names}
+        names |= {(n.module or "").split(".")[0] for n in ast.walk(ast.parse(text))
+                  if isinstance(n, ast.ImportFrom) and not n.level}
+        assert not names & {"tests", "zoo", "zoo_more", "anydit", "conftest"} and "sys.path" not in text, path

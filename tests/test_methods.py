@@ -47,7 +47,7 @@ def test_coredit_structure(lattice, ratio, params):
     meth = CoReDiT(cfg="per_sample", **params)  # {}: the method's defaults (one slot, pooled)
     k = meth.kept_count(n, n - round(ratio * n), lattice)
     x = torch.randn(3, n, 8, generator=torch.Generator().manual_seed(1))
-    sel, _ = meth.select(x, lattice, k)
+    sel = meth.select(x, lattice, k)
     assert sel.kept.shape == (3, k)
     w = torch.ones(sel.src.shape) if sel.w is None else sel.w
     nbr, valid = neighbour_table(lattice)

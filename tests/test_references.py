@@ -85,7 +85,7 @@ def _selections(b, text, lattice):
     for name in ("uniform", "random", "coredit", "tome", "todo"):
         params = {"slots": 3} if name == "coredit" else {}
         meth = get_method(name)(cfg="per_sample", **params) if name in ("coredit", "tome") else get_method(name)()
-        sel, _ = meth.select(x, lattice, meth.kept_count(n, n // 2, lattice))
+        sel = meth.select(x, lattice, meth.kept_count(n, n // 2, lattice))
         out[name] = (embed_in_sequence(sel, text, text + n), meth.reduces_q)
     return out
 
@@ -187,7 +187,7 @@ def test_scope_matches_the_reference_on_a_hand_written_dit(method, scope, params
         k = cfgs[0].k
 
         def select(tokens):
-            sel, _ = meth.select(tokens, lattice, k)
+            sel = meth.select(tokens, lattice, k)
             return (sel, meth.reduces_q) if scope == "attention" else sel
 
         ref = ref_handdit(model, kw["hidden_states"], kw["timestep"], scope, select)
@@ -275,7 +275,7 @@ def test_tome_matches_brute_force_bipartite_matching(lattice, seed):
     x = torch.randn(2, n, 6, generator=_g(7))
     meth = get_method("tome")(seed=seed, cfg="per_sample")
     k = meth.kept_count(n, n - round(0.4 * n), lattice)
-    sel, _ = meth.select(x, lattice, k)
+    sel = meth.select(x, lattice, k)
     _check_matching(x, sel, ref_matching(x, lattice, k, seed))
 
 
@@ -365,7 +365,7 @@ def test_coredit_matches_the_definition(lattice, slots, pool):
     x = torch.randn(2, n, 8, generator=_g(11))
     meth = get_method("coredit")(slots=slots, pool=pool, cfg="per_sample")
     k = meth.kept_count(n, n - round(0.5 * n), lattice)
-    sel, _ = meth.select(x, lattice, k)
+    sel = meth.select(x, lattice, k)
     assert (sel.w is None) == (slots == 1)
     _check_coredit(x, sel, ref_coredit(x, lattice, k, slots=slots), pool)
 
@@ -375,7 +375,7 @@ def test_coredit_defaults_are_one_slot_and_pooled():
     x = torch.randn(1, n, 8, generator=_g(12))
     meth = get_method("coredit")()
     k = meth.kept_count(n, 18, lattice)
-    sel, _ = meth.select(x, lattice, k)
+    sel = meth.select(x, lattice, k)
     _check_coredit(x, sel, ref_coredit(x, lattice, k, slots=1), pool=True)
 
 
@@ -391,12 +391,12 @@ def test_cfg_selection_matches_the_reference(cfg):
     x, lattice, n = _cfg_batch(), (6, 6), 36
     co = get_method("coredit")(cfg=cfg, slots=3)
     k = co.kept_count(n, 18, lattice)
-    sel, _ = co.select(x, lattice, k)
+    sel = co.select(x, lattice, k)
     ref = ref_coredit(x, lattice, k, slots=3, cfg=cfg)
     _check_coredit(x, sel, ref, pool=True)
     tm = get_method("tome")(cfg=cfg)
     kt = tm.kept_count(n, 18, lattice)
-    tsel, _ = tm.select(x, lattice, kt)
+    tsel = tm.select(x, lattice, kt)
     tref = ref_matching(x, lattice, kt, cfg=cfg)
     _check_matching(x, tsel, tref)
     same = [ref[0][0] == ref[2][0], tref[0][0] == tref[2][0]]
@@ -415,7 +415,7 @@ def test_todo_pooling_matches_adaptive_pooling(lattice, ratio):
     hk, wk = max(1, min(h, round(h * s))), max(1, min(w, round(w * s)))
     for mode in ("avg", "nearest"):
         meth = get_method("todo")(mode=mode)
-        sel, _ = meth.select(None, lattice, k)
+        sel = meth.select(None, lattice, k)
         red = reduce_tokens(x, sel, 1)
         grid = x.reshape(2, f, h, w, c).permute(0, 1, 4, 2, 3).reshape(2 * f, c, h, w)
         if mode == "avg":

@@ -176,7 +176,7 @@ def test_accepted_numeric_params_give_finite_selections(method, key, value):
         merged, unmerged, arg, _ = dito_match(x, count, lattice=(4, 4), k=8, seed=p["seed"], cfg=p["cfg"], lam=p["lam"])
         sel = dito_selection(merged, unmerged, arg, n=16, lattice=(4, 4), k=8, seed=p["seed"])
     else:
-        sel, _ = m.select(x, (4, 4), 8)
+        sel = m.select(x, (4, 4), 8)
     for t in sel:
         assert t is None or torch.isfinite(t.float()).all()
 
@@ -218,3 +218,14 @@ def test_unused_selectors_are_reported_on_captured_sites():
     assert notes[1].startswith("layout override with modules 'blocks.*'") and "matches no site" in notes[1]
     used = load_schedule({"ratio": 0.5, "rules": [{"modules": "transformer_blocks.1.*", "ratio": 0.3}]})
     assert unused_selectors(used, cap.sites) == []
+
+
+def test_dense_prefix_is_the_rule_that_keeps_the_first_steps_dense():
+    from ditreduce.schedules import dense_prefix
+
+    sched = load_schedule({"method": "uniform", "ratio": 0.5, "rules": [dense_prefix(0.25)]})
+    (rule,) = sched.rules
+    assert rule.method == "none" and [rule.matches_step(i, 8) for i in range(8)] == [True] * 2 + [False] * 6
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="dense_prefix"):
+            dense_prefix(bad)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import yaml
 
-from ditreduce.bench.models import resolve_model
+from ditreduce.model_specs import resolve_model
 from ditreduce.bench.quality import compare, draw
 from ditreduce.calibration.tune import Candidate, TuneError, TuneSettings, Tuner, ratio_grid, tune
 from ditreduce.cli import main

@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 from onnx import numpy_helper
 
-from .trt_ops import OPSET_RANGE, SUPPORTED, TOPK_MAX_K
+from .trt_ops import OPSET_RANGE, SUPPORTED, MAX_TOPK
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,9 @@ def _node_rules(variant: str, node: onnx.NodeProto, consts: dict) -> list[Findin
         k = consts.get(node.input[1]) if len(node.input) > 1 else None
         if k is None:
             f.append(Finding(variant, name, op, "topk-k", "K is computed in the graph; TensorRT needs a constant K"))
-        elif int(numpy_helper.to_array(k).reshape(-1)[0]) > TOPK_MAX_K:
+        elif int(numpy_helper.to_array(k).reshape(-1)[0]) > MAX_TOPK:
             f.append(Finding(variant, name, op, "topk-k",
-                             f"K={int(numpy_helper.to_array(k).reshape(-1)[0])} > {TOPK_MAX_K}"))
+                             f"K={int(numpy_helper.to_array(k).reshape(-1)[0])} > {MAX_TOPK}"))
         if _attr(node, "sorted", 1) != 1:
             f.append(Finding(variant, name, op, "topk-k", "sorted=0; TensorRT needs sorted=1"))
     if op in ("ScatterND", "ScatterElements"):

@@ -1,6 +1,6 @@
 """manifest.json: what an exported run is — variants (ONNX graphs), the step -> variant map for N
 steps, every graph's input / output / state tensors with dtypes and static shapes, the schedule and
-the model config. Read by the ONNX Runtime and TensorRT runners, build_engines.py, the TensorRT lint
+the model config. Read by the ONNX Runtime and TensorRT runners, `ditreduce build-engines`, the TensorRT lint
 and the Triton layout.
 
 State tensors (stateful methods, e.g. DiTo) are graph inputs named `state.<site>.<name>` and graph
@@ -280,7 +280,7 @@ def save_engine_manifest(m: EngineManifest, path: str | Path) -> Path:
 def load_engine_manifest(path: str | Path, verify: bool = True) -> EngineManifest:
     """The engine manifest at `path`: its plans inside its folder (hashes checked where recorded), its ONNX
     manifest inside its folder or the one above (build_engines writes OUT/engines/ next to OUT/manifest.json)."""
-    m = _read(EngineManifest, path, "engine manifest at {path}: build one with tools/build_engines.py manifest.json")
+    m = _read(EngineManifest, path, "engine manifest at {path}: build one with `ditreduce build-engines manifest.json`")
     path = Path(path)
     onnx_manifest(path, m)
     for i, e in enumerate(m.engines):

@@ -1,7 +1,7 @@
 """tensorrt: variants run as TensorRT engines on one CUDA stream, with state buffers.
 
 - load_tensorrt(engines.json): a diffusers-pipeline transformer over the engines that
-  tools/build_engines.py wrote (step -> variant map and tensor specs from the ONNX manifest).
+  `ditreduce build-engines` wrote (step -> variant map and tensor specs from the ONNX manifest).
 - backend="tensorrt": each variant the runtime picks is exported to ONNX, built into an engine in a
   temporary directory, and run the same way.
 

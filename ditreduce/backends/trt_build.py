@@ -1,5 +1,5 @@
 """Build one TensorRT engine per variant of an ONNX manifest (TensorRT Python API: Builder, OnnxParser,
-BuilderConfig, an optimisation profile) and write an engine manifest. tools/build_engines.py is the CLI.
+BuilderConfig, an optimisation profile) and write an engine manifest. `ditreduce build-engines` is the CLI.
 
 Weight sharing: with `strip_weights` the engines are built REFIT_IDENTICAL + STRIP_PLAN, so a plan holds
 no weights; at load the runner refits each engine from its ONNX graph, whose initializers all point
@@ -90,7 +90,7 @@ def build_engines(manifest_path: str | Path, out_dir: str | Path, precision: str
                   strip_weights: bool = False) -> Path:
     if precision not in PRECISIONS:
         raise BackendError(f"precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
-    trt = import_tensorrt()
+    trt = require_tensorrt()  # BackendError without TensorRT or without a CUDA GPU
     manifest_path, out = Path(manifest_path).resolve(), Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     m = load_manifest(manifest_path)

@@ -2,8 +2,11 @@
 release): what `ditreduce check-tensorrt` accepts. TensorRT 10 parses opsets 9 to 20."""
 from __future__ import annotations
 
+# TopK: `K` a constant (initializer / Constant), `sorted` = 1, K at most MAX_TOPK = 3840 (ITopKLayer); the same
+# constant the methods' TopK grouping obeys
+from ..methods.lattice import MAX_TOPK  # noqa: F401
+
 OPSET_RANGE = (9, 20)
-TOPK_MAX_K = 3840  # TopK: `K` a constant (initializer / Constant), `sorted` = 1, K at most 3840 (ITopKLayer)
 
 SUPPORTED = frozenset({
     "Abs", "Acos", "Acosh", "Add", "And", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh", "AveragePool",

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..passes.capture import UnsupportedModelError
 from ..passes.layout import LayoutError
-from ..schedules import ScheduleError, load_schedule
+from ..schedules import ScheduleError, dense_prefix, load_schedule
 from . import memory, speed
 from .flops import Flops, attention_exponent, count_flops, matched_ratio
 from .models import BenchModel
@@ -83,7 +83,7 @@ class BenchSettings:
 def make_schedule(method: str, ratio: float, scope: str, dense_fraction: float) -> dict:
     sched = {"version": 1, "method": method, "ratio": ratio, "scope": scope, "rules": []}
     if dense_fraction > 0:
-        sched["rules"].append({"step_fraction": {"start": 0.0, "stop": dense_fraction}, "method": "none"})
+        sched["rules"].append(dense_prefix(dense_fraction))
     return sched
 
 

@@ -9,8 +9,9 @@ from ..cli_args import float_in, positive_int
 def add_subcommands(sub) -> None:
     c = sub.add_parser("calibrate", help="measure a model on dense generations and write a calibrated schedule")
     c.add_argument("model", nargs="?", default="small-dit",
-                   help="'small-dit' or 'package.module:function' returning (model, example_kwargs, generate) "
-                        "where generate(transformer) runs full generations through `transformer`")
+                   help="small-dit[:RES] or package.module:callable returning (model, example_kwargs, generate) "
+                        "where generate(transformer) runs full generations through `transformer` (a spec that "
+                        "cannot generate, e.g. pixart-alpha:TOKENS:BLOCKS, is a BenchModelError)")
     c.add_argument("--method", default="coredit", choices=["coredit", "dito"])
     c.add_argument("--budget", type=float_in(0.0, 0.95), default=0.45, help="coredit: fraction of self-attention FLOPs removed "
                    "(dito: the ratio and interval come from the PMR measurement, see docs/methods.md)")
@@ -22,30 +23,12 @@ def add_subcommands(sub) -> None:
     c.set_defaults(fn=cmd_calibrate)
 
 
-def _target(spec: str, steps: int, samples: int):
-    import torch
-
-    if spec == "small-dit":
-        from ..smalldit.models import load_small_dit
-        from ..smalldit.sampling import sample
-
-        m = load_small_dit()
-        labels = [i % len(m.class_names) for i in range(samples)]
-        kw = dict(hidden_states=torch.zeros(2 * samples, 3, 64, 64),
-                  encoder_hidden_states=torch.zeros(2 * samples, 4, m.captions.channels),
-                  timestep=torch.zeros(2 * samples), return_dict=False)
-        # seeds 1000+: calibration never sees the seeds the benchmarks evaluate on
-        return m.transformer, kw, lambda net: sample(m, labels, range(1000, 1000 + samples), steps=steps, transformer=net)
-    from ..cli import load_callable
-
-    return load_callable(spec, "(model, example_kwargs, generate)")()
-
-
 def cmd_calibrate(args) -> int:
     from .. import compile_with_reduction
+    from ..model_specs import calibration_target
     from . import allocate, measure_redundancy, write_schedule
 
-    model, kw, generate = _target(args.model, args.steps, args.samples)
+    model, kw, generate = calibration_target(args.model, args.steps, args.samples)
     command = "ditreduce " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["calibrate"] else f"calibrate {args.model}"
     if args.method == "dito":
         from .dito import calibrate_dito

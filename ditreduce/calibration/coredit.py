@@ -24,6 +24,7 @@ from ..methods.lattice import neighbour_cosines, neighbour_table
 from ..passes.capture import bind_call
 from ..passes.inputs import timestep_value
 from ..run_state import Generations, latent_of
+from ..schedules import dense_prefix
 from ..schedules.lower import eligible, quantise
 
 
@@ -125,7 +126,7 @@ def allocate(red: Redundancy, num_steps: int, budget: float, dense_fraction: flo
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if removed(mid)[0] < budget else (lo, mid)
     achieved, ratios = removed(hi)
-    rules = [{"step_fraction": {"start": 0.0, "stop": round(first / num_steps, 6)}, "method": "none"}] if first else []
+    rules = [dense_prefix(round(first / num_steps, 6))] if first else []
     for bi, blk in enumerate(blocks):
         for p, (a, b) in enumerate(zip(bounds, bounds[1:])):
             rules.append({"blocks": [blk], "steps": {"start": a, "stop": b}, "ratio": quantise(float(ratios[bi, p]), ratio_step)})

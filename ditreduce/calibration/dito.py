@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from ..methods.dito import DiTo, dito_match, num_sources, pairs
+from ..schedules import dense_prefix
 
 DEFAULT_THRESHOLD = 0.8
 
@@ -118,5 +119,5 @@ def calibrate_dito(reduced_or_model, sampler_fn: Callable, num_steps: int, *, ra
     sched = {"version": 1, "method": "dito", "ratio": ratio, "scope": scope, "num_steps": num_steps,
              "params": {"dito": params}, "rules": []}
     if dense_fraction > 0:
-        sched["rules"].append({"step_fraction": {"start": 0.0, "stop": dense_fraction}, "method": "none"})
+        sched["rules"].append(dense_prefix(dense_fraction))
     return sched

@@ -255,7 +255,7 @@ def cmd_tune(args) -> int:
     import platform
     from datetime import date
 
-    from ..bench.models import resolve_model
+    from ..model_specs import resolve_model
     from . import write_schedule
 
     settings = TuneSettings(min_psnr=args.min_psnr, methods=args.methods, scopes=args.scopes, steps=args.steps,

@@ -103,5 +103,5 @@ class Method:
         phases; DiTo makes prime / match / reduce steps. Called by schedules.plan for every method present."""
         return column
 
-    def select(self, x: torch.Tensor | None, lattice: tuple[int, ...], k: int, state=None) -> tuple[Selection, Any]:
+    def select(self, x: torch.Tensor | None, lattice: tuple[int, ...], k: int) -> Selection:
         raise NotImplementedError

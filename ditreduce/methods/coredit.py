@@ -93,5 +93,5 @@ class CoReDiT(Method):
         windows = f * math.ceil(h / 2) * math.ceil(w / 2)
         return grouped_k(n, max(k, windows), minimum=windows)
 
-    def select(self, x, lattice, k, state=None, pairs=None):
-        return coredit_select(x, tuple(lattice), int(k), **self.params, pairs=pairs), state
+    def select(self, x, lattice, k, pairs=None):
+        return coredit_select(x, tuple(lattice), int(k), **self.params, pairs=pairs)

@@ -125,7 +125,7 @@ class DiTo(Method):
     def kept_count(self, n, k, lattice):
         return tome_kept(n, k, tuple(lattice))
 
-    def select(self, x, lattice, k, state=None):
+    def select(self, x, lattice, k):
         raise StateError("dito selects from state inside the variant graph (rewrite inserts its nodes); it has no "
                          "stateless select")
 

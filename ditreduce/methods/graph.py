@@ -22,7 +22,7 @@ def select_tokens(x: torch.Tensor, pairs: torch.Tensor | None = None, *, method:
     """Run a method's in-graph selection on the image tokens x [B, N, C]; pairs: the batch's CFG pairs
     (lattice.cfg_pairs), for methods whose `cfg: shared` shares a selection between them."""
     m = get_method(method)(**dict(params))
-    sel, _ = m.select(x, lattice, k) if pairs is None else m.select(x, lattice, k, pairs=pairs)
+    sel = m.select(x, lattice, k) if pairs is None else m.select(x, lattice, k, pairs=pairs)
     return sel
 
 

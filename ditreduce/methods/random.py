@@ -25,5 +25,5 @@ class Random(Method):
     name = "random"
     defaults = {"seed": 0}
 
-    def select(self, x, lattice, k, state=None):
-        return random_selection(tuple(lattice), int(k), self.params["seed"]), state
+    def select(self, x, lattice, k):
+        return random_selection(tuple(lattice), int(k), self.params["seed"])

@@ -61,5 +61,5 @@ class ToDo(Method):
         hk, wk = kv_grid(tuple(lattice), k)
         return f * hk * wk
 
-    def select(self, x, lattice, k, state=None):
-        return todo_selection(tuple(lattice), int(k), self.params["mode"]), state
+    def select(self, x, lattice, k):
+        return todo_selection(tuple(lattice), int(k), self.params["mode"])

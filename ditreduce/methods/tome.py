@@ -9,7 +9,7 @@
   (a 6×6-token neighbourhood), not all destinations. This is what gives the merge a fixed slot count
   (a destination can only absorb the 27 sources of its 3×3 windows), so the merge is gathers and
   multiplies — no scatter_reduce — and lowers to TensorRT.
-- Above 3840 sources the top-r choice runs per contiguous band of sources (TopK's limit).
+- Above MAX_TOPK (3840) sources the top-r choice runs per contiguous band of sources (TopK's limit).
 """
 from __future__ import annotations
 
@@ -87,8 +87,8 @@ def _window_tables(src_tok, dst_tok, cand, fhw) -> dict:
     return {"win_srcs": win_srcs.reshape(-1), "win_cand": win_cand.reshape(-1), "src_pos": src_pos, "nw": nw}
 
 
-def merge_groups(s: int, r: int) -> int:
-    """Groups the ordering of s sources is split into so that each TopK sorts <= 3840 of them."""
+def merge_groups(s: int) -> int:
+    """Groups the ordering of s sources is split into so that each TopK sorts <= MAX_TOPK of them."""
     return topk_groups(s, s)
 
 
@@ -97,7 +97,7 @@ def tome_kept(n: int, k: int, lattice: tuple[int, ...]) -> int:
     d = f * math.ceil(h / 2) * math.ceil(w / 2)
     s = n - d
     r = min(n - k, s)
-    g = merge_groups(s, r)
+    g = merge_groups(s)
     return n - (g * round(r / g) if g > 1 else r)
 
 
@@ -154,7 +154,7 @@ def _split_sources(best: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tens
     """(merged [B, r], unmerged [B, S - r]) source-list indices: the r most similar merge. Above the
     TopK limit the sources are ordered per contiguous band, r / G merging in each."""
     b, s = best.shape
-    g = merge_groups(s, r)
+    g = merge_groups(s)
     per = s // g
     order = torch.topk(best.reshape(b, g, per), per, dim=2).indices
     order = order + torch.arange(g, device=best.device)[:, None] * per
@@ -173,5 +173,5 @@ class ToMe(Method):
     def kept_count(self, n, k, lattice):
         return tome_kept(n, k, tuple(lattice))
 
-    def select(self, x, lattice, k, state=None, pairs=None):
-        return tome_select(x, tuple(lattice), int(k), **self.params, pairs=pairs), state
+    def select(self, x, lattice, k, pairs=None):
+        return tome_select(x, tuple(lattice), int(k), **self.params, pairs=pairs)

@@ -50,5 +50,5 @@ def uniform_selection(lattice: tuple[int, ...], k: int) -> Selection:
 class Uniform(Method):
     name = "uniform"
 
-    def select(self, x, lattice, k, state=None):
-        return uniform_selection(tuple(lattice), int(k)), state
+    def select(self, x, lattice, k):
+        return uniform_selection(tuple(lattice), int(k))

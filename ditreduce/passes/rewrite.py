@@ -99,7 +99,7 @@ class _Builder:
             y_shape = (val.shape[0], n, val.numel() // (val.shape[0] * val.shape[dim]))
             self.image_sel = self.method.insert_select(self, n, y_shape, val.dtype)
         elif self.method.static:
-            sel, _ = self.method.select(None, grid, self.cfg.k)
+            sel = self.method.select(None, grid, self.cfg.k)
             parts = []
             for field, t in zip(regions.Selection._fields, sel):
                 if t is None:
@@ -383,7 +383,7 @@ def _thread_state(gm: fx.GraphModule, state: list) -> None:
         "outputs": {site: dict(b.state_out_specs) for site, b in state}}
 
 
-def _refresh_meta(gm: fx.GraphModule, ref: fx.GraphModule) -> None:
+def _refresh_meta(gm: fx.GraphModule) -> None:
     """Re-run fake-tensor propagation so every node's meta["val"] matches its new shape (the inputs are
     gm's own placeholders: the captured ones and any state inputs)."""
     from torch.utils._python_dispatch import _disable_current_modes
@@ -430,7 +430,7 @@ def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple) -> fx.GraphMo
     new.graph.eliminate_dead_code()
     new.graph.lint()
     new.recompile()
-    _refresh_meta(new, gm)
+    _refresh_meta(new)
     new.meta["ditreduce_regions"] = regions_done
     return new
 
