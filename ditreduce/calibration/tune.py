@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..errors import DitreduceError
-from ..schedules import load_schedule
+from ..schedules import dense_prefix, load_schedule
 
 CALIBRATION_SEED0 = 1000
 RATIO_STEP = 0.05
@@ -51,7 +51,7 @@ class Candidate:
             start = self.dense_fraction + (1 - self.dense_fraction) / 2
             doc["rules"].append({"step_fraction": {"start": round(start, 4), "stop": 1.0}, "ratio": self.late_ratio})
         if self.dense_fraction > 0:
-            doc["rules"].append({"step_fraction": {"start": 0.0, "stop": self.dense_fraction}, "method": "none"})
+            doc["rules"].append(dense_prefix(self.dense_fraction))
         return doc
 
     @property
