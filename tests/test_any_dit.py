@@ -380,16 +380,18 @@ def test_the_library_filter_leaves_other_warnings_alone():
         warnings.warn("the model's own FutureWarning", FutureWarning)
 
 
-def test_per_sample_unpadded_text_is_a_named_error_that_says_where_and_what_works():
-    """A loop over the batch attending to [unpadded text | image]: the text length is data-dependent. Not
-    reduced yet (static k with a dynamic text length is future work): the error names the op that made the
-    length dynamic, its source line and module, and the fix (pad to a fixed length with a mask)."""
-    model, kw = anydit.persampletext()
+def test_per_sample_valid_image_tokens_are_a_named_error_that_says_where_and_what_works():
+    """A loop over the batch attending to [text | the valid image tokens of the sample]: the image token count
+    is data-dependent (per-sample text of run-time length is reduced: tests/test_variable_text.py). The error
+    names the op that made the length dynamic, its source line and module, and the fix (pad with a mask)."""
+    model, kw = anydit.persampletext(cls=anydit.PerSampleValidImageDiT)
+    kw = dict(kw, image_mask=torch.ones(2, 16, dtype=torch.bool))
+    del kw["context_mask"]
     with pytest.raises(ScheduleError) as e, torch.no_grad():
         compile_with_reduction(model, "uniform-50")(**kw)
     msg = str(e.value)
-    assert "blocks.0: data-dependent shape" in msg and "set by aten.index `seq = torch.cat([ctx[i][context_mask[i]]" in msg
-    assert "anydit.py:" in msg and "pass the padding as an attention mask" in msg and "# unpadded" not in msg
+    assert "blocks.0: data-dependent shape" in msg and "set by aten.index `seq = torch.cat([ctx[i:i + 1], img[i][image_mask[i]]" in msg
+    assert "anydit.py:" in msg and "pass the padding as an attention mask" in msg and "# text" not in msg
 
 
 class _TokenRepeatMLP(nn.Module):

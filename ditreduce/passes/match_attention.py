@@ -270,9 +270,14 @@ def _site(node: fx.Node) -> Site:
     if not static:
         origin = _size_origin(node)
         at = f", set by {where(origin)}" if origin is not None else ""
-        site.skip_reason = (f"data-dependent shape: the sequence length is only known at run time{at} (e.g. a loop "
-                            "over the valid tokens of each sample); ditreduce needs static token counts: pad the "
-                            "sequence to a fixed length and pass the padding as an attention mask instead")
+        why = (f"data-dependent shape: the sequence length is only known at run time{at} (e.g. a loop "
+               "over the valid tokens of each sample); ditreduce needs static token counts (only text read per sample may "
+               "have a run-time length): pad the sequence to a fixed length and pass the padding as an attention mask "
+               "instead")
+        if all(isinstance(d, int) for d in dims[2:]):   # only the token counts: layout decides (text is allowed)
+            site.run_time_reason = why
+        else:
+            site.skip_reason = why
     return site
 
 
