@@ -33,7 +33,9 @@ def _attend_reduced(blk, seq, image_at, n, kept, src):
 
 
 def _reference(model, kw, k):
-    """PerSampleTextDiT's forward in plain torch with uniform's selection of k image tokens at every site."""
+    """The model's forward in plain torch with uniform's selection of k image tokens at every self / joint
+    attention: PerSampleTextDiT over [text | image] or [image | text], PerSampleCrossDiT's image
+    self-attention (its cross-attention dense)."""
     x, t, context, mask = kw["x"], kw["t"], kw["context"], kw["context_mask"]
     b, _, hh, ww = x.shape
     p, h, w = model.p, hh // model.p, ww // model.p
@@ -45,6 +47,13 @@ def _reference(model, kw, k):
     outs = []
     for i in range(b):
         text = ctx[i][mask[i]][None]
+        if isinstance(model, anydit.PerSampleCrossDiT):
+            tok = img[i:i + 1]
+            for blk in model.blocks:
+                tok = tok + _attend_reduced(blk.attn, blk.norm1(tok), 0, n, kept, src)
+                tok = tok + blk.cross(blk.norm2(tok), text)
+            outs.append(tok)
+            continue
         seq = torch.cat([img[i:i + 1], text] if model.text_after else [text, img[i:i + 1]], 1)
         image_at = 0 if model.text_after else text.shape[1]
         for blk in model.blocks:
@@ -54,9 +63,10 @@ def _reference(model, kw, k):
     return out.reshape(b, h, w, p, p, model.c).permute(0, 5, 1, 3, 2, 4).reshape(b, model.c, hh, ww)
 
 
-def _other_lengths(kw):
-    """The same shapes with other caption lengths: sample 0 without text, sample 1 with 3 tokens."""
+def _other_lengths(kw, first=0):
+    """The same shapes with other caption lengths: `first` tokens for sample 0, 3 for sample 1."""
     mask = torch.zeros_like(kw["context_mask"])
+    mask[0, :first] = True
     mask[1, :3] = True
     return dict(kw, context_mask=mask)
 
@@ -113,20 +123,19 @@ def test_onnx_export_and_the_onnxruntime_backend_are_named_errors(tmp_path):
         ort(**kw)
 
 
-def test_cross_attention_to_per_sample_text_keeps_its_keys_and_reduces_the_image_self_attention():
+def test_cross_attention_to_per_sample_text_stays_dense_and_the_image_self_attention_is_reduced():
     model, kw = _model(cls=anydit.PerSampleCrossDiT)
     with torch.no_grad():
-        dense = model(**kw)
         with forced_regions():
-            zero = compile_with_reduction(model, {"method": "uniform", "ratio": 0.0, "scope": "attention"})
-            torch.testing.assert_close(zero(**kw), dense, rtol=0, atol=0)
-        r = compile_with_reduction(model, HALF)
-        out = r(**kw)
+            zero = compile_with_reduction(model, {"method": "uniform", "ratio": 0.0})
+            torch.testing.assert_close(zero(**kw), model(**kw), rtol=0, atol=0)
+        r = compile_with_reduction(model, {"method": "uniform", "ratio": 0.5})   # attention+proj
+        for call in (kw, _other_lengths(kw, first=1)):
+            torch.testing.assert_close(r(**call), _reference(model, call, k=8), rtol=1e-5, atol=1e-5)
     rows = r.report()
-    assert [(row.module, row.kind, row.reduced) for row in rows] == [
-        ("blocks.0.attn", "self", True), ("blocks.0.cross", "cross", False),
-        ("blocks.1.attn", "self", True), ("blocks.1.cross", "cross", False)] * 2
-    assert out.shape == dense.shape and not torch.allclose(out, dense, atol=1e-3)
+    assert [(row.module, row.kind, row.reduced, row.scope) for row in rows] == [
+        ("blocks.0.attn", "self", True, "attention+proj"), ("blocks.0.cross", "cross", False, "-"),
+        ("blocks.1.attn", "self", True, "attention+proj"), ("blocks.1.cross", "cross", False, "-")] * 2
 
 
 def test_text_around_both_sides_of_the_image_is_refused_by_name():
