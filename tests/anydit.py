@@ -497,13 +497,13 @@ class PerSampleTextDiT(nn.Module):
     """Joint attention over [the unpadded text of each sample | image] ([image | text] with text_after), one
     sample at a time: the text length comes from the mask at run time (a data-dependent size for torch.export)."""
 
-    def __init__(self, dim=32, heads=4, depth=2, channels=4, patch=2, context_dim=12, text_after=False):
+    def __init__(self, dim=32, heads=4, depth=2, channels=4, patch=2, context_dim=12, text_after=False, fused=True):
         super().__init__()
         self.p, self.c, self.heads, self.text_after = patch, channels, heads, text_after
         self.x_embedder = nn.Conv2d(channels, dim, patch, patch)
         self.context_embedder = nn.Linear(context_dim, dim)
         self.t_embedder = nn.Linear(32, dim)
-        self.blocks = nn.ModuleList(TimmAttention(dim, heads, fused=True) for _ in range(depth))
+        self.blocks = nn.ModuleList(TimmAttention(dim, heads, fused=fused) for _ in range(depth))
         self.proj_out = nn.Linear(dim, patch * patch * channels)
 
     def forward(self, x, t, context, context_mask):

@@ -7,7 +7,7 @@ TopK and one sdpa), and dynamo compiles that graph: it cannot trace the selectio
 makes a graph break inside a variant an error instead of a silent split; the step tracker stays outside
 (in ReducedModel.forward), so it never breaks a compiled graph. The export and compile happen on the
 variant's first call, whose wall time (export + compile + one run) ReducedModel.compile_seconds lists
-under the variant's label. A variant whose text length is read per sample at run time (a boolean-mask
+under the variant's label. A variant whose text length is read per sample at run time (a mask
 index of the text) is compiled with dynamo's capture of data-dependent output shapes, so that index stays
 in the compiled graph and the text length stays a run-time size there.
 """

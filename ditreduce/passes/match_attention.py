@@ -331,7 +331,7 @@ def match_attention(gm: fx.GraphModule, model: torch.nn.Module | None = None) ->
 def _match_one(gm: fx.GraphModule, node: fx.Node) -> int:
     """Canonicalise one softmax-attention or sdpa-variant node; 1 if it was rewritten."""
     if node.target in SOFTMAX:
-        m = _match_manual(node) if _static(node) else None
+        m = _match_manual(node)
         if m is None:
             return 0
         pv, q, k, v, mask, scale = m
@@ -350,11 +350,6 @@ def _remove_dead(gm: fx.GraphModule) -> None:
             return
         for n in asserts:
             gm.graph.erase_node(n)
-
-
-def _static(node: fx.Node) -> bool:
-    v = _val(node)
-    return isinstance(v, torch.Tensor) and all(isinstance(d, int) for d in v.shape)
 
 
 def _number_blocks(sites: list[Site]) -> None:
