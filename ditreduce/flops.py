@@ -2,6 +2,8 @@
 graph run on fake tensors (no compute: counting a 16k-token variant costs nothing)."""
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -59,5 +61,17 @@ def graph_flops(gm: fx.GraphModule, ref: fx.GraphModule | None = None) -> Flops:
     """FLOPs of one run of a captured / rewritten graph, on fake tensors shaped like ref's inputs."""
     mode = fake_mode()
     args = fake_inputs(ref if ref is not None else gm, mode)
-    with mode:
+    with mode, _fake_tensor_log_off():
         return count_flops(lambda: fx.Interpreter(gm).run(*args))
+
+
+@contextlib.contextmanager
+def _fake_tensor_log_off():
+    """A graph that cannot run on fake tensors (F.pad by a run-time size) raises, and the caller says so;
+    torch's own error log of that failure is not printed on top."""
+    log = logging.getLogger("torch._subclasses.fake_tensor")
+    previous, log.disabled = log.disabled, True
+    try:
+        yield
+    finally:
+        log.disabled = previous

@@ -123,8 +123,8 @@ def embed_in_sequence(sel: Selection, start: int, seq_len: int) -> Selection:
     """
     bs, n, m = sel.src.shape
     k = sel.kept.shape[1]
-    if start == 0 and n == seq_len:
-        return sel
+    if isinstance(start, int) and isinstance(seq_len, int) and start == 0 and n == seq_len:
+        return sel   # a run-time start or length (SymInt under export: text read per sample) never branches
     dev = sel.kept.device
     km = 0 if sel.msrc is None else sel.msrc.shape[1]
     after_n = seq_len - start - n

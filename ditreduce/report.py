@@ -16,7 +16,7 @@ class SiteRecord:
     module: str
     kind: str
     image_tokens: int
-    text_tokens: int
+    text_tokens: int        # -1: the text length is only known at run time (read per sample)
     grid: tuple | None
     reduced: bool
     scope: str              # the scope the site really got ("-" when not reduced)
@@ -58,7 +58,7 @@ class Report(list):
             fl = f"{r.flops_dense / 1e9:.4g}→{r.flops_reduced / 1e9:.4g}" if r.flops_dense else "-"
             module = r.module + (f" (projections: {', '.join(r.owners)})" if r.owners else "")
             rows.append([str(r.block if r.block is not None else "-"), module, r.kind, str(r.image_tokens),
-                         str(r.text_tokens), grid, "yes" if r.reduced else "no", r.scope, r.schedule, fl,
+                         "per sample" if r.text_tokens < 0 else str(r.text_tokens), grid, "yes" if r.reduced else "no", r.scope, r.schedule, fl,
                          r.skip_reason or r.scope_note or ""])
         widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
         line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
@@ -88,12 +88,15 @@ class Report(list):
 
 
 def _site_flops(site, cfg) -> tuple[int, int]:
-    dense = attention_flops(site.batch, site.heads, site.q_len, site.kv_len, site.head_dim, site.v_dim)
+    """Attention FLOPs of a site, dense and under cfg; text of run-time length counts as no tokens."""
+    q_len, kv_len = (lay.length if n < 0 and lay is not None else n
+                     for n, lay in ((site.q_len, site.layout), (site.kv_len, site.kv_layout)))
+    dense = attention_flops(site.batch, site.heads, q_len, kv_len, site.head_dim, site.v_dim)
     if cfg is None:
         return dense, dense
     removed = cfg.n - cfg.k
-    q = site.q_len - (removed if get_method(cfg.method).reduces_q else 0)
-    kv = site.kv_len - removed
+    q = q_len - (removed if get_method(cfg.method).reduces_q else 0)
+    kv = kv_len - removed
     return dense, attention_flops(site.batch, site.heads, q, kv, site.head_dim, site.v_dim)
 
 
@@ -180,11 +183,12 @@ def build_report(model, cap, num_steps: int | None) -> Report:
                 refused = site.scopes.get(busiest.scope, plan)
                 note = f"{busiest.scope} not applied: {refused}"
         module = site.module or site.name
-        rep.append(SiteRecord(site.block, module, site.kind, site.image_tokens, site.text_tokens,
+        text = -1 if site.run_time_text else site.text_tokens
+        rep.append(SiteRecord(site.block, module, site.kind, site.image_tokens, text,
                               site.grid, bool(reduced_cfgs), scope, note, why, sched_txt if why is None else "-",
                               dense, red, tuple(o for o in site.owners if o != module)))
     for site in cap.sites:   # what the rewrite noted about a site (e.g. cfg: shared run per sample)
-        rep.notes += [f"{site.module or site.name}: {n}" for n in site.notes if n not in rep.notes]
+        rep.notes += [line for line in (f"{site.module or site.name}: {n}" for n in site.notes) if line not in rep.notes]
     for module, why in cap.unmatched.items():
         rep.append(SiteRecord(None, module, "unmatched", 0, 0, None, False, "-", None, why, "-", 0, 0))
     return rep

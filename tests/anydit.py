@@ -15,8 +15,11 @@ Second pass (issue 19), one research pattern each:
 - GQADiT: grouped-query attention, k / v heads repeated with `Tensor.repeat` (or repeat_interleave) to q's.
 - MPDiT: Next-DiT-like model-parallel linears: each q / k / v projection reads its own same-shape view /
   reshape / contiguous copy of the normalised hidden states.
-- PerSampleTextDiT: a loop over the batch, each sample attending to [its unpadded text | image]; the
-  text length is read from the mask at run time (still a named ScheduleError: see docs/models.md).
+- PerSampleTextDiT: a loop over the batch, each sample attending to [its unpadded text | image] (or
+  [image | text]); the text length is read from the mask at run time (image tokens reduced, see docs/models.md).
+- PerSampleCrossDiT: the same loop with image self-attention and cross-attention to the unpadded text.
+- PerSampleValidImageDiT: the same loop over [text | the valid image tokens of the sample]: a run-time count
+  of image tokens (a named ScheduleError).
 - ListDiT: layers as ModuleLists without a forward, residual adds in the parent's loop.
 - MixFFNDiT: a 3×3 depthwise conv on the lattice inside the block's MLP: `block` is refused, named.
 - ProjOnlyMMDiT: pure-torch MMDiT / Flux code: the attention modules hold only the projections (and q / k
@@ -491,16 +494,16 @@ class ProjOnlyMMDiT(nn.Module):
 
 
 class PerSampleTextDiT(nn.Module):
-    """Joint attention over [the unpadded text of each sample | image], one sample at a time: the text length
-    comes from the mask at run time (a data-dependent size for torch.export)."""
+    """Joint attention over [the unpadded text of each sample | image] ([image | text] with text_after), one
+    sample at a time: the text length comes from the mask at run time (a data-dependent size for torch.export)."""
 
-    def __init__(self, dim=32, heads=4, depth=2, channels=4, patch=2, context_dim=12):
+    def __init__(self, dim=32, heads=4, depth=2, channels=4, patch=2, context_dim=12, text_after=False, fused=True):
         super().__init__()
-        self.p, self.c, self.heads = patch, channels, heads
+        self.p, self.c, self.heads, self.text_after = patch, channels, heads, text_after
         self.x_embedder = nn.Conv2d(channels, dim, patch, patch)
         self.context_embedder = nn.Linear(context_dim, dim)
         self.t_embedder = nn.Linear(32, dim)
-        self.blocks = nn.ModuleList(TimmAttention(dim, heads, fused=True) for _ in range(depth))
+        self.blocks = nn.ModuleList(TimmAttention(dim, heads, fused=fused) for _ in range(depth))
         self.proj_out = nn.Linear(dim, patch * patch * channels)
 
     def forward(self, x, t, context, context_mask):
@@ -510,10 +513,74 @@ class PerSampleTextDiT(nn.Module):
         ctx = self.context_embedder(context)
         outs = []
         for i in range(b):
-            seq = torch.cat([ctx[i][context_mask[i]][None], img[i:i + 1]], dim=1)  # unpadded text | image
+            if self.text_after:
+                seq = torch.cat([img[i:i + 1], ctx[i][context_mask[i]][None]], dim=1)
+            else:
+                seq = torch.cat([ctx[i][context_mask[i]][None], img[i:i + 1]], dim=1)  # unpadded text | image
             for blk in self.blocks:
                 seq = seq + blk(seq)
-            outs.append(seq[:, -h * w:])
+            outs.append(seq[:, :h * w] if self.text_after else seq[:, -h * w:])
+        out = self.proj_out(torch.cat(outs, 0))
+        return out.reshape(b, h, w, p, p, self.c).permute(0, 5, 1, 3, 2, 4).reshape(b, self.c, hh, ww)
+
+
+class PerSampleValidImageDiT(PerSampleTextDiT):
+    """Each sample attends to [text | its image tokens where `image_mask` is set]: a run-time image count."""
+
+    def forward(self, x, t, context, image_mask):
+        img = self.x_embedder(x).flatten(2).transpose(1, 2) + self.t_embedder(_sincos(t, 32).to(x.dtype))[:, None]
+        ctx = self.context_embedder(context)
+        outs = []
+        for i in range(x.shape[0]):
+            seq = torch.cat([ctx[i:i + 1], img[i][image_mask[i]][None]], dim=1)  # text | valid image tokens
+            for blk in self.blocks:
+                seq = seq + blk(seq)
+            outs.append(seq.mean(1))
+        return self.proj_out(torch.stack(outs, 0))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x, context):
+        b, n, c = x.shape
+        q = self.q(x).reshape(b, n, self.heads, -1).transpose(1, 2)
+        k, v = self.kv(context).reshape(b, context.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+
+class CrossBlock(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn, self.cross = TimmAttention(dim, heads, fused=True), CrossAttention(dim, heads)
+
+    def forward(self, x, context):
+        x = x + self.attn(self.norm1(x))
+        return x + self.cross(self.norm2(x), context)
+
+
+class PerSampleCrossDiT(PerSampleTextDiT):
+    """Per sample: self-attention over the image tokens, cross-attention from them to the unpadded text."""
+
+    def __init__(self, dim=32, heads=4, depth=2, **kw):
+        super().__init__(dim, heads, depth, **kw)
+        self.blocks = nn.ModuleList(CrossBlock(dim, heads) for _ in range(depth))
+
+    def forward(self, x, t, context, context_mask):
+        b, _, hh, ww = x.shape
+        p, h, w = self.p, hh // self.p, ww // self.p
+        img = self.x_embedder(x).flatten(2).transpose(1, 2) + self.t_embedder(_sincos(t, 32).to(x.dtype))[:, None]
+        ctx = self.context_embedder(context)
+        outs = []
+        for i in range(b):
+            tok, text = img[i:i + 1], ctx[i][context_mask[i]][None]
+            for blk in self.blocks:
+                tok = blk(tok, text)
+            outs.append(tok)
         out = self.proj_out(torch.cat(outs, 0))
         return out.reshape(b, h, w, p, p, self.c).permute(0, 5, 1, 3, 2, 4).reshape(b, self.c, hh, ww)
 
@@ -579,12 +646,13 @@ def mixffndit(grid=(4, 4), batch=2, seed=0):
     return _latent_t(MixFFNDiT(), grid, batch, seed)
 
 
-def persampletext(grid=(4, 4), batch=2, seed=0, text=5):
+def persampletext(grid=(4, 4), batch=2, seed=0, text=5, cls=PerSampleTextDiT, **build):
+    """Sample 0's caption is padded to text // 2 tokens, the others use all `text`."""
     torch.manual_seed(seed)
     g = _g(seed + 1)
     mask = torch.ones(batch, text, dtype=torch.bool)
     mask[0, text // 2:] = False
-    return PerSampleTextDiT().eval(), dict(x=torch.randn(batch, 4, grid[0] * 2, grid[1] * 2, generator=g),
+    return cls(**build).eval(), dict(x=torch.randn(batch, 4, grid[0] * 2, grid[1] * 2, generator=g),
                                            t=torch.rand(batch, generator=g) * 1000,
                                            context=torch.randn(batch, text, 12, generator=g), context_mask=mask)
 

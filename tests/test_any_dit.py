@@ -236,13 +236,19 @@ def test_data_dependent_attention_is_a_named_error_not_a_torch_exception():
     assert "DataDependent" in str(e.value) or "data-dependent" in str(e.value)
 
 
-def test_mochi_is_a_named_error():
+def test_mochi_reduces_its_image_tokens_next_to_the_valid_text_of_each_sample():
+    """Mochi attends per sample over [image | text[nonzero(mask)]]: the text length is read at run time."""
     import zoo_more
 
     model, kw = zoo_more.mochi()
-    with pytest.raises(ScheduleError, match="data-dependent shape") as e:
-        compile_with_reduction(model, "uniform-50")(**kw)
-    assert "transformer_blocks.0.attn1" in str(e.value)
+    kw = dict(kw, return_dict=False)
+    r = compile_with_reduction(model, {"method": "uniform", "ratio": 0.5})
+    with torch.no_grad():
+        ref, out = model(**kw)[0], r(**kw)[0]
+    assert torch.isfinite(out).all() and not torch.allclose(out, ref, atol=1e-4)
+    rows = [row for row in r.report() if row.reduced]
+    assert {(row.module, row.kind, row.text_tokens, row.scope) for row in rows} == {
+        ("transformer_blocks.0.attn1", "joint", -1, "attention")}
 
 
 def test_a_conditioning_tensor_of_id_like_shape_does_not_trigger_a_capture_per_call():
@@ -380,16 +386,18 @@ def test_the_library_filter_leaves_other_warnings_alone():
         warnings.warn("the model's own FutureWarning", FutureWarning)
 
 
-def test_per_sample_unpadded_text_is_a_named_error_that_says_where_and_what_works():
-    """A loop over the batch attending to [unpadded text | image]: the text length is data-dependent. Not
-    reduced yet (static k with a dynamic text length is future work): the error names the op that made the
-    length dynamic, its source line and module, and the fix (pad to a fixed length with a mask)."""
-    model, kw = anydit.persampletext()
+def test_per_sample_valid_image_tokens_are_a_named_error_that_says_where_and_what_works():
+    """A loop over the batch attending to [text | the valid image tokens of the sample]: the image token count
+    is data-dependent (per-sample text of run-time length is reduced: tests/test_variable_text.py). The error
+    names the op that made the length dynamic, its source line and module, and the fix (pad with a mask)."""
+    model, kw = anydit.persampletext(cls=anydit.PerSampleValidImageDiT)
+    kw = dict(kw, image_mask=torch.ones(2, 16, dtype=torch.bool))
+    del kw["context_mask"]
     with pytest.raises(ScheduleError) as e, torch.no_grad():
         compile_with_reduction(model, "uniform-50")(**kw)
     msg = str(e.value)
-    assert "blocks.0: data-dependent shape" in msg and "set by aten.index `seq = torch.cat([ctx[i][context_mask[i]]" in msg
-    assert "anydit.py:" in msg and "pass the padding as an attention mask" in msg and "# unpadded" not in msg
+    assert "blocks.0: data-dependent shape" in msg and "set by aten.index `seq = torch.cat([ctx[i:i + 1], img[i][image_mask[i]]" in msg
+    assert "anydit.py:" in msg and "pass the padding as an attention mask" in msg and "# text" not in msg
 
 
 class _TokenRepeatMLP(nn.Module):

@@ -24,10 +24,10 @@ WORKS = {
     "kandinsky5": (1, 3, "self", (2, 4, 4), 0),  # latent [B, F, H, W, C]
     "anyflow": (1, 2, "self", (2, 4, 4), 0),  # latent [B, F, C, H, W], per-frame timesteps  # lattice from the last 16 rows of position_ids ([text | image])
     "flux3": (2, 4, {("self", (4, 4), 0), ("joint", (4, 4), 6)}),  # the image_cond block does not run here
+    "mochi": (2, 3, "joint", (2, 4, 4), -1),  # per sample over [image | its valid text]: text length at run time
 }
 # family -> (named error, what its message says)
 FAILS = {
-    "mochi": (ScheduleError, "data-dependent shape"),
     "sanavideo": (ScheduleError, "linear attention"),
     "prx": (ScheduleError, "cross-attention"),
     "nucleusmoe": (ScheduleError, "cross-attention"),  # queries: image tokens; keys: [text | image]

@@ -11,7 +11,7 @@ import torch
 from ..passes.capture import bind_call
 from .manifest import Manifest, SiteConfig, Variant, WeightsFile, save_manifest
 from .onnx_graph import OPSET, tensor_leaves, to_onnx
-from .programs import export_program, run_variants, with_example_state
+from .programs import export_program, require_static_token_counts, run_variants, with_example_state
 from .weights import share_weights
 
 WEIGHTS_FILE = "weights.bin"
@@ -36,6 +36,8 @@ def export_onnx(reduced, out_dir, num_steps: int | None, example_kwargs: dict) -
     out.mkdir(parents=True, exist_ok=True)
     kw = bind_call(reduced.model, (), example_kwargs) if example_kwargs else {}
     run = run_variants(reduced, num_steps, kw)
+    for gm in run.graphs:
+        require_static_token_counts(gm, "ONNX export")
     models, variants = {}, []
     for name, label, key, gm in zip(run.names, run.labels, run.keys, run.graphs):
         kw_v = with_example_state(gm, kw)

@@ -7,7 +7,7 @@ from torch.utils._pytree import tree_unflatten
 
 from .base import feed_value
 from .onnx_graph import to_onnx
-from .programs import export_program, with_example_state
+from .programs import export_program, require_static_token_counts, with_example_state
 
 
 class ExportedVariant:
@@ -15,6 +15,7 @@ class ExportedVariant:
     variant's state inputs are graph inputs), then `feeds {name: tensor} -> {name: tensor}` by `make_run`."""
 
     def __init__(self, gm, kw: dict, make_run):
+        require_static_token_counts(gm)
         kw = with_example_state(gm, kw)
         ep = export_program(gm, kw)
         proto, ins, outs = to_onnx(ep, kw)

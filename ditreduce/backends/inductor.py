@@ -7,14 +7,18 @@ TopK and one sdpa), and dynamo compiles that graph: it cannot trace the selectio
 makes a graph break inside a variant an error instead of a silent split; the step tracker stays outside
 (in ReducedModel.forward), so it never breaks a compiled graph. The export and compile happen on the
 variant's first call, whose wall time (export + compile + one run) ReducedModel.compile_seconds lists
-under the variant's label.
+under the variant's label. A variant whose text length is read per sample at run time (a mask
+index of the text) is compiled with dynamo's capture of data-dependent output shapes, so that index stays
+in the compiled graph and the text length stays a run-time size there.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
 
+from ..passes.site import RUN_TIME_TEXT
 from .programs import export_program
 
 
@@ -25,14 +29,21 @@ class CompiledVariant:
         self.fn = None
 
     def __call__(self, **kw):
-        if self.fn is not None:
-            return self.fn(**kw)
-        t0 = time.perf_counter()
-        aten = export_program(self.gm, kw).module()
-        self.fn = torch.compile(aten, fullgraph=True, dynamic=False, backend="inductor")
-        out = self.fn(**kw)
-        self.compile_seconds = time.perf_counter() - t0
-        return out
+        with self._run_time_shapes():
+            if self.fn is not None:
+                return self.fn(**kw)
+            t0 = time.perf_counter()
+            aten = export_program(self.gm, kw).module()
+            self.fn = torch.compile(aten, fullgraph=True, dynamic=False, backend="inductor")
+            out = self.fn(**kw)
+            self.compile_seconds = time.perf_counter() - t0
+            return out
+
+    def _run_time_shapes(self):
+        """dynamo's capture of data-dependent output shapes, for a variant with text of run-time length."""
+        if not self.gm.meta.get(RUN_TIME_TEXT):
+            return contextlib.nullcontext()
+        return torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True)
 
 
 def prepare(gm, kw: dict, label: str, options) -> CompiledVariant:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..passes.capture import bind_call, quiet_export_warnings
+from ..passes.site import RUN_TIME_TEXT
 from ..errors import BackendError
 from .base import variant_label
 
@@ -73,6 +74,16 @@ def with_example_state(gm: torch.fx.GraphModule, kw: dict) -> dict:
     dev = next((t.device for t in kw.values() if isinstance(t, torch.Tensor)), torch.device("cpu"))
     return dict(kw, state={site: {name: torch.zeros(shape, dtype=dtype, device=dev) for name, (shape, dtype) in names.items()}
                            for site, names in spec["inputs"].items()})
+
+
+def require_static_token_counts(gm: torch.nn.Module, target: str = "ONNX / TensorRT") -> None:
+    """BackendError where the model attends to text whose length is read per sample at run time."""
+    modules = (getattr(gm, "meta", None) or {}).get(RUN_TIME_TEXT)
+    if modules:
+        raise BackendError(
+            f"{target} needs static token counts, but {', '.join(sorted(set(modules)))} attend to text whose length "
+            "is read per sample at run time (e.g. `ctx[i][mask[i]]`): run this model with backend='eager' or "
+            "'inductor', or pad the text to a fixed length and pass the padding as an attention mask")
 
 
 def export_program(gm: torch.nn.Module, kw: dict) -> torch.export.ExportedProgram:

@@ -6,15 +6,55 @@ Every dimension of every tensor carries a label: the named axes it is made of.
     Seg      tuple[Atom, ...]      a row-major product of atoms
     DimLabel tuple[Seg, ...]       segments concatenated along the dim (e.g. [text | image])
     Label    tuple[DimLabel, ...]  one per tensor dim
+
+A size only known at run time (torch.export's unbacked SymInt, e.g. the length of text[mask]) is read as
+a stand-in: one distinct prime above RUN_TIME_BASE per symbol (static_size), so the algebra stays on ints
+and a run-time count is never mistaken for a static one (is_run_time).
 """
 from __future__ import annotations
 
 import math
 
+import sympy
+import torch
+
 Atom = tuple  # (name | None, size)
 Seg = tuple
 DimLabel = tuple
 Label = tuple
+
+
+RUN_TIME_BASE = 10 ** 12
+_STAND_INS: dict[str, int] = {}   # symbol name -> its stand-in size
+
+
+def _stand_in(symbol) -> int:
+    name = str(symbol)
+    if name not in _STAND_INS:
+        _STAND_INS[name] = int(sympy.nextprime(max(_STAND_INS.values(), default=RUN_TIME_BASE)))
+    return _STAND_INS[name]
+
+
+def static_size(d) -> int:
+    """A dimension size as an int; a symbolic one with each of its symbols replaced by that symbol's stand-in."""
+    if isinstance(d, torch.SymInt):
+        expr = d.node.expr
+        return int(expr.xreplace({s: _stand_in(s) for s in expr.free_symbols}))
+    return int(d)
+
+
+def static_shape(shape) -> tuple[int, ...]:
+    return tuple(static_size(d) for d in shape)
+
+
+def is_run_time(size: int) -> bool:
+    """Does a size involve a count only known at run time?"""
+    return size >= RUN_TIME_BASE
+
+
+def is_stand_in(size: int) -> bool:
+    """Is a size exactly one run-time count (not a sum or product with other sizes)?"""
+    return size in _STAND_INS.values()
 
 
 def opaque(size: int) -> DimLabel:
@@ -111,7 +151,7 @@ def reshape(label: Label, out_shape) -> Label | None:
 
 
 def slice_dim(dl: DimLabel, start: int, end: int) -> DimLabel | None:
-    """The label of dl[start:end] (step 1): whole segments, or a part of one opaque segment."""
+    """The label of dl[start:end] (step 1): whole segments, or a part of one opaque or batch segment."""
     size = dim_size(dl)
     start, end = max(0, min(start, size)), max(0, min(end, size))
     if start == 0 and end == size:
@@ -124,7 +164,7 @@ def slice_dim(dl: DimLabel, start: int, end: int) -> DimLabel | None:
             continue
         if s_lo >= start and s_hi <= end:
             picked.append(seg)
-        elif all(a[0] is None for a in seg):
+        elif not any(is_token_atom(a[0]) for a in seg):   # opaque or batch (a sample of a per-sample loop)
             picked.append(((None, min(end, s_hi) - max(start, s_lo)),))
         else:
             return None

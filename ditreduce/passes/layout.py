@@ -161,9 +161,9 @@ def _describe(lab) -> str:
 
 
 def _opaque_val(v):
-    """Opaque labels for a node's value; None where a size is data-dependent (no static token count)."""
+    """Opaque labels for a node's value (a run-time size as its stand-in, see axes.static_size)."""
     if isinstance(v, torch.Tensor):
-        return None if _static_unknown(v) else opaque_label(v.shape)
+        return opaque_label(axes.static_shape(v.shape))
     if isinstance(v, (tuple, list)):
         return [_opaque_val(x) if isinstance(x, torch.Tensor) else None for x in v]
     return None
@@ -183,7 +183,7 @@ def run_propagation(gm: fx.GraphModule, seeds: Seeds) -> tuple[dict, dict]:
             continue
         v = node.meta.get("val")
         try:
-            out = None if _has_unbacked(v) else propagate(node, labels)
+            out = propagate(node, labels)
             why = str(node.target)
         except Exception as e:  # noqa: BLE001 — a rule that cannot read this node loses the labels here
             out, why = None, f"{node.target} ({type(e).__name__})"
@@ -191,10 +191,15 @@ def run_propagation(gm: fx.GraphModule, seeds: Seeds) -> tuple[dict, dict]:
             out = _opaque_val(v)
             if _has_unbacked(v):
                 why = f"{node.target}: data-dependent shape"
-            if v is not None and any(axes.has_tokens(labels.get(a)) for a in node.all_input_nodes):
+            if _is_tensor(v) and any(axes.has_tokens(labels.get(a)) for a in node.all_input_nodes):
                 lost[node] = why
         labels[node] = out
     return labels, lost
+
+
+def _is_tensor(v) -> bool:
+    """A tensor value, or a tuple of them (a size read off a tensor carries no tokens)."""
+    return isinstance(v, torch.Tensor) or (isinstance(v, (tuple, list)) and any(isinstance(x, torch.Tensor) for x in v))
 
 
 def _has_unbacked(v) -> bool:
@@ -210,6 +215,12 @@ def _layout(dl: axes.DimLabel) -> tuple[Layout | None, str | None]:
     for seg in dl:
         names = tuple(a[0] for a in seg)
         size = axes.seg_size(seg)
+        if axes.is_run_time(size):
+            if len(names) == 1 and str(names[0]).startswith("t:") and axes.is_stand_in(size):
+                segs.append(Segment("text", 0, name=names[0][2:], run_time=True))
+                continue
+            return None, ("a token count only known at run time outside text (e.g. a boolean-mask selection of "
+                          "image tokens)")
         if names in (("y", "x"), ("f", "y", "x")):
             segs.append(Segment("image", size, tuple(a[1] for a in seg)))
         elif len(names) == 1 and names[0] and names[0].startswith("t:"):
@@ -245,11 +256,15 @@ def classify(site: Site, labels: dict, lost: dict, missing: str | None = None) -
     qlay, why_q = _layout(ql[-2]) if isinstance(ql, tuple) else (None, None)
     klay, _ = _layout(kl[-2]) if isinstance(kl, tuple) else (None, None)
     site.layout, site.kv_layout = qlay, klay
+    if site.run_time_reason is not None:
+        site.skip_reason = _run_time_refusal(site)
+        if site.skip_reason is not None:
+            return
     if qlay is not None and klay is not None:  # keys from the same token source as the queries?
         same_source = klay.segments == qlay.segments
     else:  # undecided: judge by length, for the report only
         same_source = site.kv_len == site.q_len
-    mixed = qlay is not None and qlay.text_tokens > 0 and bool(qlay.image_segments())
+    mixed = qlay is not None and any(seg.kind == "text" for seg in qlay.segments) and bool(qlay.image_segments())
     site.kind = ("joint" if mixed else "self") if same_source else "cross"
     if site.q_len == 1:
         site.skip_reason = "query length 1 (pooled query): not a lattice"
@@ -269,6 +284,27 @@ def classify(site: Site, labels: dict, lost: dict, missing: str | None = None) -
         site.lost_at = lost_k
         site.skip_reason = ("layout unknown: the keys carry no token labels" + (f"; lost at {lost_k}" if lost_k else "")
                             + f" (queries: {qlay.describe()})")
+
+
+RUN_TIME_TEXT_NOTE = ("text length read per sample at run time: its image tokens are reduced in eager and inductor "
+                      "(attention scope); ONNX / TensorRT export need static token counts and refuse this model")
+
+
+def _run_time_refusal(site: Site) -> str | None:
+    """Why a site whose token count is only known at run time cannot be reduced, or None: it can when that
+    count is text (the unpadded text of a sample) on one side of a static image lattice."""
+    qlay, klay = site.layout, site.kv_layout
+    if qlay is None or klay is None:
+        return site.run_time_reason
+    if not qlay.run_time:   # image queries, run-time text keys: cross-attention (never reduced itself)
+        return None
+    if len(qlay.image_segments()) != 1:
+        return site.run_time_reason
+    if qlay.image_span()[2] == "both":
+        return ("text read per sample at run time on both sides of the image: the image position is not fixed "
+                "from either end of the sequence; put the text on one side")
+    site.notes.append(RUN_TIME_TEXT_NOTE)
+    return None
 
 
 def apply_override(site: Site, override) -> None:

@@ -270,9 +270,14 @@ def _site(node: fx.Node) -> Site:
     if not static:
         origin = _size_origin(node)
         at = f", set by {where(origin)}" if origin is not None else ""
-        site.skip_reason = (f"data-dependent shape: the sequence length is only known at run time{at} (e.g. a loop "
-                            "over the valid tokens of each sample); ditreduce needs static token counts: pad the "
-                            "sequence to a fixed length and pass the padding as an attention mask instead")
+        why = (f"data-dependent shape: the sequence length is only known at run time{at} (e.g. a loop "
+               "over the valid tokens of each sample); ditreduce needs static token counts (only text read per sample may "
+               "have a run-time length): pad the sequence to a fixed length and pass the padding as an attention mask "
+               "instead")
+        if all(isinstance(d, int) for d in dims[2:]):   # only the token counts: layout decides (text is allowed)
+            site.run_time_reason = why
+        else:
+            site.skip_reason = why
     return site
 
 
@@ -326,7 +331,7 @@ def match_attention(gm: fx.GraphModule, model: torch.nn.Module | None = None) ->
 def _match_one(gm: fx.GraphModule, node: fx.Node) -> int:
     """Canonicalise one softmax-attention or sdpa-variant node; 1 if it was rewritten."""
     if node.target in SOFTMAX:
-        m = _match_manual(node) if _static(node) else None
+        m = _match_manual(node)
         if m is None:
             return 0
         pv, q, k, v, mask, scale = m
@@ -345,11 +350,6 @@ def _remove_dead(gm: fx.GraphModule) -> None:
             return
         for n in asserts:
             gm.graph.erase_node(n)
-
-
-def _static(node: fx.Node) -> bool:
-    v = _val(node)
-    return isinstance(v, torch.Tensor) and all(isinstance(d, int) for d in v.shape)
 
 
 def _number_blocks(sites: list[Site]) -> None:

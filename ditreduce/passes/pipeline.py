@@ -24,6 +24,7 @@ from .axes import AXES
 from .layout import infer_layout
 from .match_attention import match_attention
 from .scope import plan_scopes
+from .site import RUN_TIME_TEXT
 
 @dataclass
 class Analysis:
@@ -60,6 +61,7 @@ def analyze(model: torch.nn.Module, kw: dict, schedule) -> Analysis:
         if isinstance(lab, tuple):
             node.meta[AXES] = lab
     plan_scopes(gm, seeds.propagated, matched.sites)
+    gm.meta[RUN_TIME_TEXT] = [s.module for s in matched.sites if s.run_time_text and s.skip_reason is None]
     notes = list(seeds.notes)
     for note in unused_selectors(schedule, matched.sites):   # a typo'd `modules:` glob, an unused `layout:`
         warnings.warn(f"ditreduce: {note}", stacklevel=4)

@@ -14,7 +14,7 @@ aten = torch.ops.aten
 
 def _shape(n):
     v = n.meta.get("val") if isinstance(n, fx.Node) else None
-    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+    return axes.static_shape(v.shape) if isinstance(v, torch.Tensor) else None
 
 
 def _lab(labels, n):
@@ -252,6 +252,25 @@ def _slice(node, xl):
     if step != 1:  # a strided slice keeps no segment whole
         return None if axes.dim_has_tokens(xl[d]) else xl[:d] + (opaque(_shape(node)[d]),) + xl[d + 1:]
     return _slice_like(xl, len(xs), d, start, end)
+
+
+@rule(aten.index.Tensor)
+def _index(node, labels):
+    """x[..., sel, ...] along one dim: sel a boolean mask over that dim, or the indices of one read at run
+    time (`nonzero(mask)`). The selected tokens of a text dim stay text, their count only known at run time
+    (the unpadded text of a sample); any other dim selected this way is opaque."""
+    xl, idx = _lab(labels, node.args[0]), node.args[1]
+    picked = [(d, i) for d, i in enumerate(idx) if i is not None]
+    if xl is None or len(picked) != 1 or not isinstance(picked[0][1], fx.Node):
+        return None
+    d, sel = picked[0]
+    val = sel.meta.get("val")
+    size = _shape(node)[d]
+    if not isinstance(val, torch.Tensor) or val.dim() != 1 or (val.dtype != torch.bool and not axes.is_run_time(size)):
+        return None
+    atoms = xl[d][0] if len(xl[d]) == 1 else ()
+    text = len(atoms) == 1 and str(atoms[0][0]).startswith("t:")
+    return xl[:d] + (axes.plain((atoms[0][0], size)) if text else opaque(size),) + xl[d + 1:]
 
 
 @rule(aten.einsum.default)

@@ -171,9 +171,12 @@ def _rewrite_attention(new: fx.GraphModule, site: Site, cfg) -> tuple[fx.Node, _
     a = _sdpa_args(node)
     b = _Builder(new, site, cfg, node)
     start, seg = site.image
+    seq_len = site.q_len
+    if site.run_time_text:
+        start, seq_len = _run_time_span(b, site, a["query"])
     tokens = None if b.method.static or b.method.stateful else b.call(image_tokens, [a["value"], -2, start, seg.length])
     b.select(tokens, (node, -2))
-    sel = b.embedded(start, site.q_len)
+    sel = b.embedded(start, seq_len)
     parts = [b.call(operator.getitem, [sel, i]) for i in range(len(regions.Selection._fields))]
     kwargs = {"reduce_q": b.method.reduces_q, "dropout_p": float(a.get("dropout_p", 0.0) or 0.0),
               "is_causal": bool(a.get("is_causal", False)), "scale": a.get("scale"),
@@ -184,6 +187,16 @@ def _rewrite_attention(new: fx.GraphModule, site: Site, cfg) -> tuple[fx.Node, _
     new.graph.erase_node(node)
     b.finish(region, -2, start)
     return region, b
+
+
+def _run_time_span(b: _Builder, site: Site, query: fx.Node) -> tuple:
+    """(image start, sequence length) of a site whose text length is only known at run time: graph nodes
+    that read the query's length (the image start too when the run-time text comes before the image)."""
+    before, after, side = site.layout.image_span()
+    seq_len = b.call(aten.sym_size.int, [query, query.meta["val"].dim() - 2])
+    if side == "after":
+        return before, seq_len
+    return b.call(operator.sub, [seq_len, site.image[1].length + after]), seq_len
 
 
 def _seg_start(dl, seg) -> int:
@@ -419,9 +432,10 @@ def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple) -> fx.GraphMo
             (marker, b), scope = _rewrite_attention(new, site, cfg), "attention"
         if b.method.stateful:
             state.append((site.name, b))
-        kept_seq = site.q_len - cfg.n + cfg.k
+        seq = None if site.run_time_text else site.q_len   # None: the text length is only known at run time
+        kept_seq = None if seq is None else seq - cfg.n + cfg.k
         marker.meta["ditreduce_region"] = {"site": site.name, "module": site.module, "method": cfg.method,
-                                           "k": cfg.k, "n": cfg.n, "ratio": cfg.ratio, "seq": site.q_len,
+                                           "k": cfg.k, "n": cfg.n, "ratio": cfg.ratio, "seq": seq,
                                            "kept_seq": kept_seq, "scope": scope}
         regions_done += 1
     new.meta.pop(_PAIRS, None)

@@ -50,6 +50,8 @@ TOKENWISE = {
     aten.repeat.default, aten.repeat_interleave.self_int, aten.einsum.default, aten.group_norm.default,
     aten.native_group_norm.default, aten.convolution.default, aten.conv1d.default, aten.conv2d.default,
     aten.conv3d.default,
+    # an index along one dim (the unpadded text of a sample) unless that dim holds the image tokens
+    aten.index.Tensor,
 }
 # Every op propagate.RULES has a rule for is in TOKENWISE (tests/test_any_dit.py checks it); ops without a
 # rule lose the labels, so a region through them is refused as "not proved token-wise".
@@ -202,6 +204,10 @@ class _Walker:
                 return "convolves neighbouring image tokens (only a 1×1 convolution is token-wise)"
         elif n.target == aten.einsum.default:
             return self._einsum(n)
+        elif n.target == aten.index.Tensor and d is not None:
+            picked = [j for j, i in enumerate(n.args[1]) if i is not None]
+            if len(picked) != 1 or picked[0] == d:
+                return "indexes the image tokens (a mask or index selection changes which tokens exist)"
         return None
 
     def _einsum(self, n: fx.Node) -> str | None:
@@ -434,6 +440,10 @@ def plan_scopes(gm: fx.GraphModule, labels: dict, sites: list[Site]) -> None:
             site.scopes = plans
             continue
         for scope, planner in PLANNERS.items():
+            if site.run_time_text:
+                plans[scope] = (f"{site.module or 'the site'} attends to text of run-time length (read per sample): "
+                                f"`{scope}` would cut its sequence at a run-time position; the site uses scope `attention`")
+                continue
             if scope == "block" and site.block is None:
                 plans[scope] = (f"{site.module or 'the site'} is not inside a repeated block (no `<name>.<index>` "
                                 f"module such as blocks.3 around it){_Walker.hint_for('block')}")

@@ -6,15 +6,18 @@ from dataclasses import dataclass, field
 
 import torch.fx as fx
 
+RUN_TIME_TEXT = "ditreduce_run_time_text"   # graph meta key: modules of the sites reduced with run-time text
+
 
 @dataclass(frozen=True)
 class Segment:
     """A run of tokens along a sequence: an image lattice (grid) or text (name) or other."""
 
     kind: str                      # "image" | "text" | "other"
-    length: int
+    length: int                    # 0 for a run-time text segment
     grid: tuple[int, ...] | None = None
     name: str | None = None
+    run_time: bool = False         # text whose length is only known at run time (per sample, from a mask)
 
 
 @dataclass
@@ -37,11 +40,26 @@ class Layout:
     def text_tokens(self) -> int:
         return sum(s.length for s in self.segments if s.kind == "text")
 
+    @property
+    def run_time(self) -> bool:
+        return any(s.run_time for s in self.segments)
+
+    def image_span(self) -> tuple[int, int, str]:
+        """(static tokens before the image, static tokens after it, where the run-time segments lie:
+        "before", "after", "both" or "" for none) of a layout with one image segment."""
+        i = next(j for j, s in enumerate(self.segments) if s.kind == "image")
+        before, after = self.segments[:i], self.segments[i + 1:]
+        sides = [name for name, segs in (("before", before), ("after", after)) if any(s.run_time for s in segs)]
+        side = "both" if len(sides) == 2 else "".join(sides)
+        return sum(s.length for s in before), sum(s.length for s in after), side
+
     def describe(self) -> str:
         parts = []
         for s in self.segments:
             if s.kind == "image":
                 parts.append("img " + "x".join(map(str, s.grid)))
+            elif s.run_time:
+                parts.append("txt per sample")
             elif s.kind == "text":
                 parts.append(f"txt {s.length}")
             else:
@@ -74,6 +92,12 @@ class Site:
     scopes: dict = field(default_factory=dict)  # wider scope -> RegionPlan, or why the site cannot have it
     layout_source: str | None = None  # "override" when the schedule's `layout:` decided the site's layout
     notes: list[str] = field(default_factory=list)  # what the rewrite noted (e.g. cfg: shared run per sample)
+    run_time_reason: str | None = None  # the sequence length is only known at run time: why, and where it is set
+
+    @property
+    def run_time_text(self) -> bool:
+        """Is part of the site's text only known at run time (q_len / kv_len are then -1)?"""
+        return any(lay is not None and lay.run_time for lay in (self.layout, self.kv_layout))
 
     @property
     def name(self) -> str:

@@ -60,7 +60,7 @@ def row(label: str, model, kw: dict) -> str:
         d, r = rep.totals()
         kinds = ", ".join(sorted({x.kind for x in rep}))
         grids = ", ".join(sorted({"x".join(map(str, x.grid)) for x in rep if x.grid and x.reduced}))
-        texts = ", ".join(sorted({str(x.text_tokens) for x in rep if x.reduced}))
+        texts = ", ".join(sorted({"per sample" if x.text_tokens < 0 else str(x.text_tokens) for x in rep if x.reduced}))
         return (f"| {name} ({label}) | {sum(x.reduced for x in rep)} / {len(rep)} | {kinds} | {grids} | {texts} | "
                 f"{(out - ref).abs().max().item():.1e} | {r / d:.2f}× |")
     except (UnsupportedModelError, ScheduleError, LayoutError) as e:
