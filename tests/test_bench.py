@@ -51,6 +51,7 @@ def test_quick_writes_every_output_with_the_versioned_schema(quick):
     # 5 steps, first 20 % dense: step 0 runs the dense variant, steps 1-4 the reduced one
     assert r.per_step_variant == [0, 1, 1, 1, 1] and r.variants == 2
     assert r.quality.seeds == [0, 1] and 0 < r.quality.ssim.median < 1
+    assert len(r.quality.psnr_per_seed) == 2 and r.quality.psnr_db.min == min(r.quality.psnr_per_seed)
     assert 0 < r.flops.attention_ratio < r.flops.whole_ratio < 1
     md = (quick / "results.md").read_text()
     assert "| small-dit:32 | uniform | attention | eager | 0.5 |" in md

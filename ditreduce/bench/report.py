@@ -71,6 +71,8 @@ class QualityRecord(_Rec):
     guidance: float
     sample_s_dense: float
     sample_s_reduced: float
+    psnr_per_seed: list[float] | None = None   # in the order of `seeds` (their mean, worst seed, ...)
+    ssim_per_seed: list[float] | None = None
 
 
 class Row(_Rec):

@@ -410,7 +410,7 @@ def bench_model(bm: BenchModel, settings: BenchSettings, matched: list[MatchedRa
                 ps, ss = compare(red.images, dense.images)
                 qual = QualityRecord(psnr_db=_stat(ps), ssim=_stat(ss), seeds=list(setup.seeds), steps=setup.steps,
                                      res=setup.res, guidance=setup.guidance, sample_s_dense=dense.seconds,
-                                     sample_s_reduced=red.seconds)
+                                     sample_s_reduced=red.seconds, psnr_per_seed=ps, ssim_per_seed=ss)
                 if grid_rows is not None:
                     grid_rows.append((f"{c.method} {c.scope}\nr={c.ratio:g}" + (f" {c.config}" if c.config else ""),
                                       red.images))
