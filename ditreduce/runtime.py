@@ -217,8 +217,8 @@ def compile_with_reduction(model: nn.Module, schedule="uniform-50", backend: str
                            **example_kwargs) -> ReducedModel:
     """Wrap `model` so its self/joint attention runs on fewer tokens, as `schedule` says.
 
-    schedule: a YAML path, a preset name, a dict or a Schedule. backend: eager | inductor | onnxruntime |
-    tensorrt (how each variant runs); backend_options: {"providers": [...]} (onnxruntime), {"precision":
+    schedule: a YAML path, a preset name, a dict or a Schedule. backend: eager | inductor | aotinductor |
+    onnxruntime | tensorrt (how each variant runs); backend_options: {"providers": [...]} (onnxruntime), {"precision":
     "fp16", "workspace_gib": 8} (tensorrt). max_variants: more distinct variants in a run is a
     ScheduleError. Capture is lazy (first call); pass example keyword arguments to capture now.
     """

@@ -16,10 +16,10 @@ RESULT_KEYS = {"schema_version", "ditreduce_version", "created_utc", "command", 
                "matched", "models", "rows", "process_peak_rss_bytes"}
 ROW_KEYS = {"model", "image_tokens", "blocks", "method", "scope", "backend", "nominal_ratio", "ratio", "schedule",
             "steps", "variants", "per_step_variant", "capture_s", "compile_s", "flops", "timing", "memory",
-            "quality", "error"}
+            "quality", "error", "config", "max_abs_diff_to_eager"}
 THREADS_BEFORE = torch.get_num_threads()
 TIMING_KEYS = {"dense_baseline", "dense_s", "reduced_s", "call_speedup", "run_speedup", "achieved_over_ideal",
-               "repeats", "dense_times", "variant_times", "busiest_variant", "graph_speedup"}
+               "repeats", "dense_times", "variant_times", "busiest_variant", "graph_speedup", "clock"}
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,7 @@ def test_quick_writes_every_output_with_the_versioned_schema(quick):
     # 5 steps, first 20 % dense: step 0 runs the dense variant, steps 1-4 the reduced one
     assert r.per_step_variant == [0, 1, 1, 1, 1] and r.variants == 2
     assert r.quality.seeds == [0, 1] and 0 < r.quality.ssim.median < 1
+    assert len(r.quality.psnr_per_seed) == 2 and r.quality.psnr_db.min == min(r.quality.psnr_per_seed)
     assert 0 < r.flops.attention_ratio < r.flops.whole_ratio < 1
     md = (quick / "results.md").read_text()
     assert "| small-dit:32 | uniform | attention | eager | 0.5 |" in md
@@ -207,17 +208,21 @@ def test_bad_requests_are_named_errors(monkeypatch, capsys):
         runner.validate(runner.BenchSettings(methods=["uniform"], scopes=["nosuch"]))
     assert main(["bench", "--methods", "nosuch", "--out", "unused"]) == 2
     assert "BenchError" in capsys.readouterr().err
-
-    import ditreduce
-
-    def old_build(model, schedule="uniform-50", **example_kwargs):  # compile_with_reduction without backend=
-        raise TypeError(f"got an unexpected keyword argument {next(iter(example_kwargs))!r}")
-
-    monkeypatch.setattr(ditreduce, "compile_with_reduction", old_build)
-    with pytest.raises(runner.BackendUnavailableError, match="backend 'inductor'.*--backends eager"):
-        runner.compile_for(torch.nn.Linear(2, 2), {"method": "uniform"}, "inductor")
-    with pytest.raises(runner.BackendUnavailableError, match="no `backend=`"):
-        runner.validate(runner.BenchSettings(methods=["uniform"], backends=["eager", "onnxruntime"]))
+    with pytest.raises(runner.BenchError, match="--params interval=2 for method 'uniform'"):
+        runner.validate(runner.BenchSettings(methods=["uniform"], params=[{"uniform.interval": 2}]))
+    with pytest.raises(runner.BenchError, match="--schedule nosuch.yaml"):
+        runner.validate(runner.BenchSettings(methods=["uniform"], schedules=["nosuch.yaml"]))
+    with pytest.raises(runner.BenchError, match="method.key=value"):
+        runner.parse_params("dito")
+    with pytest.raises(SystemExit):   # a malformed --params is an argparse error (exit 2)
+        main(["bench", "--params", "a.b.c=1", "--out", "unused"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(runner.BenchError, match="--device cuda: .*no CUDA device.*--device cpu"):
+        runner.validate(runner.BenchSettings(methods=["uniform"], device="cuda"))
+    assert main(["bench", "--device", "cuda", "--methods", "uniform", "--out", "unused"]) == 2
+    assert "BenchError" in capsys.readouterr().err
+    with pytest.raises(runner.BenchError, match="--device 'tpu'"):
+        runner.validate(runner.BenchSettings(methods=["uniform"], device="tpu"))
 
 
 def test_demo_auto_runs_the_preferred_registered_method(monkeypatch, tmp_path, capsys):
@@ -262,3 +267,141 @@ def test_dito_is_benched_on_the_variants_of_its_phases():
     keys, per_step = plan.keys, plan.per_step
     assert (v.keys, v.per_step) == (keys, per_step)
     assert len(v.keys) == 4 and per_step[:4] == [0, 1, 2, 3]  # dense, prime (the last dense step), match, reduce
+
+
+def test_params_sets_schedule_fields_and_method_keys():
+    sets = [runner.parse_params(t) for t in ("prop_attn=false", "prop_attn=true", "dito.interval=2,dito.lam=0.3")]
+    assert sets[2] == {"dito.interval": 2, "dito.lam": 0.3} and sets[0] == {"prop_attn": False}
+    # a set naming another method's keys does not apply; schedule fields apply to every method
+    assert runner.params_for("uniform", sets) == [{"prop_attn": False}, {"prop_attn": True}]
+    assert runner.params_for("dito", sets)[2] == {"dito.interval": 2, "dito.lam": 0.3}
+    assert runner.params_for("tome", [sets[2]]) == [{}] and runner.params_for("tome", []) == [{}]
+    assert runner.params_label(sets[2]) == "interval=2,lam=0.3" and runner.params_label({}) is None
+    s = runner.make_schedule("dito", 0.5, "attention", 0.2, {**sets[1], **sets[2]})
+    assert s["prop_attn"] is True and s["params"] == {"dito": {"interval": 2, "lam": 0.3}}
+    from ditreduce.schedules import load_schedule
+
+    assert load_schedule(s).params["dito"]["interval"] == 2
+
+
+def test_schedule_files_and_param_sets_are_configurations_of_one_run(tmp_path):
+    """--schedule FILE runs as written, named by the file; each --params set is its own configuration;
+    --device cpu --dtype bf16 moves the model and its inputs, and results.json records both."""
+    sched = tmp_path / "half-uniform.yaml"
+    sched.write_text("version: 1\nmethod: uniform\nratio: 0.25\nscope: attention\n")
+    out = tmp_path / "out"
+    assert main(["bench", "DiTTransformer2DModel:" + json.dumps(TINY_DIT), "--methods", "uniform", "--ratios", "0.5",
+                 "--no-quality", "--no-equal-flops", "--repeats", "1", "--warmup", "0", "--steps", "2",
+                 "--params", "prop_attn=false", "--params", "prop_attn=true", "--schedule", str(sched),
+                 "--device", "cpu", "--dtype", "bf16", "--threads", "1", "--out", str(out)]) == 0
+    res = BenchResults.load(out / "results.json")
+    assert res.settings["device"] == "cpu" and res.settings["dtype"] == "bf16"
+    assert res.models[0]["dtype"] == "bfloat16" and res.models[0]["device"] == "cpu"
+    assert [(r.method, r.config, r.ratio) for r in res.rows] == [
+        ("uniform", "prop_attn=false", 0.5), ("uniform", "prop_attn=true", 0.5),
+        ("half-uniform", str(sched), 0.25)]
+    assert [r.schedule.get("prop_attn") for r in res.rows] == [False, True, False]
+    assert all(r.error is None and r.timing.clock == "time.perf_counter" for r in res.rows)
+    assert res.rows[2].flops.attention_ratio < 1   # the file's schedule reduced
+    md = (out / "results.md").read_text()
+    assert "uniform [prop_attn=true]" in md and "bf16" in md
+
+
+TINY_DIT = dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=1,
+                sample_size=8, patch_size=2, num_embeds_ada_norm=1000, norm_num_groups=1)
+
+
+def test_device_and_dtype_move_the_model_and_its_inputs():
+    bm = resolve_model("DiTTransformer2DModel:" + json.dumps(TINY_DIT))
+    runner.place(bm, "cpu", "bf16")
+    assert next(bm.module.parameters()).dtype == torch.bfloat16
+    assert bm.kwargs["hidden_states"].dtype == torch.bfloat16
+    assert bm.kwargs["timestep"].dtype == torch.float32 and bm.kwargs["class_labels"].dtype == torch.long
+    with torch.no_grad():
+        assert bm.module(**bm.kwargs)[0].dtype == torch.bfloat16
+
+
+def test_cuda_timing_and_memory_use_events_and_the_allocator(monkeypatch):
+    """On a CUDA device the timer records events around each call and memory is the allocator's peak
+    (faked here: no GPU on the CPU machines)."""
+    calls = []
+
+    class Event:
+        def __init__(self, enable_timing):
+            self.t = None
+
+        def record(self):
+            calls.append("record")
+            self.t = len(calls)
+
+        def synchronize(self):
+            calls.append("sync")
+
+        def elapsed_time(self, end):
+            return 1000.0 * (end.t - self.t)   # ms
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append("device sync"))
+    times = speed.interleaved_times({"a": lambda: calls.append("call")}, repeats=2, warmup=0, device="cuda")
+    assert times["a"] == [2.0, 2.0]   # record, call, record: 2 s between the events
+    assert calls[:5] == ["device sync", "record", "call", "record", "sync"]
+    assert speed.clock("cuda") == "cuda events" and speed.clock("cpu") == "time.perf_counter"
+    allocated = iter([100, 100])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: next(allocated))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 1124)
+    assert memory.peak_call_bytes(lambda: None, "cuda") == 1024
+    assert "max_memory_allocated" in memory.what("cuda")
+
+
+def test_bench_docs_rewrites_only_its_marked_block(tmp_path, quick, capsys):
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nintro\n\n<!-- bench:quick -->\nold table\n<!-- /bench:quick -->\n\n"
+                   "<!-- bench:other -->\nkeep me\n<!-- /bench:other -->\n\nouttro\n")
+    assert main(["bench-docs", str(quick / "results.json"), str(doc), "--block", "quick",
+                 "--tables", "quality,speed"]) == 0
+    text = doc.read_text()
+    assert "old table" not in text and "keep me" in text and text.startswith("# Benchmarks\n\nintro\n")
+    assert text.rstrip().endswith("outtro")
+    block = text[text.index("<!-- bench:quick -->"):text.index("<!-- /bench:quick -->")]
+    assert "```bash\nditreduce bench " in block   # the recorded command line, as a user types it
+    assert "Measured 20" in block and "threads on" in block and "fp32" in block
+    assert "| small-dit:32 | uniform | attention | eager | 0.5 |" in block and "Matched ratios" not in block
+    assert "rewrote block bench:quick" in capsys.readouterr().out
+    again = doc.read_text()
+    assert main(["bench-docs", str(quick / "results.json"), str(doc), "--block", "quick",
+                 "--tables", "quality,speed"]) == 0
+    assert doc.read_text() == again   # idempotent
+    assert main(["bench-docs", str(quick / "results.json"), str(doc), "--block", "new"]) == 0
+    assert doc.read_text().rstrip().endswith("<!-- /bench:new -->") and "Matched ratios" in doc.read_text()
+
+
+def test_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
+    """tools/gpu_check.sh --dry-run: the GPU script's commands on the CPU at tiny sizes, every step's
+    results.json + markdown under $OUT. About 45-60 s of CPU time (four processes, each importing torch and
+    diffusers and capturing once or twice); the bound leaves room for a loaded, shared machine, where CPU
+    time inflates."""
+    import os
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(["bash", str(root / "tools" / "gpu_check.sh"), "--dry-run"], cwd=root, timeout=600,
+                          env=dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable), capture_output=True,
+                          text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    status = (tmp_path / "status.md").read_text()
+    for step in ("equality", "speed-4096-eager", "speed-16384-eager", "quality-small-dit"):
+        assert f"| {step} | ok |" in status, status
+        assert (tmp_path / step / "results.json").stat().st_size > 0
+        assert (tmp_path / step / "results.md").stat().st_size > 0
+    assert json.loads((tmp_path / "equality" / "results.json").read_text())["passed"] is True
+    speed_res = BenchResults.load(tmp_path / "speed-4096-eager" / "results.json")
+    assert speed_res.settings["dtype"] == "bf16" and speed_res.settings["device"] == "cpu"
+    assert "## quality-small-dit" in (tmp_path / "summary.md").read_text()
+    assert cpu_s < 75, f"dry run took {cpu_s:.0f} s of CPU"

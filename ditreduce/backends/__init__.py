@@ -4,6 +4,7 @@ variant). See base.py for the boundary.
 
     eager        the GraphModule itself
     inductor     torch.compile(fullgraph=True) per variant; first-call (compile) seconds recorded
+    aotinductor  the variant compiled ahead of time by AOTInductor (.pt2 package) and run by its C++ runner
     onnxruntime  the variant exported to ONNX (dynamo exporter, opset 18) and run by an InferenceSession
     tensorrt     the variant exported to ONNX, built into a TensorRT engine, run on one CUDA stream
 

@@ -1,7 +1,7 @@
 """The backend boundary: the backend names, their options, the variant labels, and and how a runner reads a
 call's tensor by its manifest path. The one shape of in-process runners is exported.ExportedVariant.
 
-A backend module (eager.py, inductor.py, onnxruntime.py, tensorrt.py) has one entry point,
+A backend module (eager.py, inductor.py, aotinductor.py, onnxruntime.py, tensorrt.py) has one entry point,
 `prepare(gm, kw, label, options) -> callable(**kw)`, made once per (analysis, variant key). The step
 clock, state and variant choice stay in the runner that calls it (runtime.ReducedModel).
 """
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import BackendError
 
-BACKENDS = ("eager", "inductor", "onnxruntime", "tensorrt")
+BACKENDS = ("eager", "inductor", "aotinductor", "onnxruntime", "tensorrt")
 
 
 class BackendOptions(BaseModel):

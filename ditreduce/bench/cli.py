@@ -29,7 +29,21 @@ def add_subcommands(sub) -> None:
     b.add_argument("--ratios", type=float_list(0.0, 0.95), default=None, help="nominal ratios (default 0.3,0.5); with equal FLOPs on, each "
                    "method runs the ratio whose self-attention FLOPs equal a q+kv method's at the nominal ratio")
     b.add_argument("--scopes", type=name_list(known_scopes), default=None, help="comma-separated region scopes (default: attention)")
-    b.add_argument("--backends", type=name_list(BACKENDS), default=["eager"], help="comma-separated (default eager)")
+    b.add_argument("--backends", type=name_list(BACKENDS), default=["eager"],
+                   help=f"comma-separated, of {','.join(BACKENDS)} (default eager); each is timed in its own "
+                   "interleaved loop and compared with eager's outputs")
+    b.add_argument("--schedule", action="append", default=[], metavar="FILE.yaml",
+                   help="a schedule file or preset run as written, as one more configuration named by the file "
+                   "(repeatable; not FLOPs-matched). Without --methods only the schedules run")
+    b.add_argument("--params", action="append", default=[], type=_params, metavar="SET",
+                   help="a parameter set: method.key=value (a method parameter) or key=value (a schedule field, "
+                   "e.g. prop_attn=true), comma-joined; repeated, each set is one more configuration of the "
+                   "methods it names, e.g. --params prop_attn=false --params prop_attn=true, or "
+                   "--params dito.interval=2,dito.lam=0.3")
+    b.add_argument("--device", default="cpu", help="cpu (default) | cuda | cuda:N: the model, its inputs and "
+                   "the timing (CUDA events) and memory (peak CUDA allocation) on that device")
+    b.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="model and input dtype (timesteps stay fp32; default fp32)")
     b.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default 20)")
     b.add_argument("--seeds", type=positive_int, default=None, help="samples for PSNR / SSIM (default 6)")
     b.add_argument("--dense-fraction", type=float_in(0.0, 1.0, hi_open=True), default=0.2,
@@ -45,7 +59,53 @@ def add_subcommands(sub) -> None:
     b.add_argument("--quick", action="store_true",
                    help="CI size: small-dit at 32x32 (256 tokens), 5 steps, 2 seeds, 2 repeats, ratio 0.5")
     b.add_argument("--out", default="results", help="output folder (results.json, results.md, pareto.png, grid.png)")
+    _docs_args(b, "--update-docs", "also rewrite the block `<!-- bench:NAME -->` … `<!-- /bench:NAME -->` "
+               "of this markdown file from the results (appended when absent)")
     b.set_defaults(fn=cmd_bench)
+
+    d = sub.add_parser("bench-docs", help="rewrite a marked table block of a docs page from a bench results.json",
+                       description="Rewrite the block between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` of a "
+                       "markdown file (appended when absent) from a `ditreduce bench` results.json: the command, "
+                       "machine and date, then the tables.")
+    d.add_argument("results", help="results.json written by `ditreduce bench`")
+    _docs_args(d, "markdown", "the markdown file to rewrite")
+    d.set_defaults(fn=cmd_bench_docs)
+
+
+def _docs_args(p, target: str, help: str) -> None:
+    from .report import TABLES
+
+    p.add_argument(target, **({"default": None, "metavar": "FILE.md"} if target.startswith("-") else {}), help=help)
+    p.add_argument("--block", default=None, help="NAME of the block (default: the results folder's name)")
+    p.add_argument("--tables", type=name_list(TABLES), default=list(TABLES),
+                   help=f"comma-separated tables of the block, of {','.join(TABLES)} (default all)")
+
+
+def _params(text: str) -> dict:
+    import argparse
+
+    from .runner import BenchError, parse_params
+
+    try:
+        return parse_params(text)
+    except BenchError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def cmd_bench_docs(args) -> int:
+    from pathlib import Path
+
+    from ..errors import BenchError
+    from .report import BenchResults, update_docs
+
+    path = Path(args.results)
+    if not path.is_file():
+        raise BenchError(f"results {args.results!r}: no such file; `ditreduce bench --out DIR` writes DIR/results.json")
+    res = BenchResults.load(path)
+    name = args.block or path.resolve().parent.name
+    replaced = update_docs(args.markdown, name, res, args.tables)
+    print(f"{'rewrote' if replaced else 'appended'} block bench:{name} in {args.markdown}")
+    return 0
 
 
 def _pick(value, quick_value, default, quick: bool):
@@ -73,7 +133,10 @@ def cmd_bench(args) -> int:
         steps=_pick(args.steps, QUICK["steps"], 20, q), seeds=_pick(args.seeds, QUICK["seeds"], 6, q),
         dense_fraction=args.dense_fraction, repeats=_pick(args.repeats, QUICK["repeats"], 5, q),
         warmup=_pick(args.warmup, QUICK["warmup"], 1, q), guidance=args.guidance,
-        equal_flops=not args.no_equal_flops, quality=not args.no_quality, memory=not args.no_memory)
+        equal_flops=not args.no_equal_flops, quality=not args.no_quality, memory=not args.no_memory,
+        device=args.device, dtype=args.dtype, params=args.params, schedules=args.schedule)
+    if args.schedule and not args.methods:
+        settings.methods = []
     specs = args.models or (QUICK["models"] if q else ["small-dit"])
     t0 = time.perf_counter()
     grid_rows: list = []
@@ -92,4 +155,12 @@ def cmd_bench(args) -> int:
             for m in res.matched))
     print(markdown(res))
     print(f"wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - t0:.0f} s")
+    if args.update_docs:
+        from pathlib import Path
+
+        from .report import update_docs
+
+        name = args.block or Path(args.out).resolve().name
+        replaced = update_docs(args.update_docs, name, res, args.tables)
+        print(f"{'rewrote' if replaced else 'appended'} block bench:{name} in {args.update_docs}")
     return 0

@@ -7,6 +7,9 @@ temporaries; the weights, allocated before, are reported separately as `param_by
 allocates internally and frees before returning (e.g. inside fused sdpa) are not seen. Process-wide
 peak RSS (`resource.getrusage`) is also recorded in the results, but it is a high-water mark of the
 whole process and cannot separate configurations.
+
+On a CUDA device the peak is torch.cuda.max_memory_allocated over the call, less what was allocated
+before it (the caching allocator's view: every tensor the call creates, kernels' workspaces included).
 """
 from __future__ import annotations
 
@@ -50,10 +53,25 @@ def track_tensor_memory():
         yield tracker
 
 
-def peak_call_bytes(fn) -> int:
+def peak_call_bytes(fn, device: str = "cpu") -> int:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        with torch.no_grad():
+            fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
     with torch.no_grad(), track_tensor_memory() as m:
         fn()
     return m.peak
+
+
+def what(device: str = "cpu") -> str:
+    """What peak_call_bytes measures on `device` (MemoryRecord.what)."""
+    if str(device).startswith("cuda"):
+        return "peak CUDA bytes allocated during one call above those allocated before (torch.cuda.max_memory_allocated)"
+    return "peak bytes of live CPU tensor storages created during one call (TorchDispatchMode tracker)"
 
 
 def param_bytes(module: torch.nn.Module) -> int:

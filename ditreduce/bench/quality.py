@@ -1,5 +1,7 @@
 """Quality of a reduced model against dense on the same seeds: PSNR and SSIM (ditreduce.smalldit.metrics,
-scikit-image) of samples from the shipped trained DiT (ditreduce.smalldit.sampling.sample)."""
+scikit-image) of samples from the shipped trained DiT (ditreduce.smalldit.sampling.sample). The sampler
+(noise, scheduler, captions) stays on the CPU in fp32; each transformer call runs on the bench's device
+in its dtype, and its output comes back as CPU fp32."""
 from __future__ import annotations
 
 import time
@@ -24,6 +26,8 @@ class QualitySetup:
     steps: int = 20
     res: int = 64
     guidance: float = 3.0
+    device: str = "cpu"
+    dtype: str = "fp32"
 
     def labels(self, num_classes: int) -> list[int]:
         return [i % num_classes for i in range(len(self.seeds))]
@@ -36,12 +40,25 @@ def draw(small_dit, setup: QualitySetup, transformer=None, desc: str = "sampling
     kw = dict(res=setup.res, steps=setup.steps, guidance=setup.guidance, progress=lambda i: bar.update(1))
     labels = setup.labels(len(small_dit.class_names))
     if transformer is None:
-        imgs = sample(small_dit, labels, setup.seeds, **kw)
+        imgs = sample(small_dit, labels, setup.seeds, transformer=on_device(small_dit.transformer, setup), **kw)
     else:
         with transformer.generation(num_steps=setup.steps):
-            imgs = sample(small_dit, labels, setup.seeds, transformer=transformer, **kw)
+            imgs = sample(small_dit, labels, setup.seeds, transformer=on_device(transformer, setup), **kw)
     bar.close()
     return Samples(imgs, time.perf_counter() - t0)
+
+
+def on_device(net, setup: QualitySetup):
+    """net as the sampler calls it, run on the setup's device and dtype (the CPU fp32 call unchanged)."""
+    if setup.device == "cpu" and setup.dtype == "fp32":
+        return net
+    from .runner import to_device
+
+    def call(hidden_states, **kw):
+        kw = to_device(dict(kw, hidden_states=hidden_states), setup.device, setup.dtype)
+        out = net(**kw)
+        return (out[0].float().cpu(),)
+    return call
 
 
 def compare(reduced: torch.Tensor, dense: torch.Tensor) -> tuple[list[float], list[float]]:

@@ -52,6 +52,7 @@ class TimingRecord(_Rec):
     variant_times: list[list[float]]    # [variant][repeat]; variant of each step: Row.per_step_variant
     busiest_variant: int
     graph_speedup: Stat | None = None   # dense / the captured graph at ratio 0 (graph cleanup alone), per repeat
+    clock: str = "time.perf_counter"    # or "cuda events" (--device cuda)
 
 
 class MemoryRecord(_Rec):
@@ -70,6 +71,8 @@ class QualityRecord(_Rec):
     guidance: float
     sample_s_dense: float
     sample_s_reduced: float
+    psnr_per_seed: list[float] | None = None   # in the order of `seeds` (their mean, worst seed, ...)
+    ssim_per_seed: list[float] | None = None
 
 
 class Row(_Rec):
@@ -92,10 +95,17 @@ class Row(_Rec):
     memory: MemoryRecord | None = None
     quality: QualityRecord | None = None
     error: str | None = None
+    config: str | None = None                   # the --params set or the --schedule file of this configuration
+    max_abs_diff_to_eager: float | None = None  # a non-eager backend: busiest variant's output vs eager's
+
+    @property
+    def series(self) -> str:
+        """The method, and its parameter set or schedule file: one curve of the plots, one name in the tables."""
+        return self.method if not self.config else f"{self.method} [{self.config}]"
 
     @property
     def label(self) -> str:
-        return f"{self.method} {self.scope} r={self.ratio:g}"
+        return f"{self.series} {self.scope} r={self.ratio:g}"
 
 
 class MatchedRatio(_Rec):
@@ -143,11 +153,11 @@ def fastest_at_quality(rows: list[Row], targets=PSNR_TARGETS) -> list[tuple[floa
     """(target dB, method, the row) for each target and method: of the method's configurations whose median
     PSNR is at least the target, the one with the highest median run speedup (None: none reaches it)."""
     timed = [r for r in rows if r.quality is not None and r.timing is not None and r.error is None]
-    methods = list(dict.fromkeys(r.method for r in timed))
+    methods = list(dict.fromkeys(r.series for r in timed))
     out = []
     for target in targets:
         for m in methods:
-            ok = [r for r in timed if r.method == m and r.quality.psnr_db.median >= target]
+            ok = [r for r in timed if r.series == m and r.quality.psnr_db.median >= target]
             out.append((target, m, max(ok, key=lambda r: r.timing.run_speedup.median) if ok else None))
     return out
 
@@ -169,9 +179,13 @@ def equal_quality_markdown(res: BenchResults) -> list[str]:
     return out + [""]
 
 
-def markdown(res: BenchResults) -> str:
-    out = equal_quality_markdown(res)
-    if res.matched:
+TABLES = ("equal-quality", "matched", "quality", "speed", "errors")
+
+
+def markdown(res: BenchResults, tables: tuple[str, ...] | list[str] = TABLES, footer: bool = True) -> str:
+    """The results as markdown tables (those named in `tables`, in TABLES order) and a one-line footer."""
+    out = equal_quality_markdown(res) if "equal-quality" in tables else []
+    if res.matched and "matched" in tables:
         out.append("Matched ratios (equal self-attention FLOPs; exponent p in FLOPs ∝ (1−r)^p measured on a probe):\n")
         noms = sorted({k for m in res.matched for k in m.ratios})
         out.append("| method | scope | reduces | p | " + " | ".join(f"nominal {n}" for n in noms) + " |")
@@ -181,26 +195,26 @@ def markdown(res: BenchResults) -> str:
                        " | ".join(f"{m.ratios.get(n, float('nan')):g}" for n in noms) + " |")
         out.append("")
     q = [r for r in res.rows if r.quality is not None]
-    if q:
+    if q and "quality" in tables:
         out.append("Quality vs dense (same seeds):\n")
         out.append("| model | method | scope | backend | ratio | attn FLOPs | whole FLOPs | run speedup | PSNR dB | SSIM |")
         out.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in q:
-            out.append(f"| {r.model} | {r.method} | {r.scope} | {r.backend} | {r.ratio:g} | "
+            out.append(f"| {r.model} | {r.series} | {r.scope} | {r.backend} | {r.ratio:g} | "
                        f"{r.flops.attention_ratio:.3f} | {r.flops.whole_ratio:.3f} | "
                        f"{_fmt_stat(r.timing.run_speedup if r.timing else None)} | "
                        f"{r.quality.psnr_db.median:.2f} (min {r.quality.psnr_db.min:.2f}) | "
                        f"{r.quality.ssim.median:.3f} (min {r.quality.ssim.min:.3f}) |")
         out.append("")
     s = [r for r in res.rows if r.timing is not None]
-    if s:
+    if s and "speed" in tables:
         out.append("Speed (seconds per transformer call; speedups per interleaved repeat: median [min–max]):\n")
         out.append("| model | tokens | scope | backend | method | ratio | attn FLOPs | whole FLOPs | dense s | "
                    "call speedup | run speedup | ideal | achieved/ideal | peak MiB dense→red. | variants | capture s | compile s |")
         out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in s:
             m = r.memory
-            out.append(f"| {r.model} | {r.image_tokens} | {r.scope} | {r.backend} | {r.method} | {r.ratio:g} | "
+            out.append(f"| {r.model} | {r.image_tokens} | {r.scope} | {r.backend} | {r.series} | {r.ratio:g} | "
                        f"{r.flops.attention_ratio:.3f} | {r.flops.whole_ratio:.3f} | {r.timing.dense_s.median:.3f} | "
                        f"{_fmt_stat(r.timing.call_speedup)} | {_fmt_stat(r.timing.run_speedup)} | "
                        f"{r.flops.ideal_speedup:.2f}× | {r.timing.achieved_over_ideal:.2f} | "
@@ -211,17 +225,68 @@ def markdown(res: BenchResults) -> str:
         for (model, backend), g in graph.items():
             out.append(f"- {model}, {backend}: the captured graph at ratio 0 runs at {_fmt_stat(g)} of the dense "
                        "baseline (no-op copies removed at capture; the speedups above include it)")
-        if graph:
+        diffs = [r for r in s if r.max_abs_diff_to_eager is not None]
+        out += [f"- {r.model} {r.label} {r.backend}: max |output − eager output| {r.max_abs_diff_to_eager:.1e}"
+                for r in diffs]
+        if graph or diffs:
             out.append("")
     errs = [r for r in res.rows if r.error]
-    if errs:
+    if errs and "errors" in tables:
         out.append("Configurations that failed (named errors):\n")
         out += [f"- {r.model} {r.label} {r.backend}: {r.error}" for r in errs]
         out.append("")
-    steps = res.settings.get("steps")
-    out.append(f"{steps} steps, the first {res.settings.get('dense_fraction', 0):.0%} of them dense; "
-               f"{res.machine.get('threads')} threads on {res.machine.get('cpu')}; fp32.")
+    if footer:
+        steps = res.settings.get("steps")
+        out.append(f"{steps} steps, the first {res.settings.get('dense_fraction', 0):.0%} of them dense; "
+                   f"{machine_line(res)}.")
     return "\n".join(out) + "\n"
+
+
+def machine_line(res: BenchResults) -> str:
+    """Where and how it ran: device (GPU name or CPU threads), dtype, torch."""
+    m, st = res.machine, res.settings
+    device = st.get("device", "cpu")
+    where = f"{m.get('gpu', device)} ({device})" if device.startswith("cuda") else \
+        f"{m.get('threads')} threads on {m.get('cpu')}"
+    return f"{where}; {st.get('dtype', 'fp32')}; torch {m.get('torch')}"
+
+
+# ---------------------------------------------------------------------------------------------- docs blocks
+def command_line(res: BenchResults) -> str:
+    """The command as a user types it: `ditreduce bench ...` whatever the entry point was."""
+    import shlex
+
+    args = list(res.command)
+    if "bench" in args:
+        args = args[args.index("bench") + 1:]
+    return "ditreduce bench " + shlex.join(args)
+
+
+def docs_block(res: BenchResults, name: str, tables=TABLES) -> str:
+    """A marked block for a docs page: the command, machine and date, then the tables."""
+    body = markdown(res, tables, footer=False).rstrip("\n")
+    steps = res.settings.get("steps")
+    return (f"<!-- bench:{name} -->\n<!-- generated by `ditreduce bench-docs`; edits inside this block are "
+            f"overwritten -->\n```bash\n{command_line(res)}\n```\n\n"
+            f"Measured {res.created_utc[:10]} on {machine_line(res)}; {steps} steps, the first "
+            f"{res.settings.get('dense_fraction', 0):.0%} of them dense; ditreduce {res.ditreduce_version}.\n\n"
+            f"{body}\n<!-- /bench:{name} -->")
+
+
+def update_docs(md_path: str | Path, name: str, res: BenchResults, tables=TABLES) -> bool:
+    """Rewrite the block between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` in md_path from res;
+    without those markers the block is appended at the end. True when an existing block was replaced."""
+    import re
+
+    path = Path(md_path)
+    text = path.read_text() if path.exists() else ""
+    block = docs_block(res, name, tables)
+    pat = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+    if pat.search(text):
+        path.write_text(pat.sub(lambda _: block, text, count=1))
+        return True
+    path.write_text(text + ("\n" if text and not text.endswith("\n") else "") + ("\n" if text else "") + block + "\n")
+    return False
 
 
 # ---------------------------------------------------------------------------------------------- plots
@@ -237,7 +302,7 @@ def pareto_series(res: BenchResults) -> dict[str, list[tuple[float, float, float
             continue
         y = r.quality.psnr_db.median if use_psnr else r.flops.ideal_speedup
         s = r.timing.run_speedup
-        series.setdefault(r.method, []).append((s.median, s.min, s.max, y))
+        series.setdefault(r.series, []).append((s.median, s.min, s.max, y))
     return {m: sorted(v) for m, v in series.items()}
 
 
@@ -274,7 +339,7 @@ def pareto_figure(res: BenchResults):
             top = max(best, key=lambda r: r.timing.run_speedup.median)   # the fastest method at this quality
             ax.scatter([top.timing.run_speedup.median], [top.quality.psnr_db.median], marker="*", s=140,
                        color="black", zorder=5)
-            ax.annotate(f"≥{target:g} dB: {top.method} {top.timing.run_speedup.median:.2f}×",
+            ax.annotate(f"≥{target:g} dB: {top.series} {top.timing.run_speedup.median:.2f}×",
                         (top.timing.run_speedup.median, top.quality.psnr_db.median), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel("run speedup over dense (median, bar: min–max of repeats)")

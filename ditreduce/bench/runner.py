@@ -3,7 +3,6 @@ tensor memory, wall time interleaved with dense in the same process, and — on 
 PSNR / SSIM against dense on the same seeds. Returns a `BenchResults`; `report.write_outputs` writes it."""
 from __future__ import annotations
 
-import inspect
 import os
 import platform
 import sys
@@ -37,9 +36,8 @@ PROBE_RATIO = 0.5
 
 from ..errors import BenchError  # noqa: E402
 
-
-class BackendUnavailableError(BenchError):
-    """A non-eager backend asked of a ditreduce build whose compile_with_reduction has no `backend=`."""
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+KEEP_FP32 = ("timestep",)   # pipelines pass timesteps as the scheduler makes them (fp32), the rest in the model's dtype
 
 
 def registered_methods() -> list[str]:
@@ -75,21 +73,90 @@ class BenchSettings:
     equal_flops: bool = True
     quality: bool = True
     memory: bool = True
+    device: str = "cpu"
+    dtype: str = "fp32"
+    # parameter sets (see parse_params): each runs as its own configuration of the methods it names
+    params: list[dict] = field(default_factory=list)
+    # schedule files / presets, each one configuration named by the file (run as written, not FLOPs-matched)
+    schedules: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
 
-def make_schedule(method: str, ratio: float, scope: str, dense_fraction: float) -> dict:
+def parse_params(text: str) -> dict:
+    """`--params` value: `method.key=value` (a method parameter) or `key=value` (a schedule field, e.g.
+    prop_attn), several joined by commas; values read as YAML (2, 0.3, true, shared). One set -> a dict
+    {"method.key" or "key": value}."""
+    import re
+
+    import yaml
+
+    out = {}
+    for item in re.split(r",(?=\s*[A-Za-z_][\w.]*\s*=)", text):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key or key.count(".") > 1:
+            raise BenchError(f"--params {text!r}: write method.key=value or key=value (a schedule field such as "
+                             "prop_attn), several joined by commas, e.g. dito.interval=2,dito.lam=0.3")
+        out[key] = yaml.safe_load(value.strip()) if value.strip() else ""
+    return out
+
+
+def params_for(method: str, sets: list[dict]) -> list[dict]:
+    """The distinct parameter sets one method runs: the sets that name this method or only schedule fields,
+    each restricted to those keys; [{}] (its defaults) when none does."""
+    if method == TOMESD:
+        return [{}]
+    out = []
+    for s in sets:
+        names = {k.split(".", 1)[0] for k in s if "." in k}
+        if names and method not in names:
+            continue
+        mine = {k: v for k, v in s.items() if "." not in k or k.split(".", 1)[0] == method}
+        if mine not in out:
+            out.append(mine)
+    return out or [{}]
+
+
+def params_label(params: dict) -> str | None:
+    def fmt(v):
+        return str(v).lower() if isinstance(v, bool) else str(v)
+    return ",".join(f"{k.split('.', 1)[-1]}={fmt(v)}" for k, v in params.items()) or None
+
+
+def make_schedule(method: str, ratio: float, scope: str, dense_fraction: float, params: dict | None = None) -> dict:
     sched = {"version": 1, "method": method, "ratio": ratio, "scope": scope, "rules": []}
     if dense_fraction > 0:
         sched["rules"].append(dense_prefix(dense_fraction))
+    for key, value in (params or {}).items():
+        if "." in key:
+            name, _, k = key.partition(".")
+            sched.setdefault("params", {}).setdefault(name, {})[k] = value
+        else:
+            sched[key] = value
     return sched
 
 
+def schedule_entry(spec: str) -> tuple[str, dict]:
+    """(name, schedule dict) of a `--schedule` file or preset: named by the file's stem."""
+    from pathlib import Path
+
+    try:
+        sched = load_schedule(spec)
+    except ScheduleError as e:
+        raise BenchError(f"--schedule {spec}: {e}") from None
+    return Path(spec).stem, sched.model_dump(mode="json", exclude_none=True)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return DTYPES[name]
+
+
 def validate(settings: BenchSettings) -> None:
-    """Fail before any measurement: every method, scope and backend must exist in this build."""
-    if not settings.methods:
+    """Fail before any measurement: every method, scope, parameter set, schedule file, backend, device and
+    dtype must exist in this build and on this machine."""
+    if not settings.methods and not settings.schedules:
         raise BenchError(f"--methods: none given and none of {', '.join(PREFERRED_METHODS)} is registered")
     for m in settings.methods:
         if m not in registered_methods() and m != TOMESD:
@@ -108,30 +175,55 @@ def validate(settings: BenchSettings) -> None:
     if not 0 <= settings.dense_fraction < 1:
         raise BenchError(f"--dense-fraction: {settings.dense_fraction} is outside [0, 1)")
     for m in ours:
-        for s in settings.scopes:
-            load_schedule(make_schedule(m, settings.ratios[0], s, settings.dense_fraction))
+        for p in params_for(m, settings.params):
+            for s in settings.scopes:
+                try:
+                    load_schedule(make_schedule(m, settings.ratios[0], s, settings.dense_fraction, p))
+                except ScheduleError as e:
+                    if not p:
+                        raise
+                    raise BenchError(f"--params {params_label(p)} for method {m!r}: {e}") from None
+    for spec in settings.schedules:
+        schedule_entry(spec)
+    if settings.dtype not in DTYPES:
+        raise BenchError(f"--dtype {settings.dtype!r}: allowed: {', '.join(DTYPES)}")
+    dev = settings.device
+    if dev != "cpu" and not dev.startswith("cuda"):
+        raise BenchError(f"--device {dev!r}: allowed: cpu, cuda, cuda:N")
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"--device {dev}: torch {torch.__version__} sees no CUDA device on this machine "
+                         f"(torch.cuda.is_available() is False); use --device cpu")
+
+
+def compile_for(model, schedule, backend: str, device: str = "cpu"):
+    """compile_with_reduction on `backend`; ONNX Runtime runs on its CUDA provider when the device is cuda."""
     from .. import compile_with_reduction
 
-    if any(b != "eager" for b in settings.backends) and \
-            "backend" not in inspect.signature(compile_with_reduction).parameters:
-        raise BackendUnavailableError(
-            f"--backends {','.join(settings.backends)}: this ditreduce build's compile_with_reduction() takes no "
-            "`backend=` argument; use --backends eager")
+    options = {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]} \
+        if backend == "onnxruntime" and device.startswith("cuda") else None
+    return compile_with_reduction(model, schedule, backend=backend, backend_options=options)
 
 
-def compile_for(model, schedule, backend: str):
-    """compile_with_reduction, passing `backend=` only for a non-eager backend."""
-    from .. import compile_with_reduction
+def place(bm: BenchModel, device: str, dtype: str) -> BenchModel:
+    """The model and its call on `device` in `dtype` (timesteps stay fp32, integer inputs keep theirs)."""
+    if device == "cpu" and dtype == "fp32":
+        return bm
+    bm.module.to(device=device, dtype=torch_dtype(dtype))
+    bm.kwargs = to_device(bm.kwargs, device, dtype)
+    bm.info = dict(bm.info, device=device, dtype=str(torch_dtype(dtype)).removeprefix("torch."))
+    return bm
 
-    if backend == "eager":
-        return compile_with_reduction(model, schedule)
-    try:
-        return compile_with_reduction(model, schedule, backend=backend)
-    except TypeError as e:
-        if "backend" in str(e):
-            raise BackendUnavailableError(f"backend {backend!r}: compile_with_reduction() of this build does not "
-                                          f"accept `backend=` ({e}); use --backends eager") from None
-        raise
+
+def to_device(kwargs: dict, device: str, dtype: str) -> dict:
+    dt = torch_dtype(dtype)
+
+    def move(name, v):
+        if not isinstance(v, torch.Tensor):
+            return v
+        if v.is_floating_point() and name not in KEEP_FP32:
+            return v.to(device=device, dtype=dt)
+        return v.to(device=device)
+    return {k: move(k, v) for k, v in kwargs.items()}
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs matching
@@ -238,35 +330,69 @@ def _dense_baseline(bm: BenchModel, backend: str, cache: dict):
     return (lambda: bm.module(**bm.kwargs)), "eager module (no dense build for this backend)"
 
 
+@dataclass
+class Config:
+    """One configuration of a model's table: a method at a ratio in a scope with a parameter set, or a
+    schedule file run as written."""
+    method: str
+    scope: str
+    nominal: float
+    ratio: float
+    schedule: dict
+    params: dict = field(default_factory=dict)
+    config: str | None = None     # the parameter set or the schedule file, as the tables show it
+
+    @property
+    def key(self) -> tuple:
+        return (self.method, self.scope, self.nominal, self.config)
+
+
+def configurations(settings: BenchSettings, matched: list[MatchedRatio]) -> list[Config]:
+    ratio_of = {(m.method, m.scope): m.ratios for m in matched}
+    out = []
+    for method in settings.methods:
+        for scope in settings.scopes if method != TOMESD else [TOMESD_SCOPE]:
+            for params in params_for(method, settings.params):
+                for nominal in settings.ratios:
+                    ratio = ratio_of[(method, scope)][str(nominal)] if settings.equal_flops else nominal
+                    out.append(Config(method, scope, nominal, ratio,
+                                      make_schedule(method, ratio, scope, settings.dense_fraction, params), params,
+                                      params_label(params)))
+    for spec in settings.schedules:
+        name, sched = schedule_entry(spec)
+        out.append(Config(name, sched.get("scope", "attention+proj"), sched.get("ratio", 0.5),
+                          sched.get("ratio", 0.5), sched, config=spec))
+    return out
+
+
 def bench_model(bm: BenchModel, settings: BenchSettings, matched: list[MatchedRatio],
                 grid_rows: list | None = None) -> list[Row]:
     """Every configuration of the settings on one model; rows in (method, scope, ratio, backend) order."""
     kw = bm.kwargs
+    dev = settings.device
     dense_fn = lambda: bm.module(**kw)  # noqa: E731
     with torch.no_grad():
         dense_flops = count_flops(dense_fn)
-        dense_mem = memory.peak_call_bytes(dense_fn) if settings.memory else None
+        dense_mem = memory.peak_call_bytes(dense_fn, dev) if settings.memory else None
     params = memory.param_bytes(bm.module)
     setup = dense = None
     if settings.quality and bm.can_sample:
-        setup = QualitySetup(tuple(range(settings.seeds)), settings.steps, bm.res, settings.guidance)
+        setup = QualitySetup(tuple(range(settings.seeds)), settings.steps, bm.res, settings.guidance,
+                             dev, settings.dtype)
         dense = draw(bm.small_dit, setup, desc=f"{bm.name} dense samples")
         if grid_rows is not None:
             grid_rows.append(("dense", dense.images))
-    ratio_of = {(m.method, m.scope): m.ratios for m in matched}
-    configs = [(m, s, r) for m in settings.methods for s in (settings.scopes if m != TOMESD else [TOMESD_SCOPE])
-               for r in settings.ratios]
+    configs = configurations(settings, matched)
     rows: list[Row] = []
     built: list = []
     baselines: dict = {}
-    for method, scope, nominal in tqdm(configs, desc=bm.name, leave=True):
-        ratio = ratio_of[(method, scope)][str(nominal)] if settings.equal_flops else nominal
-        sched = make_schedule(method, ratio, scope, settings.dense_fraction)
-        base = dict(model=bm.name, image_tokens=bm.image_tokens, blocks=bm.blocks, method=method, scope=scope,
-                    nominal_ratio=nominal, ratio=ratio, schedule=sched, steps=settings.steps)
+    for c in tqdm(configs, desc=bm.name, leave=True):
+        base = dict(model=bm.name, image_tokens=bm.image_tokens, blocks=bm.blocks, method=c.method, scope=c.scope,
+                    nominal_ratio=c.nominal, ratio=c.ratio, schedule=c.schedule, steps=settings.steps,
+                    config=c.config)
         try:
-            eager = TomesdVariants(bm.module, kw, settings.steps, ratio, settings.dense_fraction) \
-                if method == TOMESD else Variants(compile_for(bm.module, sched, "eager"), kw, settings.steps)
+            eager = TomesdVariants(bm.module, kw, settings.steps, c.ratio, settings.dense_fraction) \
+                if c.method == TOMESD else Variants(compile_for(bm.module, c.schedule, "eager"), kw, settings.steps)
             with torch.no_grad():
                 # the all-dense variant is the captured graph itself: dense FLOPs, no need to count again
                 per_variant = [dense_flops if _is_dense_key(key) else count_flops(eager.caller(v))
@@ -275,17 +401,19 @@ def bench_model(bm: BenchModel, settings: BenchSettings, matched: list[MatchedRa
             mem = None
             if settings.memory:
                 with torch.no_grad():
-                    mem = MemoryRecord(dense_peak_bytes=dense_mem, param_bytes=params,
-                                       reduced_peak_bytes=memory.peak_call_bytes(eager.caller(busiest)))
+                    mem = MemoryRecord(what=memory.what(dev), dense_peak_bytes=dense_mem, param_bytes=params,
+                                       reduced_peak_bytes=memory.peak_call_bytes(eager.caller(busiest), dev))
             qual = None
             if setup is not None:
-                red = draw(bm.small_dit, setup, transformer=eager.reduced, desc=f"{method} {scope} r={ratio:g}")
+                label = f"{c.method} {c.scope} r={c.ratio:g}" + (f" {c.config}" if c.config else "")
+                red = draw(bm.small_dit, setup, transformer=eager.reduced, desc=label)
                 ps, ss = compare(red.images, dense.images)
                 qual = QualityRecord(psnr_db=_stat(ps), ssim=_stat(ss), seeds=list(setup.seeds), steps=setup.steps,
                                      res=setup.res, guidance=setup.guidance, sample_s_dense=dense.seconds,
-                                     sample_s_reduced=red.seconds)
+                                     sample_s_reduced=red.seconds, psnr_per_seed=ps, ssim_per_seed=ss)
                 if grid_rows is not None:
-                    grid_rows.append((f"{method} {scope}\nr={ratio:g}", red.images))
+                    grid_rows.append((f"{c.method} {c.scope}\nr={c.ratio:g}" + (f" {c.config}" if c.config else ""),
+                                      red.images))
         except NAMED_ERRORS as e:
             for backend in settings.backends:
                 rows.append(Row(**base, backend=backend, error=f"{type(e).__name__}: {e}"))
@@ -293,39 +421,54 @@ def bench_model(bm: BenchModel, settings: BenchSettings, matched: list[MatchedRa
         built.append((base, eager, flops, busiest, mem, qual))
     for backend in settings.backends:
         rows += _time_backend(bm, settings, backend, built, baselines)
-    order = {c: i for i, c in enumerate(configs)}
-    return sorted(rows, key=lambda r: (order[(r.method, r.scope, r.nominal_ratio)], settings.backends.index(r.backend)))
+    order = {c.key: i for i, c in enumerate(configs)}
+    return sorted(rows, key=lambda r: (order[(r.method, r.scope, r.nominal_ratio, r.config)],
+                                       settings.backends.index(r.backend)))
 
 
 def _is_dense_key(key) -> bool:
     return all(c is None for c in key)
 
 
+def _max_diff(a, b) -> float:
+    """max |a − b| over the first output tensor of two calls, in fp32."""
+    a, b = (x[0] if isinstance(x, (tuple, list)) else x for x in (a, b))
+    return (a.float() - b.float()).abs().max().item()
+
+
 def _time_backend(bm: BenchModel, settings: BenchSettings, backend: str, built: list, baselines: dict) -> list[Row]:
     """Time every configuration of one model on one backend in ONE interleaved loop: dense, the captured
     graph at ratio 0 (the all-dense variant every configuration shares: timed once) and each
-    configuration's reduced variants. All speedups of the table divide the same dense times."""
+    configuration's reduced variants. All speedups of the table divide the same dense times. A non-eager
+    backend's busiest variant is also compared with the eager one's output (max |difference|)."""
     rows, runs = [], []
     for base, eager, flops, busiest, mem, qual in built:
         if base["method"] == TOMESD and backend != "eager":
             rows.append(Row(**base, backend=backend, error=f"{TOMESD} runs on the eager module only"))
             continue
+        diff = None
         try:
-            run = eager if backend == "eager" else Variants(compile_for(bm.module, base["schedule"], backend),
-                                                             bm.kwargs, settings.steps)
+            if backend == "eager":
+                run = eager
+            else:
+                run = Variants(compile_for(bm.module, base["schedule"], backend, settings.device), bm.kwargs,
+                               settings.steps)
+                with torch.no_grad():
+                    diff = _max_diff(run.call(busiest), eager.call(busiest))
         except NAMED_ERRORS as e:
             rows.append(Row(**base, backend=backend, error=f"{type(e).__name__}: {e}"))
             continue
-        runs.append((base, run, flops, busiest, mem, qual))
+        runs.append((base, run, flops, busiest, mem, qual, diff))
     if not runs:
         return rows
     dense_call, dense_what = _dense_baseline(bm, backend, baselines)
     fns = {"dense": dense_call, "graph": runs[0][1].graph_caller()}
     for i, (_, run, *_rest) in enumerate(runs):
         fns |= {f"c{i}v{v}": run.caller(v) for v, key in enumerate(run.keys) if not _is_dense_key(key)}
-    times = speed.interleaved_times(fns, settings.repeats, settings.warmup, desc=f"{bm.name} {backend}")
+    times = speed.interleaved_times(fns, settings.repeats, settings.warmup, desc=f"{bm.name} {backend}",
+                                    device=settings.device)
     graph_sp = _stat(speed.per_repeat_speedups(times["dense"], times["graph"]))
-    for i, (base, run, flops, busiest, mem, qual) in enumerate(runs):
+    for i, (base, run, flops, busiest, mem, qual, diff) in enumerate(runs):
         vt = [times["graph"] if _is_dense_key(key) else times[f"c{i}v{v}"] for v, key in enumerate(run.keys)]
         run_sp = _stat(speed.run_speedups(times["dense"], vt, run.per_step))
         timing = TimingRecord(dense_baseline=dense_what, dense_s=_stat(times["dense"]),
@@ -333,14 +476,14 @@ def _time_backend(bm: BenchModel, settings: BenchSettings, backend: str, built: 
                               call_speedup=_stat(speed.per_repeat_speedups(times["dense"], vt[busiest])),
                               run_speedup=run_sp, achieved_over_ideal=run_sp.median / flops.ideal_speedup,
                               repeats=settings.repeats, dense_times=times["dense"], variant_times=vt,
-                              busiest_variant=busiest, graph_speedup=graph_sp)
+                              busiest_variant=busiest, graph_speedup=graph_sp, clock=speed.clock(settings.device))
         rows.append(Row(**base, backend=backend, variants=len(run.keys), per_step_variant=run.per_step,
                         capture_s=run.capture_s, compile_s=run.compile_s, flops=flops, timing=timing,
-                        memory=mem if backend == "eager" else None, quality=qual))
+                        memory=mem if backend == "eager" else None, quality=qual, max_abs_diff_to_eager=diff))
     return rows
 
 
-def machine_info() -> dict:
+def machine_info(device: str = "cpu") -> dict:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -348,7 +491,8 @@ def machine_info() -> dict:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(),
+            **({"gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda} if device.startswith("cuda") else {})}
 
 
 def run_bench(models: list[BenchModel], settings: BenchSettings, command: list[str] | None = None,
@@ -359,9 +503,10 @@ def run_bench(models: list[BenchModel], settings: BenchSettings, command: list[s
     matched = match_ratios(settings)
     rows: list[Row] = []
     for bm in models:
+        place(bm, settings.device, settings.dtype)
         rows += bench_model(bm, settings, matched, grid_rows if bm.can_sample else None)
     return BenchResults(ditreduce_version=__version__, created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        command=list(command if command is not None else sys.argv), machine=machine_info(),
+                        command=list(command if command is not None else sys.argv), machine=machine_info(settings.device),
                         settings=settings.as_dict(), equal_flops=settings.equal_flops, matched=matched,
                         models=[{"name": m.name, "image_tokens": m.image_tokens, "blocks": m.blocks, **m.info}
                                 for m in models],

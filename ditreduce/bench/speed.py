@@ -1,7 +1,9 @@
 """Wall time by interleaved repeats: every repeat runs each timed function once, in an order rotated by
 the repeat index, so drift (thermal, other processes) hits every function alike. Speedups are computed
 per repeat from times measured in the same repeat of the same process, then summarised (median, min,
-max)."""
+max). On a CUDA device each call is timed by CUDA events recorded around it on the current stream and
+read after a synchronize (the GPU's time of the call, launch overhead included, queueing of earlier work
+excluded)."""
 from __future__ import annotations
 
 import statistics
@@ -12,12 +14,37 @@ import torch
 from tqdm import tqdm
 
 
+def clock(device: str = "cpu") -> str:
+    return "cuda events" if str(device).startswith("cuda") else "time.perf_counter"
+
+
+def _timer(device: str):
+    """A function timing one call fn() in seconds: CUDA events on a CUDA device, else perf_counter."""
+    if str(device).startswith("cuda"):
+        def timed(fn) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+        return timed
+
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    return timed
+
+
 def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
-                      desc: str = "timing") -> dict[str, list[float]]:
+                      desc: str = "timing", device: str = "cpu") -> dict[str, list[float]]:
     """{name: [seconds per repeat]}; `warmup` untimed rounds first (capture, rewrite, compile, caches)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     names = list(fns)
+    timed = _timer(device)
     times: dict[str, list[float]] = {n: [] for n in names}
     with torch.no_grad():
         for _ in range(warmup):
@@ -26,9 +53,7 @@ def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup
         for r in tqdm(range(repeats), desc=desc, leave=False):
             shift = r % len(names)
             for n in names[shift:] + names[:shift]:
-                t0 = time.perf_counter()
-                fns[n]()
-                times[n].append(time.perf_counter() - t0)
+                times[n].append(timed(fns[n]))
     return times
 
 

@@ -17,6 +17,8 @@ class StepVariants:
         with torch.no_grad():
             for v in range(len(self.keys)):
                 self.call(v)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
         self.compile_s = time.perf_counter() - t0
 
     def call(self, v: int):
