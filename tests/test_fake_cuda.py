@@ -110,35 +110,41 @@ def _meta_model(family, dtype):
     return model, (kw if family == "handdit" else dict(kw, return_dict=False))
 
 
-CASES = [("handdit", torch.bfloat16), ("handdit", torch.float16), ("sd3", torch.bfloat16), ("flux", torch.float16),
-         pytest.param("pixart", torch.bfloat16, marks=pytest.mark.slow),
-         pytest.param("wan", torch.float16, marks=pytest.mark.slow)]
+IN_GRAPH = ["coredit", "tome", "dito"]  # selections computed in the graph (static ones are graph constants)
+CASES = [("handdit", torch.bfloat16, METHODS), ("handdit", torch.float16, METHODS),
+         ("sd3", torch.bfloat16, IN_GRAPH), ("flux", torch.float16, IN_GRAPH),
+         pytest.param("sd3", torch.float16, METHODS, marks=pytest.mark.slow),
+         pytest.param("flux", torch.bfloat16, METHODS, marks=pytest.mark.slow),
+         pytest.param("pixart", torch.bfloat16, METHODS, marks=pytest.mark.slow),
+         pytest.param("wan", torch.float16, METHODS, marks=pytest.mark.slow)]
 
 
-def _steps():
-    """(method, scope, reduced) per step: one step per (method, scope), three for DiTo (prime: k = N)."""
+def _steps(methods):
+    """(method, scope, reduced) per step: one step per (method, scope); DiTo's run starts with a prime step
+    (k = N), then match and reduce in each scope (a scope change continues the run: no new prime)."""
     out = []
-    for m in METHODS:
-        for s in SCOPES:
-            out += [(m, s, phase != "prime") for phase in DITO_PHASES] if m == "dito" else [(m, s, True)]
+    for m in methods:
+        for j, s in enumerate(SCOPES):
+            phases = (DITO_PHASES if j == 0 else DITO_PHASES[1:]) if m == "dito" else ("reduce",)
+            out += [(m, s, phase != "prime") for phase in phases]
     return out
 
 
 def _schedule(family, steps):
-    rules, i = [], 0
-    while i < len(steps):  # one rule per (method, scope): DiTo's three steps form one run
-        m, s, _ = steps[i]
-        n = len(DITO_PHASES) if m == "dito" else 1
-        rules.append({"steps": list(range(i, i + n)), "method": m, "scope": s})
-        i += n
+    rules = []
+    for i, (m, s, _) in enumerate(steps):  # one rule per (method, scope)
+        if rules and (rules[-1]["method"], rules[-1]["scope"]) == (m, s):
+            rules[-1]["steps"].append(i)
+        else:
+            rules.append({"steps": [i], "method": m, "scope": s})
     sched = {"ratio": 0.5, "num_steps": len(steps), "rules": rules, "params": {"dito": {"interval": 2}}}
     return sched | ({"layout": LAYOUTS[family]} if family in LAYOUTS else {})
 
 
-@pytest.mark.parametrize("family,dtype", CASES)
-def test_every_variant_runs_on_fake_cuda_in_half_precision(family, dtype):
+@pytest.mark.parametrize("family,dtype,methods", CASES)
+def test_every_variant_runs_on_fake_cuda_in_half_precision(family, dtype, methods):
     model, kw = _meta_model(family, dtype)
-    steps = _steps()  # one capture for all
+    steps = _steps(methods)  # one capture for all
     reduced = compile_with_reduction(model, _schedule(family, steps))
     dense = None
     for i, (method, scope, reduces) in enumerate(steps):
