@@ -124,7 +124,8 @@ def _steps(methods):
     (k = N), then match and reduce in each scope (a scope change continues the run: no new prime)."""
     out = []
     for m in methods:
-        for j, s in enumerate(SCOPES):
+        # DiTo primes in the widest scope, where even its k = N selection gathers the region's entry
+        for j, s in enumerate(SCOPES[::-1] if m == "dito" else SCOPES):
             phases = (DITO_PHASES if j == 0 else DITO_PHASES[1:]) if m == "dito" else ("reduce",)
             out += [(m, s, phase != "prime") for phase in phases]
     return out
