@@ -17,7 +17,9 @@ no per-element index reads, no scatter, no boolean mask, no data-dependent shape
 
 Contract: k == N means the identity selection. Methods return it at ratio zero, and the region then
 runs the plain dense ops (no gather at all), so ratio zero costs nothing and is exact.
-Inside `forced_regions()` it runs the full gather / sdpa / reconstruct path instead (for tests).
+Inside `forced_regions()` (for tests) every method computes its real selection with k = N instead (all
+tokens kept in the order its TopK / matching / drawing gives, merge slots with zero weight on other
+tokens) and the region runs the full gather / sdpa / reconstruct path.
 """
 from __future__ import annotations
 
@@ -48,8 +50,9 @@ _FORCED = [False]
 
 @contextlib.contextmanager
 def forced_regions(on: bool = True):
-    """While active, k == N regions take the full reduce / sdpa / reconstruct path (rewrite reads it when
-    it builds a variant graph, attention_region when it runs), so ratio zero tests the region's math."""
+    """While active, methods asked for k == N tokens compute their real selection and k == N regions take
+    the full reduce / sdpa / reconstruct path (rewrite and the methods read it when a variant graph is
+    built, attention_region when it runs), so ratio zero tests the selection's and the region's math."""
     prev, _FORCED[0] = _FORCED[0], on
     try:
         yield
@@ -97,16 +100,22 @@ def _slot_sum(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor | None, dim: i
     return torch.bmm(wb, g.reshape(rows, m, width)).reshape(*lead, length, *rest)
 
 
-def reduce_tokens(x: torch.Tensor, sel: Selection, dim: int = -2) -> torch.Tensor:
-    """The k reduced tokens: the first Km (= msrc.shape[1]) are merges, the rest gathers of kept."""
+def reduce_tokens(x: torch.Tensor, sel: Selection, dim: int = -2, merge_at: int = 0) -> torch.Tensor:
+    """The k reduced tokens: the Km (= msrc.shape[1]) at kept positions [merge_at, merge_at + Km) are
+    merges, the others gathers of kept (merge_at: see embed_in_sequence's merges_first)."""
     dim = dim % x.dim()
     if sel.msrc is None:
         return take_tokens(x, sel.kept, dim)
     merged = _slot_sum(x, sel.msrc, sel.mw, dim)
-    km = sel.msrc.shape[1]
-    if km == sel.kept.shape[1]:
+    km, k = sel.msrc.shape[1], sel.kept.shape[1]
+    if km == k:
         return merged
-    return torch.cat([merged, take_tokens(x, sel.kept[:, km:], dim)], dim)
+    parts = [merged]
+    if merge_at > 0:
+        parts.insert(0, take_tokens(x, sel.kept[:, :merge_at], dim))
+    if merge_at + km < k:
+        parts.append(take_tokens(x, sel.kept[:, merge_at + km:], dim))
+    return torch.cat(parts, dim)
 
 
 def reconstruct_tokens(y: torch.Tensor, sel: Selection, dim: int = -2) -> torch.Tensor:
@@ -114,19 +123,22 @@ def reconstruct_tokens(y: torch.Tensor, sel: Selection, dim: int = -2) -> torch.
     return _slot_sum(y, sel.src, sel.w, dim % y.dim())
 
 
-def embed_in_sequence(sel: Selection, start: int, seq_len: int) -> Selection:
+def embed_in_sequence(sel: Selection, start: int, seq_len: int, merges_first: bool = True) -> Selection:
     """Lift a selection over an image segment [start, start+n) to the whole sequence of seq_len tokens.
 
-    Tokens outside the segment are always kept and map to themselves. Kept order: the image's merged
-    prefix (Km tokens, 0 without merge slots), the tokens before the segment, the rest of the image's
-    kept tokens, the tokens after — so the merge slots stay a prefix of the reduced sequence.
+    Tokens outside the segment are always kept and map to themselves. Kept order with merges_first: the
+    image's merged prefix (Km tokens, 0 without merge slots), the tokens before the segment, the rest of
+    the image's kept tokens, the tokens after — so the merge slots stay a prefix of the reduced sequence
+    (reduce_tokens' default). Without: the sequence's own layout, [before | the image's kept tokens |
+    after], which a region wider than attention needs (its slices and concatenations keep the layout);
+    reduce it with reduce_tokens(..., merge_at=start).
     """
     bs, n, m = sel.src.shape
     k = sel.kept.shape[1]
     if isinstance(start, int) and isinstance(seq_len, int) and start == 0 and n == seq_len:
         return sel   # a run-time start or length (SymInt under export: text read per sample) never branches
     dev = sel.kept.device
-    km = 0 if sel.msrc is None else sel.msrc.shape[1]
+    km = 0 if sel.msrc is None or not merges_first else sel.msrc.shape[1]
     after_n = seq_len - start - n
     before = torch.arange(start, device=dev)[None].expand(bs, start)
     after = torch.arange(start + n, seq_len, device=dev)[None].expand(bs, after_n)

@@ -12,7 +12,7 @@ from ditreduce.methods.dito import StateError
 from ditreduce.schedules.plan import phase_keys
 from ditreduce.methods.graph import image_tokens
 from ditreduce.methods.tome import tome_select
-from ditreduce.regions import attention_region
+from ditreduce.regions import attention_region, forced_regions
 from ditreduce.schedules import load_schedule
 from ditreduce.schedules.lower import RegionConfig
 
@@ -177,14 +177,17 @@ def test_penalty_lowers_max_selection_count():
 # --- ratio 0 ----------------------------------------------------------------------------------------
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
 @given(family=st.sampled_from(["pixart", "handdit", "flux"]), h=st.integers(2, 6), w=st.integers(2, 6),
-       batch=st.integers(1, 2), interval=st.integers(1, 3))
-def test_ratio_zero_is_equivalence(family, h, w, batch, interval):
+       batch=st.integers(1, 2), interval=st.integers(1, 3), scope=st.sampled_from(["attention", "attention+proj", "block"]))
+def test_ratio_zero_is_equivalence(family, h, w, batch, interval, scope):
+    """Forced regions: the prime, match and reduce steps at k = N run merge_selection on their (empty)
+    matchings and the full gather / sdpa / reconstruct path."""
     model, kw = zoo.build(family, grid=(h, w), batch=batch)
     if family != "handdit":
         kw = dict(kw, return_dict=False)
     times = TIMES[:4]
-    reduced = compile_with_reduction(model, _sched(ratio=0.0, dense=0, interval=interval))
-    got = _generate(reduced, kw, times)
+    with forced_regions():
+        reduced = compile_with_reduction(model, _sched(ratio=0.0, dense=0, interval=interval) | {"scope": scope})
+        got = _generate(reduced, kw, times)
     with torch.no_grad():
         ref = [_out(model(**dict(kw, timestep=torch.full_like(kw["timestep"], t)))) for t in times]
     for a, b in zip(got, ref):

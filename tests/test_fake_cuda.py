@@ -16,8 +16,11 @@ from ditreduce import compile_with_reduction
 
 aten = torch.ops.aten
 CUDA = torch.device("cuda", 0)
-METHODS = ["uniform", "random", "coredit", "tome", "todo"]
+METHODS = ["uniform", "random", "coredit", "tome", "todo", "dito"]
 SCOPES = ["attention", "attention+proj", "block"]
+DITO_PHASES = ("prime", "match", "reduce")  # interval 2: a DiTo run of three steps has one of each
+# position ids have no values on meta: these families state their layout in the schedule
+LAYOUTS = {"flux": {"grid": [4, 4], "text_tokens": 6, "text_position": "before"}}
 
 
 def _getitem(t, idx):
@@ -78,11 +81,22 @@ def _to_fake_cuda(gm, mode):
 
 
 def _run_fake_cuda(gm, kw):
+    """The graph's first output under FakeTensorMode on cuda; a stateful variant gets its state inputs as
+    fake cuda tensors and must return its state on cuda in the dtypes it declares."""
     mode = FakeTensorMode(allow_non_fake_inputs=True)
+    spec = gm.meta.get("ditreduce_state")
     gm = copy.deepcopy(gm)  # the capture's own graph keeps its meta parameters for the next variants
     fake = _to_fake_cuda(gm, mode)
     with mode, _NoDeviceGuard(), torch.no_grad():
-        out = gm(**{k: fake(v) for k, v in kw.items()})
+        kw = {k: fake(v) for k, v in kw.items()}
+        if spec is None:
+            return gm(**kw)[0]
+        state = {site: {name: torch.zeros(shape, dtype=dtype, device=CUDA) for name, (shape, dtype) in names.items()}
+                 for site, names in spec["inputs"].items()}
+        out, extra = gm(**kw, state=state) if state else gm(**kw)
+    for site, names in extra["state"].items():
+        for name, t in names.items():
+            assert t.device == CUDA and t.dtype == spec["outputs"][site][name][1], (site, name, t.device, t.dtype)
     return out[0]
 
 
@@ -96,24 +110,50 @@ def _meta_model(family, dtype):
     return model, (kw if family == "handdit" else dict(kw, return_dict=False))
 
 
-CASES = [("handdit", torch.bfloat16), ("handdit", torch.float16),
-         pytest.param("pixart", torch.bfloat16, marks=pytest.mark.slow),
-         pytest.param("wan", torch.float16, marks=pytest.mark.slow)]
+IN_GRAPH = ["coredit", "tome", "dito"]  # selections computed in the graph (static ones are graph constants)
+CASES = [("handdit", torch.bfloat16, METHODS), ("handdit", torch.float16, METHODS),
+         ("sd3", torch.bfloat16, IN_GRAPH), ("flux", torch.float16, IN_GRAPH),
+         pytest.param("sd3", torch.float16, METHODS, marks=pytest.mark.slow),
+         pytest.param("flux", torch.bfloat16, METHODS, marks=pytest.mark.slow),
+         pytest.param("pixart", torch.bfloat16, METHODS, marks=pytest.mark.slow),
+         pytest.param("wan", torch.float16, METHODS, marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize("family,dtype", CASES)
-def test_every_variant_runs_on_fake_cuda_in_half_precision(family, dtype):
+def _steps(methods):
+    """(method, scope, reduced) per step: one step per (method, scope); DiTo's run starts with a prime step
+    (k = N), then match and reduce in each scope (a scope change continues the run: no new prime)."""
+    out = []
+    for m in methods:
+        # DiTo primes in the widest scope, where even its k = N selection gathers the region's entry
+        for j, s in enumerate(SCOPES[::-1] if m == "dito" else SCOPES):
+            phases = (DITO_PHASES if j == 0 else DITO_PHASES[1:]) if m == "dito" else ("reduce",)
+            out += [(m, s, phase != "prime") for phase in phases]
+    return out
+
+
+def _schedule(family, steps):
+    rules = []
+    for i, (m, s, _) in enumerate(steps):  # one rule per (method, scope)
+        if rules and (rules[-1]["method"], rules[-1]["scope"]) == (m, s):
+            rules[-1]["steps"].append(i)
+        else:
+            rules.append({"steps": [i], "method": m, "scope": s})
+    sched = {"ratio": 0.5, "num_steps": len(steps), "rules": rules, "params": {"dito": {"interval": 2}}}
+    return sched | ({"layout": LAYOUTS[family]} if family in LAYOUTS else {})
+
+
+@pytest.mark.parametrize("family,dtype,methods", CASES)
+def test_every_variant_runs_on_fake_cuda_in_half_precision(family, dtype, methods):
     model, kw = _meta_model(family, dtype)
-    combos = [(m, s) for m in METHODS for s in SCOPES]  # one step per (method, scope): one capture for all
-    rules = [{"steps": [i], "method": m, "scope": s} for i, (m, s) in enumerate(combos)]
-    reduced = compile_with_reduction(model, {"ratio": 0.5, "num_steps": len(combos), "rules": rules})
+    steps = _steps(methods)  # one capture for all
+    reduced = compile_with_reduction(model, _schedule(family, steps))
     dense = None
-    for i, (method, scope) in enumerate(combos):
-        reduced.set_step(i, len(combos))
+    for i, (method, scope, reduces) in enumerate(steps):
+        reduced.set_step(i, len(steps))
         with torch.no_grad():
             reduced(**kw)
         cap = reduced.last_capture
-        assert {(c.method, c.k < c.n) for c in reduced.last_key if c is not None} == {(method, True)}
+        assert {(c.method, c.k < c.n) for c in reduced.last_key if c is not None} == {(method, reduces)}
         if dense is None:
             dense = _run_fake_cuda(cap.graph, kw)
             assert dense.device == CUDA

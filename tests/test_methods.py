@@ -9,13 +9,17 @@ import torch.nn.functional as F
 import zoo
 from ditreduce import ScheduleError, compile_with_reduction
 from ditreduce.flops import count_flops
+from ditreduce.methods import get_method
 from ditreduce.methods.coredit import CoReDiT, coherence, coredit_select
+from ditreduce.methods.dito import dito_match, dito_prime_selection, dito_selection
 from ditreduce.methods.lattice import MAX_TOPK, grouped_k, neighbour_cosines, neighbour_table
 from ditreduce.methods.todo import todo_selection
 from ditreduce.methods.tome import tome_kept, tome_select
-from ditreduce.regions import reconstruct_tokens, reduce_tokens
+from ditreduce.regions import forced_regions, reconstruct_tokens, reduce_tokens
 
 LATTICES = [(5, 7), (6, 6), (2, 3, 5)]
+FULL_SELECTIONS = [("coredit", {}), ("coredit", {"pool": False}), ("coredit", {"slots": 3}), ("tome", {}),
+                   ("todo", {}), ("todo", {"mode": "nearest"}), ("random", {}), ("uniform", {})]
 
 
 def _brute_coherence(x, lattice):
@@ -206,3 +210,47 @@ def test_bad_method_params_are_schedule_errors(params, match):
 
     with pytest.raises(ScheduleError, match=match):
         load_schedule({"method": "coredit", "params": params})
+
+
+def _full_selection(method, params, x, lattice, forced):
+    with forced_regions(forced):
+        sel, _ = get_method(method)(**params).select(x, lattice, x.shape[1])
+    return sel
+
+
+def _assert_keeps_every_token_exactly(sel, x, reduces_q):
+    n = x.shape[1]
+    assert sel.kept.shape[-1] == n and torch.equal(sel.kept.sort(-1).values, torch.arange(n).expand_as(sel.kept))
+    reduced = reduce_tokens(x, sel)
+    torch.testing.assert_close(reduced, x.index_select(1, sel.kept[0]) if sel.kept.shape[0] == 1 else
+                               torch.stack([x[b, sel.kept[b]] for b in range(x.shape[0])]), rtol=0, atol=1e-6)
+    if reduces_q:
+        torch.testing.assert_close(reconstruct_tokens(reduced, sel), x, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("lattice", [(5, 7), (2, 3, 4)])
+@pytest.mark.parametrize("method,params", FULL_SELECTIONS)
+def test_forced_regions_run_the_real_selection_at_k_equal_n(method, params, lattice):
+    """Inside forced_regions() a method asked for every token computes its real selection (the kept order
+    its TopK / matching / drawing produces, merge slots with zero weight on other tokens), and reduce →
+    reconstruct is exact; outside it the same call is the identity selection."""
+    x = torch.randn(2, math.prod(lattice), 6, generator=torch.Generator().manual_seed(0))
+    forced = _full_selection(method, params, x, lattice, True)
+    _assert_keeps_every_token_exactly(forced, x, get_method(method).reduces_q)
+    if method != "todo":  # ToDo's full kv grid keeps the lattice order: one-token pooling cells
+        assert not torch.equal(forced.kept, torch.arange(x.shape[1]).expand_as(forced.kept))
+    plain = _full_selection(method, params, x, lattice, False)
+    assert plain.msrc is None and plain.w is None and torch.equal(plain.kept, torch.arange(x.shape[1])[None])
+
+
+def test_forced_dito_matches_and_primes_without_merging():
+    lattice, x = (4, 6), torch.randn(2, 24, 6, generator=torch.Generator().manual_seed(1))
+    merged, unmerged, arg, count = dito_match(x, torch.zeros(2, 18), lattice=lattice, k=24, seed=0, cfg="per_sample",
+                                              lam=0.3)
+    assert merged.shape == (2, 0) and torch.equal(count, torch.zeros(2, 18))
+    matched = dito_selection(merged, unmerged, arg, n=24, lattice=lattice, k=24, seed=0, forced=True)
+    primed = dito_prime_selection(n=24, lattice=lattice, seed=0, device=x.device, forced=True)
+    for sel in (matched, primed):
+        assert sel.msrc is not None
+        _assert_keeps_every_token_exactly(sel, x, True)
+    assert dito_selection(merged, unmerged, arg, n=24, lattice=lattice, k=24, seed=0).msrc is None

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ditreduce.methods.tome import tome_select
 from ditreduce.methods.uniform import uniform_selection
 from ditreduce.regions import (attention_region, embed_in_sequence, identity_selection, reconstruct_tokens,
                                reduce_tokens)
@@ -79,6 +80,22 @@ def test_embed_in_sequence_keeps_other_tokens(start, seq):
     img = rec[:, start:start + 16]
     copied_from = sel.kept[0][sel.src[0, :, 0]]  # image token i copies kept token kept[src[i]]
     torch.testing.assert_close(img, x[:, start:start + 16][:, copied_from])
+
+
+@pytest.mark.parametrize("start,seq", [(0, 20), (4, 20), (3, 22)])
+def test_embed_in_layout_keeps_the_sequence_order(start, seq):
+    """merges_first=False: the reduced sequence is [before | the image's reduced tokens | after], what a
+    wider region's slices and the model's own concatenations expect; reduce_tokens places the merges at
+    merge_at = start."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, seq, 4, generator=g)
+    sel = tome_select(x[:, start:start + 16], (4, 4), 10)
+    full = embed_in_sequence(sel, start, seq, merges_first=False)
+    red = reduce_tokens(x, full, 1, merge_at=start)
+    img = reduce_tokens(x[:, start:start + 16], sel, 1)
+    torch.testing.assert_close(red, torch.cat([x[:, :start], img, x[:, start + 16:]], 1))
+    torch.testing.assert_close(reconstruct_tokens(red, full, 1),
+                               torch.cat([x[:, :start], reconstruct_tokens(img, sel, 1), x[:, start + 16:]], 1))
 
 
 @pytest.mark.parametrize("q_rows", [False, True])

@@ -33,9 +33,17 @@ def _lattice(family, data):
     return (data.draw(st.integers(2, 6)), data.draw(st.integers(2, 7)))
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+# every method, and each branch of CoReDiT's reconstruction (one slot / weighted slots) and reduce (pooled or not)
+VARIANTS = [("coredit", {}), ("coredit", {"pool": False}), ("coredit", {"slots": 3}),
+            ("coredit", {"slots": 3, "pool": False}), ("tome", {}), ("dito", {}), ("todo", {}),
+            ("todo", {"mode": "nearest"}), ("random", {}), ("uniform", {})]
+assert {m for m, _ in VARIANTS} == set(METHODS)
+
+
+@pytest.mark.parametrize("method,params", VARIANTS)
+@settings(max_examples=2, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
-def test_ratio_zero_is_equivalence(data):
+def test_ratio_zero_is_equivalence(method, params, data):
     family = data.draw(st.sampled_from(FAMILIES))
     grid = _lattice(family, data)
     batch = data.draw(st.integers(1, 3))
@@ -48,11 +56,12 @@ def test_ratio_zero_is_equivalence(data):
         if "img_shapes" in kw:
             kw["img_shapes"] = kw["img_shapes"] * 2
     kw = _kw(family, kw)
-    method = data.draw(st.sampled_from(sorted(METHODS)))
     scope = data.draw(st.sampled_from(["attention", "attention+proj", "block"]))
-    with torch.no_grad(), forced_regions():  # k = N regions run their full gather / sdpa / reconstruct path
+    # k = N regions run the method's real selection and the full gather / sdpa / reconstruct path
+    with torch.no_grad(), forced_regions():
         ref = _call(model, kw)
-        reduced = compile_with_reduction(model, {"method": method, "ratio": 0.0, "scope": scope})
+        schedule = {"method": method, "ratio": 0.0, "scope": scope, "params": {method: params}}
+        reduced = compile_with_reduction(model, schedule)
         out = _call(reduced, kw)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     cap = reduced.last_capture
@@ -66,6 +75,18 @@ def test_ratio_zero_is_equivalence(data):
     for node in regions:  # every region runs reduce / reconstruct with k = N
         meta = node.meta["ditreduce_region"]
         assert meta["k"] == meta["n"] and meta["kept_seq"] == meta["seq"]
+
+
+@pytest.mark.parametrize("method,scope", [("tome", "attention+proj"), ("coredit", "block")])
+def test_merge_selections_keep_the_joint_sequence_layout(method, scope):
+    """Flux's joint attention concatenates [text | image] inside a wide region and slices it again: a
+    selection with merge slots must keep that layout (its RoPE rows and slices), not move the merges first."""
+    model, kw = zoo.build("flux", grid=(3, 2), batch=1)
+    kw = _kw("flux", kw)
+    with torch.no_grad(), forced_regions():
+        ref = _call(model, kw)
+        out = _call(compile_with_reduction(model, {"method": method, "ratio": 0.0, "scope": scope}), kw)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
 def _sdpa_shapes(gm, kw):

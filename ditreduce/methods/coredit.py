@@ -21,7 +21,7 @@ import math
 import torch
 from annotated_types import Interval
 
-from ..regions import Selection, identity_selection, take_tokens
+from ..regions import Selection, identity_selection, regions_forced, take_tokens
 from .base import Method, register_method
 from .lattice import (DIRECTIONS, frames, grouped_k, inverse_positions, neighbour_cosines, neighbour_table, share_cfg_halves,
                       topk_indices, window_argmin)
@@ -42,8 +42,9 @@ def coredit_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, tau: float
     """In-graph selection on the image tokens x [B, N, C] of one region. pairs: the CFG pairs of the batch
     (lattice.cfg_pairs), which `cfg: shared` shares between; None: every (i, i + B/2)."""
     b, n, _ = x.shape
-    if k >= n:
+    if k >= n and not regions_forced():
         return identity_selection(n, device=x.device)
+    k = min(k, n)
     nbr, valid = neighbour_table(tuple(lattice))
     nbr, valid = nbr.to(x.device), valid.to(x.device)
     sims = neighbour_cosines(x, lattice)                          # [B, N, 8]

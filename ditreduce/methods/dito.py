@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from annotated_types import Interval
 
-from ..regions import Selection, identity_selection
+from ..regions import Selection, identity_selection, regions_forced
 from .base import Method, register_method
 from .lattice import inverse_positions, share_cfg_halves
 from .tome import _local_similarity, _split_sources, merge_selection, tome_kept, tome_tables
@@ -93,11 +93,23 @@ def dito_match(y: torch.Tensor, count: torch.Tensor, pairs: torch.Tensor | None 
 
 
 def dito_selection(merged: torch.Tensor, unmerged: torch.Tensor, arg: torch.Tensor, *, n: int, lattice: tuple,
-                   k: int, seed: int) -> Selection:
-    """The region Selection of given correspondences (gathers and a plain scatter; no similarity)."""
-    if k >= n:
+                   k: int, seed: int, forced: bool = False) -> Selection:
+    """The region Selection of given correspondences (gathers and a plain scatter; no similarity). k = N is
+    the identity selection unless forced (built inside regions.forced_regions()): then the matching's own."""
+    if k >= n and not forced:
         return identity_selection(n, device=arg.device)
     return merge_selection(_tables(lattice, seed, arg.device), merged, unmerged, arg, n)
+
+
+def dito_prime_selection(*, n: int, lattice: tuple, seed: int, device: torch.device, forced: bool = False) -> Selection:
+    """The prime step's selection: every token kept. Forced (built inside regions.forced_regions()): a
+    matching that merges no source, through merge_selection."""
+    if not forced:
+        return identity_selection(n, device=device)
+    s = num_sources(lattice, seed)
+    none = torch.zeros(1, 0, dtype=torch.long, device=device)
+    every = torch.arange(s, device=device)[None]
+    return dito_selection(none, every, torch.zeros_like(every), n=n, lattice=lattice, k=n, seed=seed, forced=True)
 
 
 def pairs(merged: torch.Tensor, arg: torch.Tensor, lattice, seed: int = 0) -> torch.Tensor:
@@ -140,8 +152,10 @@ class DiTo(Method):
         ins, outs = state_shapes(phase, y_shape[0], n, y_shape[-1], lattice, k, seed, y_dtype)
         st = {name: b.state_input(name, *spec) for name, spec in ins.items()}
         b.state_out_specs = outs
+        forced = regions_forced()
         if phase == "prime":
-            return b.call(identity_selection, [n])
+            return b.call(dito_prime_selection, [], {"n": n, "lattice": lattice, "seed": seed, "device": b.y_device,
+                                                     "forced": forced})
         if phase == "match":
             pairs, cfg = b.cfg_pairs(p["cfg"])
             res = b.call(dito_match, [st["y"], st["count"], pairs], {"lattice": lattice, "k": k, "seed": seed,
@@ -151,7 +165,8 @@ class DiTo(Method):
         else:
             merged, unmerged, arg, count = st["merged"], st["unmerged"], st["arg"], st["count"]
         b.state_out.update({"merged": merged, "unmerged": unmerged, "arg": arg, "count": count})
-        return b.call(dito_selection, [merged, unmerged, arg], {"n": n, "lattice": lattice, "k": k, "seed": seed})
+        return b.call(dito_selection, [merged, unmerged, arg], {"n": n, "lattice": lattice, "k": k, "seed": seed,
+                                                               "forced": forced})
 
 
     def finish_state(self, b, y) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..regions import Selection, embed_in_sequence
+from ..regions import Selection, embed_in_sequence, forced_regions
 from .base import get_method
 
 
@@ -18,13 +18,15 @@ def image_tokens(t: torch.Tensor, dim: int, start: int, n: int) -> torch.Tensor:
 
 
 def select_tokens(x: torch.Tensor, pairs: torch.Tensor | None = None, *, method: str, params: tuple, lattice: tuple,
-                  k: int) -> Selection:
+                  k: int, forced: bool = False) -> Selection:
     """Run a method's in-graph selection on the image tokens x [B, N, C]; pairs: the batch's CFG pairs
-    (lattice.cfg_pairs), for methods whose `cfg: shared` shares a selection between them."""
+    (lattice.cfg_pairs), for methods whose `cfg: shared` shares a selection between them. forced: the
+    graph was built inside regions.forced_regions(), so k = N runs the method's real selection too."""
     m = get_method(method)(**dict(params))
-    sel = m.select(x, lattice, k) if pairs is None else m.select(x, lattice, k, pairs=pairs)
+    with forced_regions(forced):
+        sel = m.select(x, lattice, k) if pairs is None else m.select(x, lattice, k, pairs=pairs)
     return sel
 
 
-def embed(sel: Selection, *, start: int, seq_len: int) -> Selection:
-    return embed_in_sequence(sel, start, seq_len)
+def embed(sel: Selection, *, start: int, seq_len: int, merges_first: bool = True) -> Selection:
+    return embed_in_sequence(sel, start, seq_len, merges_first)

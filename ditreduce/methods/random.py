@@ -5,19 +5,19 @@ from __future__ import annotations
 import math
 import torch
 
-from ..regions import identity_selection
+from ..regions import identity_selection, regions_forced
 from .base import Method, register_method
 from .lattice import static_table
 from .uniform import copy_selection
 
 
 @static_table
-def random_selection(lattice: tuple[int, ...], k: int, seed: int):
+def random_selection(lattice: tuple[int, ...], k: int, seed: int, forced: bool = False):
     n = math.prod(lattice)
-    if k >= n:
+    if k >= n and not forced:
         return identity_selection(n)
     g = torch.Generator().manual_seed(seed)
-    return copy_selection(lattice, torch.randperm(n, generator=g)[:k])
+    return copy_selection(lattice, torch.randperm(n, generator=g)[:k], forced)
 
 
 @register_method
@@ -26,4 +26,4 @@ class Random(Method):
     defaults = {"seed": 0}
 
     def select(self, x, lattice, k):
-        return random_selection(tuple(lattice), int(k), self.params["seed"])
+        return random_selection(tuple(lattice), int(k), self.params["seed"], regions_forced())

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import torch
 
-from ..regions import Selection, identity_selection
+from ..regions import Selection, identity_selection, regions_forced
 from .base import Method, register_method
 from .lattice import frames, static_table
 
@@ -24,11 +24,13 @@ def _bins(size: int, out: int) -> list[tuple[int, int]]:
 
 
 @static_table
-def todo_selection(lattice: tuple[int, ...], k: int, mode: str) -> Selection:
+def todo_selection(lattice: tuple[int, ...], k: int, mode: str, forced: bool = False) -> Selection:
+    """The pooling cells of a kv grid as merge slots. A full grid is the identity selection, or inside
+    regions.forced_regions() (forced) the pooling of one-token cells."""
     f, h, w = frames(lattice)
     n = f * h * w
     hk, wk = kv_grid(lattice, k)
-    if hk * wk * f == n:
+    if hk * wk * f == n and not forced:
         return identity_selection(n)
     rows, cols = _bins(h, hk), _bins(w, wk)
     r = 1 if mode == "nearest" else max(b - a for a, b in rows) * max(b - a for a, b in cols)
@@ -62,4 +64,4 @@ class ToDo(Method):
         return f * hk * wk
 
     def select(self, x, lattice, k):
-        return todo_selection(tuple(lattice), int(k), self.params["mode"])
+        return todo_selection(tuple(lattice), int(k), self.params["mode"], regions_forced())

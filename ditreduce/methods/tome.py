@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..regions import Selection, identity_selection
+from ..regions import Selection, identity_selection, regions_forced
 from .base import Method, register_method
 from .lattice import frames, inverse_positions, share_cfg_halves, static_table, topk_groups
 
@@ -113,7 +113,7 @@ def _local_similarity(u: torch.Tensor, t: dict) -> torch.Tensor:
 def tome_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, seed: int = 0, cfg: str = "per_sample",
                 pairs: torch.Tensor | None = None) -> Selection:
     n = x.shape[1]
-    if k >= n:
+    if k >= n and not regions_forced():
         return identity_selection(n, device=x.device)
     t = {key: (v.to(x.device) if isinstance(v, torch.Tensor) else v) for key, v in tome_tables(tuple(lattice), seed).items()}
     u = F.normalize(x.float(), dim=-1)
@@ -122,7 +122,7 @@ def tome_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, seed: int = 0
         sims = share_cfg_halves(sims, pairs)
     sims = torch.where(t["cvalid"], sims, torch.full_like(sims, -2.0))
     best, arg = sims.max(-1)                                                  # [B, S]
-    merged, unmerged = _split_sources(best, n - k)
+    merged, unmerged = _split_sources(best, max(n - k, 0))
     return merge_selection(t, merged, unmerged, arg, n, x.dtype)
 
 

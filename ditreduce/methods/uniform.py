@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import torch
 
-from ..regions import Selection, identity_selection
+from ..regions import Selection, identity_selection, regions_forced
 from .base import Method, register_method
 from .lattice import nearest_kept, static_table
 
@@ -18,20 +18,24 @@ def _bayer(n: int) -> torch.Tensor:
     return m
 
 
-def copy_selection(lattice: tuple[int, ...], kept: torch.Tensor) -> Selection:
-    """A static selection from a kept set: every pruned token copies its nearest kept token."""
-    kept = torch.sort(kept).values
-    if kept.shape[0] == math.prod(lattice):
+def copy_selection(lattice: tuple[int, ...], kept: torch.Tensor, forced: bool = False) -> Selection:
+    """A static selection from a kept set: every pruned token copies its nearest kept token. Keeping every
+    token is the identity selection; forced (regions.forced_regions()), the full kept set stays in the
+    order the method drew it, so the copy map is a real permutation."""
+    full = kept.shape[0] == math.prod(lattice)
+    if full and not forced:
         return identity_selection(kept.shape[0])
+    if not full:
+        kept = torch.sort(kept).values
     return Selection(kept[None], nearest_kept(tuple(lattice), kept)[None, :, None], None)
 
 
 @static_table
-def uniform_selection(lattice: tuple[int, ...], k: int) -> Selection:
+def uniform_selection(lattice: tuple[int, ...], k: int, forced: bool = False) -> Selection:
     n = math.prod(lattice)
     if not 0 < k <= n:
         raise ValueError(f"k={k} must be in 1..{n} for lattice {lattice}")
-    if k == n:
+    if k == n and not forced:
         return identity_selection(n)
     h, w = lattice[-2], lattice[-1]
     t = max(1, math.ceil(math.log2(max(h, w))))
@@ -43,7 +47,7 @@ def uniform_selection(lattice: tuple[int, ...], k: int) -> Selection:
         f = lattice[0]
         rank = (rank + (torch.arange(f)[:, None] * (s * s // 2 + 1))) % (s * s)
     rank = rank.reshape(-1) * n + torch.arange(n)  # ties broken by position
-    return copy_selection(lattice, torch.argsort(rank)[:k])
+    return copy_selection(lattice, torch.argsort(rank)[:k], forced)
 
 
 @register_method
@@ -51,4 +55,4 @@ class Uniform(Method):
     name = "uniform"
 
     def select(self, x, lattice, k):
-        return uniform_selection(tuple(lattice), int(k))
+        return uniform_selection(tuple(lattice), int(k), regions_forced())

@@ -10,6 +10,7 @@ import hashlib
 import math
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 TIMESTEP_NAMES = ("timestep", "timesteps", "t", "sigma", "sigmas", "time", "times", "ts", "noise_level",
                   "t_cond", "time_step")
@@ -47,11 +48,17 @@ def timestep_value(kwargs: dict):
 
 
 # --- lattice hints ----------------------------------------------------------------------------------
+def has_values(t: torch.Tensor) -> bool:
+    """Whether the tensor's values can be read: not a meta or fake tensor (a capture on `meta`, a trace
+    under FakeTensorMode). The value-based guesses below skip tensors without values."""
+    return t.device.type != "meta" and not is_fake(t)
+
+
 def lattice_from_ids(ids: torch.Tensor) -> tuple[int, ...] | None:
     """Position ids [N, c] / [B, N, c] (or [c, N] / [B, c, N]), c = 2-4 coordinate columns (Flux: frame,
     row, col; Flux2: t, h, w, layer). The columns that vary must enumerate a row-major lattice of 2 or 3
     axes; constant columns are ignored. Returns (h, w) or (f, h, w), else None."""
-    if not isinstance(ids, torch.Tensor) or ids.dim() not in (2, 3) or ids.numel() == 0:
+    if not isinstance(ids, torch.Tensor) or ids.dim() not in (2, 3) or ids.numel() == 0 or not has_values(ids):
         return None
     if ids.dim() == 3:
         ids = ids[0]
@@ -137,8 +144,9 @@ def lattice_hints(kwargs: dict) -> list[tuple[tuple[int, ...], str]]:
 
 
 def _id_like(name: str, v) -> bool:
-    """Could this input be position ids: [N, c] / [B, N, c] (or transposed), c = 2-4, integer values."""
-    if not (isinstance(v, torch.Tensor) and v.dim() in (2, 3) and not v.is_complex()
+    """Could this input be position ids: [N, c] / [B, N, c] (or transposed), c = 2-4, integer values. A
+    tensor without values (meta, fake) states no lattice: the layout then comes from shapes or the schedule."""
+    if not (isinstance(v, torch.Tensor) and v.dim() in (2, 3) and not v.is_complex() and has_values(v)
             and not any(s in name.lower() for s in _NOT_A_LATTICE_SOURCE)
             and (v.shape[-1] in ID_COLUMNS or v.shape[-2] in ID_COLUMNS)):
         return False

@@ -115,7 +115,8 @@ class _Builder:
             params = self.cfg.params if cfg == self.method.params.get("cfg") else tuple(
                 sorted({**dict(self.cfg.params), "cfg": cfg}.items()))
             self.image_sel = self.call(select_tokens, [tokens] + ([pairs] if pairs is not None else []), {
-                "method": self.cfg.method, "params": params, "lattice": tuple(grid), "k": self.cfg.k})
+                "method": self.cfg.method, "params": params, "lattice": tuple(grid), "k": self.cfg.k,
+                "forced": regions.regions_forced()})
         return self.image_sel
 
     def cfg_pairs(self, cfg: str | None) -> tuple[fx.Node | None, str | None]:
@@ -140,13 +141,18 @@ class _Builder:
             y = self.call(image_tokens, [out, dim, start, self.site.image[1].length], before=out.next)
             self.method.finish_state(self, y)
 
-    def embedded(self, start: int, seq_len: int) -> fx.Node:
-        key = (start, seq_len)
+    def embedded(self, start: int, seq_len: int, in_layout: bool = False) -> fx.Node:
+        """The image selection lifted to a sequence of seq_len tokens with the image at `start`; in_layout:
+        kept in the sequence's own order (regions wider than attention; reduce with merge_at=start)."""
+        key = (start, seq_len, in_layout)
         if key not in self._embedded:
             n = self.site.image[1].length
             self._embedded[key] = self.image_sel if (start, seq_len) == (0, n) else self.call(
-                embed, [self.image_sel], {"start": start, "seq_len": seq_len})
+                embed, [self.image_sel], {"start": start, "seq_len": seq_len, "merges_first": not in_layout})
         return self._embedded[key]
+
+    def in_layout(self, start: int, seq_len: int) -> fx.Node:
+        return self.embedded(start, seq_len, in_layout=True)
 
 
 _PAIRS = "ditreduce_cfg_pairs"  # gm.meta key of the node comparing the latent's two halves, during rewrite
@@ -293,7 +299,7 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, rebuilt:
     x0 = nodes[plan.exits[0]]
     tokens = None if b.method.static or b.method.stateful else b.call(image_tokens, [entry, d_e, start_e, n])
     b.select(tokens, (x0, token_dim(lab[x0], seg)))
-    red_entry = b.call(regions.reduce_tokens, [entry, b.embedded(start_e, len_e), d_e])
+    red_entry = b.call(regions.reduce_tokens, [entry, b.in_layout(start_e, len_e), d_e, start_e])
     for u in list(dense_entry.users):
         if u in inside:
             u.replace_input_with(dense_entry, red_entry)
@@ -301,12 +307,13 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, rebuilt:
         a, c = nodes[a_name], nodes[c_name]
         d_a = token_dim(lab.get(a), seg)
         if d_a is not None:  # image features from outside: reduced like the entry
-            g = b.call(regions.reduce_tokens, [a, b.embedded(_seg_start(lab[a][d_a], seg), axes.dim_size(lab[a][d_a])), d_a], before=c)
+            start_a = _seg_start(lab[a][d_a], seg)
+            g = b.call(regions.reduce_tokens, [a, b.in_layout(start_a, axes.dim_size(lab[a][d_a])), d_a, start_a], before=c)
         else:  # positional (RoPE tables): the kept tokens' rows
             d_c = token_dim(lab[c], seg)
             av, cv = a.meta["val"], c.meta["val"]
             j = d_c - (cv.dim() - av.dim())
-            sel = b.embedded(_seg_start(lab[c][d_c], seg), axes.dim_size(lab[c][d_c]))
+            sel = b.in_layout(_seg_start(lab[c][d_c], seg), axes.dim_size(lab[c][d_c]))
             per_sample = c.target in _BROADCASTING and av.dim() == cv.dim() and cv.shape[0] > 1
             g = b.call(_take_kept, [a, sel, j, per_sample], before=c)
         c.replace_input_with(a, g)
@@ -316,7 +323,7 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, rebuilt:
         x = nodes[x_name]
         outside = [u for u in x.users if u not in inside]
         d_x = token_dim(lab[x], seg)
-        sel = b.embedded(_seg_start(lab[x][d_x], seg), axes.dim_size(lab[x][d_x]))
+        sel = b.in_layout(_seg_start(lab[x][d_x], seg), axes.dim_size(lab[x][d_x]))
         after = x.next
         if identity:  # nothing to reconstruct (exact)
             rec = x
@@ -332,8 +339,8 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, rebuilt:
         if x_name == plan.exits[0]:
             b.finish(rec, d_x, _seg_start(lab[x][d_x], seg))
     sdpa = nodes.get(site.name)
-    if cfg.prop_attn and cfg.k != cfg.n and sdpa in inside:
-        _add_size_bias(b, sdpa, b.embedded(site.image[0], site.q_len))
+    if cfg.prop_attn and not identity and sdpa in inside:
+        _add_size_bias(b, sdpa, b.in_layout(site.image[0], site.q_len))
     return red_entry, b
 
 
