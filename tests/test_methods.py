@@ -214,7 +214,7 @@ def test_bad_method_params_are_schedule_errors(params, match):
 
 def _full_selection(method, params, x, lattice, forced):
     with forced_regions(forced):
-        sel, _ = get_method(method)(**params).select(x, lattice, x.shape[1])
+        sel = get_method(method)(**params).select(x, lattice, x.shape[1])
     return sel
 
 
