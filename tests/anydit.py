@@ -506,13 +506,21 @@ class PerSampleTextDiT(nn.Module):
         self.blocks = nn.ModuleList(TimmAttention(dim, heads, fused=fused) for _ in range(depth))
         self.proj_out = nn.Linear(dim, patch * patch * channels)
 
-    def forward(self, x, t, context, context_mask):
+    def embed(self, x, t, context):
+        """Image tokens (timestep added) and projected text."""
+        img = self.x_embedder(x).flatten(2).transpose(1, 2) + self.t_embedder(_sincos(t, 32).to(x.dtype))[:, None]
+        return img, self.context_embedder(context)
+
+    def unpatchify(self, out, x):
         b, _, hh, ww = x.shape
         p, h, w = self.p, hh // self.p, ww // self.p
-        img = self.x_embedder(x).flatten(2).transpose(1, 2) + self.t_embedder(_sincos(t, 32).to(x.dtype))[:, None]
-        ctx = self.context_embedder(context)
+        return out.reshape(b, h, w, p, p, self.c).permute(0, 5, 1, 3, 2, 4).reshape(b, self.c, hh, ww)
+
+    def forward(self, x, t, context, context_mask):
+        h, w = x.shape[2] // self.p, x.shape[3] // self.p
+        img, ctx = self.embed(x, t, context)
         outs = []
-        for i in range(b):
+        for i in range(x.shape[0]):
             if self.text_after:
                 seq = torch.cat([img[i:i + 1], ctx[i][context_mask[i]][None]], dim=1)
             else:
@@ -520,16 +528,14 @@ class PerSampleTextDiT(nn.Module):
             for blk in self.blocks:
                 seq = seq + blk(seq)
             outs.append(seq[:, :h * w] if self.text_after else seq[:, -h * w:])
-        out = self.proj_out(torch.cat(outs, 0))
-        return out.reshape(b, h, w, p, p, self.c).permute(0, 5, 1, 3, 2, 4).reshape(b, self.c, hh, ww)
+        return self.unpatchify(self.proj_out(torch.cat(outs, 0)), x)
 
 
 class PerSampleValidImageDiT(PerSampleTextDiT):
     """Each sample attends to [text | its image tokens where `image_mask` is set]: a run-time image count."""
 
     def forward(self, x, t, context, image_mask):
-        img = self.x_embedder(x).flatten(2).transpose(1, 2) + self.t_embedder(_sincos(t, 32).to(x.dtype))[:, None]
-        ctx = self.context_embedder(context)
+        img, ctx = self.embed(x, t, context)
         outs = []
         for i in range(x.shape[0]):
             seq = torch.cat([ctx[i:i + 1], img[i][image_mask[i]][None]], dim=1)  # text | valid image tokens
@@ -571,18 +577,14 @@ class PerSampleCrossDiT(PerSampleTextDiT):
         self.blocks = nn.ModuleList(CrossBlock(dim, heads) for _ in range(depth))
 
     def forward(self, x, t, context, context_mask):
-        b, _, hh, ww = x.shape
-        p, h, w = self.p, hh // self.p, ww // self.p
-        img = self.x_embedder(x).flatten(2).transpose(1, 2) + self.t_embedder(_sincos(t, 32).to(x.dtype))[:, None]
-        ctx = self.context_embedder(context)
+        img, ctx = self.embed(x, t, context)
         outs = []
-        for i in range(b):
+        for i in range(x.shape[0]):
             tok, text = img[i:i + 1], ctx[i][context_mask[i]][None]
             for blk in self.blocks:
                 tok = blk(tok, text)
             outs.append(tok)
-        out = self.proj_out(torch.cat(outs, 0))
-        return out.reshape(b, h, w, p, p, self.c).permute(0, 5, 1, 3, 2, 4).reshape(b, self.c, hh, ww)
+        return self.unpatchify(self.proj_out(torch.cat(outs, 0)), x)
 
 
 def _g(seed):

@@ -75,10 +75,12 @@ def _other_lengths(kw, first=0):
 @pytest.mark.parametrize("forced", [False, True])
 def test_ratio_zero_is_the_dense_model_exactly(text_after, forced):
     model, kw = _model(text_after)
+    # forced: the kept tokens run in a permuted order, so attention sums in another order (float rounding)
+    tol = dict(rtol=1e-5, atol=1e-6) if forced else dict(rtol=0, atol=0)
     with torch.no_grad(), forced_regions(forced):
         r = compile_with_reduction(model, {"method": "uniform", "ratio": 0.0, "scope": "attention"})
-        torch.testing.assert_close(r(**kw), model(**kw), rtol=0, atol=0)
-        torch.testing.assert_close(r(**_other_lengths(kw)), model(**_other_lengths(kw)), rtol=0, atol=0)
+        torch.testing.assert_close(r(**kw), model(**kw), **tol)
+        torch.testing.assert_close(r(**_other_lengths(kw)), model(**_other_lengths(kw)), **tol)
 
 
 @pytest.mark.parametrize("text_after,fused", [(False, True), (True, True), (False, False)])
@@ -129,7 +131,7 @@ def test_cross_attention_to_per_sample_text_stays_dense_and_the_image_self_atten
     with torch.no_grad():
         with forced_regions():
             zero = compile_with_reduction(model, {"method": "uniform", "ratio": 0.0})
-            torch.testing.assert_close(zero(**kw), model(**kw), rtol=0, atol=0)
+            torch.testing.assert_close(zero(**kw), model(**kw), rtol=1e-5, atol=1e-6)  # permuted order: rounding
         r = compile_with_reduction(model, {"method": "uniform", "ratio": 0.5})   # attention+proj
         for call in (kw, _other_lengths(kw, first=1)):
             torch.testing.assert_close(r(**call), _reference(model, call, k=8), rtol=1e-5, atol=1e-5)
