@@ -7,8 +7,13 @@ The region ABI (see docs/how-it-works.md, "Region ABI"):
     Selection.w     Tensor[Bs, N, M]       slot weights; rows sum to 1 (None: M == 1, weight 1)
     Selection.msrc  LongTensor[Bs, k, R]   optional merge slots: reduced token j = sum_r mw[j, r] * x[msrc[j, r]]
     Selection.mw    Tensor[Bs, k, R]       (ToMe merges, ToDo pooling); without them reduce is gather(x, kept)
+    Selection.wtok  LongTensor[1, F, Hp, Wp, T]     optional local-window form of the same merge (ToMe / DiTo):
+    Selection.wmix  Tensor[Bs, F, Hp, Wp, 9, T]     the T tokens of each window (a padded grid of windows,
+                    one ring of empty windows around), and the weight of each to the destination of the window
+                    at each of the 9 offsets around it; reduce then uses it instead of msrc / mw (equal result)
 
     reduce(x, sel)           = gather(x, kept)          or  sum_r mw * gather(x, msrc[..., r])   # [..., k, C]
+                               (window form: one [9, T] x [T, C] product per window, then 9 shifted adds)
     reconstruct(y_kept, sel) = sum_m w[..., m] * gather(y_kept, src[..., m])                    # [..., N, C]
 
 Bs is 1 (one pattern for the whole batch) or B. Every gather is a row gather (`index_select` on the
@@ -37,6 +42,8 @@ class Selection(NamedTuple):
     w: Optional[torch.Tensor] = None     # [Bs, N, M] float, None: one slot of weight 1
     msrc: Optional[torch.Tensor] = None  # [Bs, k, R] int64
     mw: Optional[torch.Tensor] = None    # [Bs, k, R] float
+    wtok: Optional[torch.Tensor] = None  # [1, F, Hp, Wp, T] int64: window form of the merge (see module doc)
+    wmix: Optional[torch.Tensor] = None  # [Bs, F, Hp, Wp, 9, T] float
 
 
 def identity_selection(n: int, device=None) -> Selection:
@@ -100,13 +107,39 @@ def _slot_sum(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor | None, dim: i
     return torch.bmm(wb, g.reshape(rows, m, width)).reshape(*lead, length, *rest)
 
 
+WINDOW_OFFSETS = tuple((oy, ox) for oy in (-1, 0, 1) for ox in (-1, 0, 1))  # wmix's offset axis, in this order
+
+
+def _window_merge(x: torch.Tensor, wtok: torch.Tensor, wmix: torch.Tensor, dim: int) -> torch.Tensor:
+    """The merged destinations [..., F·H·W windows, ...] of a local-window merge: one row gather of the
+    windows' tokens (each token read once), one batched [9, T] × [T, C] product per window giving what the
+    window sends to each of the 9 windows around it, and 9 shifted adds (strided slices of the padded
+    window grid: no gather of 28 slots, no scatter)."""
+    bs, f, hp, wp, no, t = wmix.shape
+    hw, ww = hp - 2, wp - 2
+    g = take_tokens(x, wtok.reshape(1, -1), dim)
+    lead, rest = g.shape[:dim], g.shape[dim + 1:]
+    rows, width = math.prod(lead), math.prod(rest)
+    wb = wmix.to(x.dtype).reshape(bs, *([1] * (dim - 1)), f * hp * wp, no, t)
+    wb = wb.expand(*lead, f * hp * wp, no, t).reshape(rows * f * hp * wp, no, t)
+    sent = torch.bmm(wb, g.reshape(rows * f * hp * wp, t, width)).reshape(rows, f, hp, wp, no, width)
+    out = None
+    for o, (oy, ox) in enumerate(WINDOW_OFFSETS):  # destination j receives what window j - offset sent it
+        part = sent[:, :, 1 - oy:1 - oy + hw, 1 - ox:1 - ox + ww, o]
+        out = part.clone() if out is None else out.add_(part)
+    return out.reshape(*lead, f * hw * ww, *rest)
+
+
 def reduce_tokens(x: torch.Tensor, sel: Selection, dim: int = -2, merge_at: int = 0) -> torch.Tensor:
     """The k reduced tokens: the Km (= msrc.shape[1]) at kept positions [merge_at, merge_at + Km) are
     merges, the others gathers of kept (merge_at: see embed_in_sequence's merges_first)."""
     dim = dim % x.dim()
     if sel.msrc is None:
         return take_tokens(x, sel.kept, dim)
-    merged = _slot_sum(x, sel.msrc, sel.mw, dim)
+    if sel.wmix is not None:
+        merged = _window_merge(x, sel.wtok, sel.wmix, dim)
+    else:
+        merged = _slot_sum(x, sel.msrc, sel.mw, dim)
     km, k = sel.msrc.shape[1], sel.kept.shape[1]
     if km == k:
         return merged
@@ -152,7 +185,8 @@ def embed_in_sequence(sel: Selection, start: int, seq_len: int, merges_first: bo
         one = F.pad(torch.ones(1, 1, 1, dtype=sel.w.dtype, device=dev), (0, m - 1))
         w = torch.cat([one.expand(sel.w.shape[0], start, m), sel.w, one.expand(sel.w.shape[0], after_n, m)], 1)
     msrc = None if sel.msrc is None else sel.msrc + start
-    return Selection(kept, src, w, msrc, sel.mw)
+    wtok = None if sel.wtok is None else sel.wtok + start
+    return Selection(kept, src, w, msrc, sel.mw, wtok, sel.wmix)
 
 
 def _gather_mask(mask: torch.Tensor, sel: Selection, q_len: int, kv_len: int, reduce_q: bool) -> torch.Tensor:
@@ -220,7 +254,15 @@ def with_size_bias(attn_mask: torch.Tensor | None, sel: Selection, query: torch.
     return attn_mask + bias
 
 
-def attention_region(q, k, v, attn_mask, kept, src, w=None, msrc=None, mw=None, *, reduce_q: bool = True,
+def _reduce_heads(x: torch.Tensor, sel: Selection) -> torch.Tensor:
+    """reduce_tokens of a [B, H, L, D] tensor; one laid out [B, L, H, D] in memory (the view + transpose of
+    a projection, what attention modules pass sdpa) is reduced in that order: rows of H·D, not of D."""
+    if x.dim() == 4 and x.transpose(1, 2).is_contiguous():
+        return reduce_tokens(x.transpose(1, 2), sel, dim=1).transpose(1, 2)
+    return reduce_tokens(x, sel)
+
+
+def attention_region(q, k, v, attn_mask, kept, src, w=None, msrc=None, mw=None, wtok=None, wmix=None, *, reduce_q: bool = True,
                      dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
                      enable_gqa: bool = False, prop_attn: bool = False):
     """reduce -> one sdpa on the kept tokens -> reconstruct the full-length output.
@@ -230,7 +272,7 @@ def attention_region(q, k, v, attn_mask, kept, src, w=None, msrc=None, mw=None, 
     nothing is reconstructed. A selection with k == L is the identity: plain sdpa, no gather.
     prop_attn: add log(token size) to each kept key's logits (with_size_bias; docs/methods.md).
     """
-    sel = Selection(kept, src, w, msrc, mw)
+    sel = Selection(kept, src, w, msrc, mw, wtok, wmix)
     q_len, kv_len = q.shape[-2], k.shape[-2]
     kwargs = {"scale": scale} if scale is not None else {}
     if enable_gqa:
@@ -238,8 +280,8 @@ def attention_region(q, k, v, attn_mask, kept, src, w=None, msrc=None, mw=None, 
     if is_identity(sel, kv_len):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
                                               is_causal=is_causal, **kwargs)
-    kr, vr = reduce_tokens(k, sel), reduce_tokens(v, sel)
-    qr = reduce_tokens(q, sel) if reduce_q else q
+    kr, vr = _reduce_heads(k, sel), _reduce_heads(v, sel)
+    qr = _reduce_heads(q, sel) if reduce_q else q
     if attn_mask is not None:
         attn_mask = _gather_mask(attn_mask, sel, q_len, kv_len, reduce_q)
     if prop_attn:

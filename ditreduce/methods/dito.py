@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 from annotated_types import Interval
 
 from ..regions import Selection, identity_selection, regions_forced
@@ -79,8 +78,7 @@ def dito_match(y: torch.Tensor, count: torch.Tensor, pairs: torch.Tensor | None 
     shares between the CFG pairs `pairs` (lattice.cfg_pairs; None: every (i, i + B/2))."""
     b, n, _ = y.shape
     t = _tables(lattice, seed, y.device)
-    u = F.normalize(y.float(), dim=-1)
-    sims = _local_similarity(u, t)                                             # [B, S, 9]
+    sims = _local_similarity(y, t)                                             # [B, S, 9]
     if cfg == "shared":
         sims = share_cfg_halves(sims, pairs)
     sims = torch.where(t["cvalid"], sims, torch.full_like(sims, -2.0))

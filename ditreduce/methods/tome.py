@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import math
 import torch
-import torch.nn.functional as F
 
-from ..regions import Selection, identity_selection, regions_forced
+from ..regions import WINDOW_OFFSETS, Selection, identity_selection, regions_forced
 from .base import Method, register_method
 from .lattice import frames, inverse_positions, share_cfg_halves, static_table, topk_groups
 
-OFFSETS = tuple((oy, ox) for oy in (-1, 0, 1) for ox in (-1, 0, 1))
+OFFSETS = WINDOW_OFFSETS  # a source's 9 candidate windows, in the order of its `arg` (and of regions' wmix)
 
 
 @static_table
@@ -84,7 +83,23 @@ def _window_tables(src_tok, dst_tok, cand, fhw) -> dict:
         win_cand[wi] = dst_tok[cand[si]]
         src_pos[si] = wi * 3 + fill[wi]
         fill[wi] += 1
-    return {"win_srcs": win_srcs.reshape(-1), "win_cand": win_cand.reshape(-1), "src_pos": src_pos, "nw": nw}
+    # the merge's window form (regions.Selection.wtok / wmix): windows on a grid padded by one empty window
+    # on every side; slot 0 the destination, 1..3 the sources; empty slots read token 0 with weight 0
+    hp, wp = hw + 2, ww + 2
+    inner = torch.zeros(f, hp, wp, dtype=torch.bool)
+    inner[:, 1:-1, 1:-1] = True
+    inner = inner.reshape(-1)
+    wtok = torch.zeros(f * hp * wp, 4, dtype=torch.long)
+    wtok[inner] = torch.cat([dst_tok[:, None], win_srcs], 1)
+    s = src_tok.numel()
+    slot_src = torch.full((nw * 3,), s, dtype=torch.long)   # source-list index of each source slot, s: none
+    slot_src[src_pos] = torch.arange(s)
+    wsrc = torch.full((f * hp * wp, 3), s, dtype=torch.long)
+    wsrc[inner] = slot_src.reshape(nw, 3)
+    wdst = torch.full((f * hp * wp,), nw, dtype=torch.long)  # dst-list index of each window, nw: none
+    wdst[inner] = torch.arange(nw)
+    return {"win_srcs": win_srcs.reshape(-1), "win_cand": win_cand.reshape(-1), "src_pos": src_pos, "nw": nw,
+            "wtok": wtok.reshape(1, f, hp, wp, 4), "wsrc": wsrc.reshape(-1), "wdst": wdst}
 
 
 def merge_groups(s: int) -> int:
@@ -101,13 +116,18 @@ def tome_kept(n: int, k: int, lattice: tuple[int, ...]) -> int:
     return n - (g * round(r / g) if g > 1 else r)
 
 
-def _local_similarity(u: torch.Tensor, t: dict) -> torch.Tensor:
-    """[B, S, 9] cosine of every source to the destinations of the 3×3 windows around its own."""
-    b, c, nw = u.shape[0], u.shape[-1], t["nw"]
-    us = u.index_select(1, t["win_srcs"]).reshape(b * nw, 3, c)
-    ud = u.index_select(1, t["win_cand"]).reshape(b * nw, 9, c)
-    sims = torch.bmm(us, ud.transpose(1, 2)).reshape(b, nw * 3, 9)
-    return sims.index_select(1, t["src_pos"])
+def _local_similarity(x: torch.Tensor, t: dict) -> torch.Tensor:
+    """[B, S, 9] cosine of every source to the destinations of the 3×3 windows around its own: one batched
+    [3, C] × [C, 9] product per window on the raw tokens, divided by the norms (F.normalize's eps) on the
+    [B, S, 9] result (no normalised [B, N, C] copy)."""
+    x = x.float()
+    b, c, nw = x.shape[0], x.shape[-1], t["nw"]
+    norm = torch.linalg.vector_norm(x, dim=-1).clamp_min(1e-12)               # [B, N]
+    us = x.index_select(1, t["win_srcs"]).reshape(b * nw, 3, c)
+    ud = x.index_select(1, t["win_cand"]).reshape(b * nw, 9, c)
+    sims = torch.bmm(us, ud.transpose(1, 2)).reshape(b, nw, 3, 9)
+    scale = norm.index_select(1, t["win_srcs"]).reshape(b, nw, 3, 1) * norm.index_select(1, t["win_cand"]).reshape(b, nw, 1, 9)
+    return (sims / scale).reshape(b, nw * 3, 9).index_select(1, t["src_pos"])
 
 
 def tome_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, seed: int = 0, cfg: str = "per_sample",
@@ -116,8 +136,7 @@ def tome_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, seed: int = 0
     if k >= n and not regions_forced():
         return identity_selection(n, device=x.device)
     t = {key: (v.to(x.device) if isinstance(v, torch.Tensor) else v) for key, v in tome_tables(tuple(lattice), seed).items()}
-    u = F.normalize(x.float(), dim=-1)
-    sims = _local_similarity(u, t)                                            # [B, S, 9]
+    sims = _local_similarity(x, t)                                            # [B, S, 9]
     if cfg == "shared":
         sims = share_cfg_halves(sims, pairs)
     sims = torch.where(t["cvalid"], sims, torch.full_like(sims, -2.0))
@@ -134,20 +153,32 @@ def merge_selection(t: dict, merged: torch.Tensor, unmerged: torch.Tensor, arg: 
     b, s = arg.shape
     src_tok, dst_tok = t["src_tok"], t["dst_tok"]
     d = dst_tok.numel()
+    dev = arg.device
     kept = torch.cat([dst_tok.expand(b, d), src_tok.index_select(0, unmerged.reshape(-1)).reshape(b, -1)], 1)
     mm = torch.zeros(b, s, device=arg.device).scatter(1, merged, torch.ones(merged.shape, device=arg.device))
     dsrc, doff = t["dsrc"], t["doff"]
     a = mm.index_select(1, dsrc.reshape(-1)).reshape(b, d, -1)
     a = a * (arg.index_select(1, dsrc.reshape(-1)).reshape(b, d, -1) == doff).to(a.dtype)
+    inv = 1.0 / (1.0 + a.sum(-1))                                              # [B, d]: 1 / merge size
     mw = torch.cat([torch.ones(b, d, 1, device=arg.device), a], -1)
     mw = mw / mw.sum(-1, keepdim=True)
     msrc = torch.cat([dst_tok[:, None], src_tok.index_select(0, dsrc.reshape(-1)).reshape(d, -1)], -1)[None]
     target_dst = t["cand"].expand(b, s, 9).gather(2, arg[..., None])[..., 0]  # dst-list index
+    # window form: each window's weight of its destination (offset 0) and of each source to its target
+    zero = torch.zeros(b, 1, device=dev)
+    ws = torch.cat([mm * inv.gather(1, target_dst), zero], 1).index_select(1, t["wsrc"]).reshape(b, -1, 3)
+    wa = torch.cat([arg, torch.zeros(b, 1, dtype=arg.dtype, device=dev)], 1).index_select(1, t["wsrc"])
+    offs = torch.arange(len(OFFSETS), device=dev)
+    wsrc_mix = (wa.reshape(b, -1, 3, 1) == offs).to(ws.dtype) * ws[..., None]          # [B, P, 3, 9]
+    wdst_mix = torch.cat([inv, zero], 1).index_select(1, t["wdst"])[..., None] * (offs == OFFSETS.index((0, 0)))
+    wmix = torch.cat([wdst_mix[..., None], wsrc_mix.transpose(2, 3)], -1)                # [B, P, 9, 4]
+    wtok = t["wtok"]
     src_target = torch.where(mm > 0, dst_tok.index_select(0, target_dst.reshape(-1)).reshape(b, s), src_tok.expand(b, s))
     target = torch.cat([dst_tok.expand(b, d), src_target], 1)                 # in [dst | src] token order
     target = target.index_select(1, t["token_order"])                        # [dst | src] -> token order
-    inv, _ = inverse_positions(kept, n)
-    return Selection(kept, inv.gather(1, target)[..., None], None, msrc, mw.to(dtype))
+    pos, _ = inverse_positions(kept, n)
+    return Selection(kept, pos.gather(1, target)[..., None], None, msrc, mw.to(dtype), wtok,
+                     wmix.reshape(b, *wtok.shape[1:4], len(OFFSETS), 4).to(dtype))
 
 
 def _split_sources(best: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
