@@ -22,7 +22,7 @@ SCHED = {"ratio": 0.5, "rules": [{"steps": {"start": 0, "stop": 1}, "method": "n
 
 def test_unknown_backend_is_a_named_error():
     model, _ = zoo.pixart()
-    with pytest.raises(BackendError, match="allowed: eager, inductor, onnxruntime, tensorrt"):
+    with pytest.raises(BackendError, match="allowed: eager, inductor, aotinductor, onnxruntime, tensorrt"):
         compile_with_reduction(model, "uniform-50", backend="tvm")
 
 
