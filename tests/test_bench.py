@@ -378,22 +378,17 @@ def test_bench_docs_rewrites_only_its_marked_block(tmp_path, quick, capsys):
 
 def test_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
     """tools/gpu_check.sh --dry-run: the GPU script's commands on the CPU at tiny sizes, every step's
-    results.json + markdown under $OUT. About 45-60 s of CPU time (four processes, each importing torch and
-    diffusers and capturing once or twice); the bound leaves room for a loaded, shared machine, where CPU
-    time inflates."""
+    results.json + markdown under $OUT (about 45-60 s of CPU time: four processes, each importing torch and
+    diffusers and capturing once or twice)."""
     import os
-    import resource
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(["bash", str(root / "tools" / "gpu_check.sh"), "--dry-run"], cwd=root, timeout=600,
                           env=dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable), capture_output=True,
                           text=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     status = (tmp_path / "status.md").read_text()
     for step in ("equality", "speed-4096-eager", "speed-16384-eager", "quality-small-dit"):
@@ -404,4 +399,3 @@ def test_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
     speed_res = BenchResults.load(tmp_path / "speed-4096-eager" / "results.json")
     assert speed_res.settings["dtype"] == "bf16" and speed_res.settings["device"] == "cpu"
     assert "## quality-small-dit" in (tmp_path / "summary.md").read_text()
-    assert cpu_s < 75, f"dry run took {cpu_s:.0f} s of CPU"
