@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from ditreduce.bench import flops as bflops
 from ditreduce.bench import memory, runner, speed
+from ditreduce.bench.device import place
 from ditreduce.bench.models import BenchModelError, resolve_model
 from ditreduce.bench.report import BenchResults, pareto_figure, pareto_front, pareto_series
 from ditreduce.cli import main
@@ -313,7 +314,7 @@ TINY_DIT = dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_
 
 def test_device_and_dtype_move_the_model_and_its_inputs():
     bm = resolve_model("DiTTransformer2DModel:" + json.dumps(TINY_DIT))
-    runner.place(bm, "cpu", "bf16")
+    place(bm, "cpu", "bf16")
     assert next(bm.module.parameters()).dtype == torch.bfloat16
     assert bm.kwargs["hidden_states"].dtype == torch.bfloat16
     assert bm.kwargs["timestep"].dtype == torch.float32 and bm.kwargs["class_labels"].dtype == torch.long

@@ -52,7 +52,7 @@ def on_device(net, setup: QualitySetup):
     """net as the sampler calls it, run on the setup's device and dtype (the CPU fp32 call unchanged)."""
     if setup.device == "cpu" and setup.dtype == "fp32":
         return net
-    from .runner import to_device
+    from .device import to_device
 
     def call(hidden_states, **kw):
         kw = to_device(dict(kw, hidden_states=hidden_states), setup.device, setup.dtype)

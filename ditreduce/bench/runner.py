@@ -23,6 +23,7 @@ from .models import BenchModel
 from .quality import QualitySetup, compare, draw
 from .report import (BenchResults, FlopsRecord, MatchedRatio, MemoryRecord, QualityRecord, Row, Stat,
                      TimingRecord)
+from .device import DTYPES, place
 from .variants import StepVariants
 from .tomesd import TOMESD, TOMESD_SCOPE, TomesdUnavailableError, TomesdVariants
 
@@ -35,10 +36,6 @@ PROBE_RATIO = 0.5
 
 
 from ..errors import BenchError  # noqa: E402
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-KEEP_FP32 = ("timestep",)   # pipelines pass timesteps as the scheduler makes them (fp32), the rest in the model's dtype
-
 
 def registered_methods() -> list[str]:
     from ..methods import METHODS
@@ -149,10 +146,6 @@ def schedule_entry(spec: str) -> tuple[str, dict]:
     return Path(spec).stem, sched.model_dump(mode="json", exclude_none=True)
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    return DTYPES[name]
-
-
 def validate(settings: BenchSettings) -> None:
     """Fail before any measurement: every method, scope, parameter set, schedule file, backend, device and
     dtype must exist in this build and on this machine."""
@@ -202,28 +195,6 @@ def compile_for(model, schedule, backend: str, device: str = "cpu"):
     options = {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]} \
         if backend == "onnxruntime" and device.startswith("cuda") else None
     return compile_with_reduction(model, schedule, backend=backend, backend_options=options)
-
-
-def place(bm: BenchModel, device: str, dtype: str) -> BenchModel:
-    """The model and its call on `device` in `dtype` (timesteps stay fp32, integer inputs keep theirs)."""
-    if device == "cpu" and dtype == "fp32":
-        return bm
-    bm.module.to(device=device, dtype=torch_dtype(dtype))
-    bm.kwargs = to_device(bm.kwargs, device, dtype)
-    bm.info = dict(bm.info, device=device, dtype=str(torch_dtype(dtype)).removeprefix("torch."))
-    return bm
-
-
-def to_device(kwargs: dict, device: str, dtype: str) -> dict:
-    dt = torch_dtype(dtype)
-
-    def move(name, v):
-        if not isinstance(v, torch.Tensor):
-            return v
-        if v.is_floating_point() and name not in KEEP_FP32:
-            return v.to(device=device, dtype=dt)
-        return v.to(device=device)
-    return {k: move(k, v) for k, v in kwargs.items()}
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs matching
