@@ -7,7 +7,10 @@ import torch
 from hypothesis import HealthCheck, Phase, settings
 
 sys.path.insert(0, os.path.dirname(__file__))
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# one share of the cores per pytest-xdist worker (`-n 2` on a 2-core machine: one thread each), so that
+# workers never oversubscribe the cores (OpenMP threads spin-wait when they do)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads(), (os.cpu_count() or 1) // _WORKERS)))
 
 # `ci` (chosen when $CI is set): reproducible draws, no example database, failures print a reproduction blob.
 # `dev` (default): random draws, failing examples kept in .hypothesis/ and replayed first.

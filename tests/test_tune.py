@@ -22,16 +22,17 @@ def test_ratio_grid_is_the_schedule_grid_up_to_the_method_limit():
     assert ratio_grid(0.75)[0] == 0.05 and ratio_grid(0.75)[-1] == 0.75 and len(ratio_grid(0.75)) == 15
 
 
-def test_bisection_ends_on_a_ratio_that_meets_the_target_next_to_one_that_does_not(model):
-    tuner = Tuner(model, TuneSettings(min_psnr=0.0, **SETTINGS), log=lambda *_: None)
-    target = tuner.quality(Candidate("uniform", "attention", 0.3, 0.2)).median_psnr
-    tuner.settings.min_psnr = target
+@pytest.mark.parametrize("margin", [0.0, 2.0])
+def test_bisection_ends_on_a_ratio_that_meets_the_target_next_to_one_that_does_not(model, margin):
+    tuner = Tuner(model, TuneSettings(min_psnr=0.0, margin=margin, **SETTINGS), log=lambda *_: None)
+    at_03 = tuner.quality(Candidate("uniform", "attention", 0.3, 0.2)).median_psnr
+    tuner.settings.min_psnr = at_03 - margin   # with the margin, exactly r = 0.3's PSNR is needed
     best = tuner.largest_ratio("uniform", "attention")
-    assert best.median_psnr >= target
+    assert best.median_psnr >= at_03 and best.candidate.ratio >= 0.3
     grid = ratio_grid(0.95)
     nxt = grid.index(best.candidate.ratio) + 1
     if nxt < len(grid):
-        assert tuner.quality(Candidate("uniform", "attention", grid[nxt], 0.2)).median_psnr < target
+        assert tuner.quality(Candidate("uniform", "attention", grid[nxt], 0.2)).median_psnr < at_03
 
 
 def test_tune_writes_a_schedule_that_meets_the_target(model, tmp_path, capsys):
@@ -57,6 +58,15 @@ def test_tune_writes_a_schedule_that_meets_the_target(model, tmp_path, capsys):
 def test_an_unreachable_target_is_a_tune_error_naming_the_trials(model):
     with pytest.raises(TuneError, match=r"--min-psnr 200.*uniform attention r=0\.05"):
         tune(model, TuneSettings(min_psnr=200.0, **SETTINGS), log=lambda *_: None)
+
+
+def test_the_margin_alone_can_make_a_target_unreachable(model):
+    """A target that r = 0.05 meets on the calibration seeds fails once the margin puts it out of reach."""
+    tuner = Tuner(model, TuneSettings(min_psnr=0.0, **SETTINGS), log=lambda *_: None)
+    best = tuner.quality(Candidate("uniform", "attention", 0.05, 0.2)).median_psnr
+    tune(model, TuneSettings(min_psnr=best - 0.5, margin=0.0, **SETTINGS), log=lambda *_: None)
+    with pytest.raises(TuneError, match=r"--margin-db 1"):
+        tune(model, TuneSettings(min_psnr=best - 0.5, margin=1.0, **SETTINGS), log=lambda *_: None)
 
 
 def test_a_model_that_cannot_sample_is_a_tune_error():

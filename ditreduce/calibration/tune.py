@@ -12,7 +12,10 @@ The search, in the order it spends its time (it stops where `--minutes` runs out
 4. Every configuration that met the target timed again in one loop; the fastest is written as an ordinary
    schedule, with what was measured in its header.
 
-Quality is measured on seeds 1000 and above, which the bench and the demo never evaluate on.
+Quality is measured on seeds 1000 and above, which the bench and the demo never evaluate on. A candidate
+meets the target when its median PSNR is at least target + margin (`--margin-db`, default 1 dB): a median of a
+few samples spreads by dB from one seed set to another, and the margin keeps a schedule found on the
+calibration seeds above the target on others.
 """
 from __future__ import annotations
 
@@ -79,7 +82,8 @@ class TuneSettings:
     methods: list[str]
     scopes: list[str]
     steps: int = 20
-    seeds: int = 4
+    seeds: int = 6
+    margin: float = 1.0
     dense_fraction: float = 0.2
     repeats: int = 3
     minutes: float = 20.0
@@ -132,7 +136,12 @@ class Tuner:
         return self.trials[cand]
 
     def meets(self, cand: Candidate) -> bool:
-        return self.quality(cand).median_psnr >= self.settings.min_psnr
+        return self.quality(cand).median_psnr >= self.threshold
+
+    @property
+    def threshold(self) -> float:
+        """What a candidate's median PSNR on the calibration seeds must reach: the target plus the margin."""
+        return self.settings.min_psnr + self.settings.margin
 
     def largest_ratio(self, method: str, scope: str) -> Trial | None:
         """Bisection over the ratio grid for the largest ratio meeting the target (None: not even the smallest)."""
@@ -198,22 +207,22 @@ def tune(bm, settings: TuneSettings, log=print) -> TuneResult:
     feasible = []
     for method in settings.methods:
         for scope in settings.scopes:
-            log(f"{method} / {scope}: largest ratio with median PSNR >= {settings.min_psnr:g} dB")
+            log(f"{method} / {scope}: largest ratio with median PSNR >= {tuner.threshold:g} dB")
             trial = tuner.largest_ratio(method, scope)
             if trial is not None:
                 feasible.append(trial)
     if not feasible:
         tried = "; ".join(f"{t.candidate.label}: {t.median_psnr:.2f} dB" for t in tuner.trials.values())
-        raise TuneError(f"--min-psnr {settings.min_psnr:g}: no configuration of methods {settings.methods} in scopes "
-                        f"{settings.scopes} reaches it on {settings.seeds} calibration seeds ({tried}); lower the "
-                        "target, raise --dense-fraction or add methods / scopes")
+        raise TuneError(f"--min-psnr {settings.min_psnr:g} (+ --margin-db {settings.margin:g}): no configuration of "
+                        f"methods {settings.methods} in scopes {settings.scopes} reaches it on {settings.seeds} calibration seeds ({tried}); lower the "
+                        "target or the margin, raise --dense-fraction or add methods / scopes")
     tuner.time_trials(feasible)
     for trial in sorted(feasible, key=lambda t: -t.run_speedup)[:2]:
         if tuner.out_of_time():
             break
         log(f"refining {trial.candidate.label} ({trial.run_speedup:.2f}x)")
         tuner.refine(trial)
-    finalists = [t for t in tuner.trials.values() if t.median_psnr >= settings.min_psnr]
+    finalists = [t for t in tuner.trials.values() if t.median_psnr >= tuner.threshold]
     tuner.time_trials(finalists)
     best = max(finalists, key=lambda t: t.run_speedup)
     return TuneResult(best, list(tuner.trials.values()), time.monotonic() - t0, tuner.out_of_time())
@@ -230,7 +239,9 @@ def add_subcommands(sub) -> None:
     t.add_argument("--methods", type=name_list(_methods), default=["dito", "coredit", "tome"])
     t.add_argument("--scopes", type=name_list(_scopes), default=["attention", "attention+proj", "block"])
     t.add_argument("--steps", type=positive_int, default=20)
-    t.add_argument("--seeds", type=positive_int, default=4, help="calibration samples (seeds 1000, 1001, ...)")
+    t.add_argument("--seeds", type=positive_int, default=6, help="calibration samples (seeds 1000, 1001, ...)")
+    t.add_argument("--margin-db", type=float_in(0.0, 100.0), default=1.0,
+                   help="a candidate must reach --min-psnr plus this on the calibration seeds")
     t.add_argument("--dense-fraction", type=float_in(0.0, 1.0, hi_open=True), default=0.2,
                    help="dense prefix the search starts from (refinement may shorten it)")
     t.add_argument("--repeats", type=positive_int, default=3, help="interleaved timing repeats")
@@ -259,13 +270,14 @@ def cmd_tune(args) -> int:
     from . import write_schedule
 
     settings = TuneSettings(min_psnr=args.min_psnr, methods=args.methods, scopes=args.scopes, steps=args.steps,
-                            seeds=args.seeds, dense_fraction=args.dense_fraction, repeats=args.repeats,
+                            seeds=args.seeds, margin=args.margin_db, dense_fraction=args.dense_fraction, repeats=args.repeats,
                             minutes=args.minutes)
     bm = resolve_model(args.model)  # a BenchModelError names the accepted spellings
     res = tune(bm, settings)
     b = res.best
     doc = b.candidate.schedule() | {"num_steps": settings.steps}
-    info = {"target": f"median PSNR >= {settings.min_psnr:g} dB against dense on calibration seeds "
+    info = {"target": f"median PSNR >= {settings.min_psnr:g} dB + {settings.margin:g} dB margin against dense on "
+                      "calibration seeds "
                       f"{CALIBRATION_SEED0}..{CALIBRATION_SEED0 + settings.seeds - 1}, {settings.steps} steps",
             "measured": f"median PSNR {b.median_psnr:.2f} dB (min {min(b.psnr):.2f}), run speedup {b.run_speedup:.2f}x, "
                         f"per-call {b.call_speedup:.2f}x, self-attention FLOPs over the run {b.attention_flops:.3f}",
