@@ -10,7 +10,7 @@ from ditreduce.calibration.tune import Candidate, TuneError, TuneSettings, Tuner
 from ditreduce.cli import main
 from ditreduce.schedules import load_schedule
 
-SETTINGS = dict(methods=["uniform"], scopes=["attention"], steps=2, seeds=1, repeats=1, minutes=10.0)
+SETTINGS = dict(methods=["uniform"], scopes=["attention"], steps=2, seeds=1, repeats=1, minutes=10.0, prop_attn=(False,))
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +38,13 @@ def test_bisection_ends_on_a_ratio_that_meets_the_target_next_to_one_that_does_n
 def test_tune_writes_a_schedule_that_meets_the_target(model, tmp_path, capsys):
     out = tmp_path / "tuned.yaml"
     rc = main(["tune", "small-dit:16", "--min-psnr", "15", "--methods", "uniform", "--scopes", "attention",
-               "--steps", "2", "--seeds", "1", "--repeats", "1", "-o", str(out)])
+               "--steps", "2", "--seeds", "1", "--repeats", "1", "--prop-attn", "on", "-o", str(out)])
     assert rc == 0
     text = out.read_text()
     assert "# measured: median PSNR" in text and "run speedup" in text
     doc = yaml.safe_load(text)
     sched = load_schedule(doc)
-    assert sched.method == "uniform" and sched.num_steps == 2
+    assert sched.method == "uniform" and sched.num_steps == 2 and doc["prop_attn"] is True
     # the schedule as written reproduces the quality the header states, on the same calibration seeds
     tuner = Tuner(model, TuneSettings(min_psnr=15.0, **SETTINGS), log=lambda *_: None)
     from ditreduce import compile_with_reduction
@@ -53,6 +53,21 @@ def test_tune_writes_a_schedule_that_meets_the_target(model, tmp_path, capsys):
     psnr = compare(images, tuner.dense)[0][0]
     stated = float(text.split("# measured: median PSNR ")[1].split(" dB")[0])
     assert psnr == pytest.approx(stated, abs=0.01) and psnr >= 15.0
+
+
+def test_proportional_attention_is_a_searched_dimension_that_reaches_the_model(model, monkeypatch):
+    """The same candidate with and without prop_attn samples differently (the flag reaches the schedule the
+    sampler runs), and the search runs one bisection per setting."""
+    tuner = Tuner(model, TuneSettings(min_psnr=0.0, **dict(SETTINGS, methods=["coredit"])), log=lambda *_: None)
+    off, on = (tuner.quality(Candidate("coredit", "attention", 0.5, 0.2, prop_attn=p)).median_psnr for p in (False, True))
+    assert abs(on - off) > 0.01
+    assert Candidate("coredit", "attention", 0.5, 0.2, prop_attn=True).schedule()["prop_attn"] is True
+    calls = []
+    monkeypatch.setattr(tuner, "largest_ratio", lambda m, s, p: calls.append((m, s, p)))  # finds nothing
+    monkeypatch.setattr("ditreduce.calibration.tune.Tuner", lambda *a, **k: tuner)
+    with pytest.raises(TuneError):
+        tune(model, TuneSettings(min_psnr=0.0, **dict(SETTINGS, methods=["coredit"], prop_attn=(False, True))))
+    assert calls == [("coredit", "attention", False), ("coredit", "attention", True)]
 
 
 def test_an_unreachable_target_is_a_tune_error_naming_the_trials(model):

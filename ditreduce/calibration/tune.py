@@ -3,8 +3,9 @@ a target.
 
 The search, in the order it spends its time (it stops where `--minutes` runs out and keeps the best found):
 
-1. For every method × scope, the largest ratio on the schedule's grid (multiples of 0.05 up to the method's
-   largest) whose median PSNR meets the target, by bisection (quality falls as the ratio rises).
+1. For every method × scope × proportional attention (off / on), the largest ratio on the schedule's grid
+   (multiples of 0.05 up to the method's largest) whose median PSNR meets the target, by bisection (quality
+   falls as the ratio rises).
 2. Those configurations timed in one interleaved loop against dense (the bench's run speedup: every
    variant of a run timed as the step it serves, weighted by how many steps it serves).
 3. The fastest two refined: a shorter dense prefix, then a higher ratio over the last half of the
@@ -31,6 +32,7 @@ from ..schedules import dense_prefix, load_schedule
 
 CALIBRATION_SEED0 = 1000
 RATIO_STEP = 0.05
+PROP_ATTN = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
 class TuneError(DitreduceError, ValueError):
@@ -39,17 +41,21 @@ class TuneError(DitreduceError, ValueError):
 
 @dataclass(frozen=True)
 class Candidate:
-    """One schedule the search may write: a method in a scope at a ratio, dense for the first steps, and
-    optionally a higher ratio over the last half of the reduced steps."""
+    """One schedule the search may write: a method in a scope at a ratio, dense for the first steps,
+    optionally a higher ratio over the last half of the reduced steps, with or without proportional
+    attention."""
 
     method: str
     scope: str
     ratio: float
     dense_fraction: float
     late_ratio: float | None = None
+    prop_attn: bool = False
 
     def schedule(self) -> dict:
         doc = {"version": 1, "method": self.method, "ratio": self.ratio, "scope": self.scope, "rules": []}
+        if self.prop_attn:
+            doc["prop_attn"] = True
         if self.late_ratio is not None:
             start = self.dense_fraction + (1 - self.dense_fraction) / 2
             doc["rules"].append({"step_fraction": {"start": round(start, 4), "stop": 1.0}, "ratio": self.late_ratio})
@@ -60,7 +66,8 @@ class Candidate:
     @property
     def label(self) -> str:
         late = f", late {self.late_ratio:g}" if self.late_ratio is not None else ""
-        return f"{self.method} {self.scope} r={self.ratio:g}{late}, dense {self.dense_fraction:.0%}"
+        prop = ", prop_attn" if self.prop_attn else ""
+        return f"{self.method} {self.scope}{prop} r={self.ratio:g}{late}, dense {self.dense_fraction:.0%}"
 
 
 @dataclass
@@ -85,6 +92,7 @@ class TuneSettings:
     seeds: int = 6
     margin: float = 1.0
     dense_fraction: float = 0.2
+    prop_attn: tuple[bool, ...] = (False, True)
     repeats: int = 3
     minutes: float = 20.0
     guidance: float = 3.0
@@ -143,7 +151,7 @@ class Tuner:
         """What a candidate's median PSNR on the calibration seeds must reach: the target plus the margin."""
         return self.settings.min_psnr + self.settings.margin
 
-    def largest_ratio(self, method: str, scope: str) -> Trial | None:
+    def largest_ratio(self, method: str, scope: str, prop_attn: bool = False) -> Trial | None:
         """Bisection over the ratio grid for the largest ratio meeting the target (None: not even the smallest)."""
         from ..methods import METHODS
 
@@ -151,11 +159,12 @@ class Tuner:
         lo, hi = -1, len(grid)   # grid[lo] meets the target (lo = -1: none known); grid[hi] does not
         while hi - lo > 1 and not self.out_of_time():
             mid = (lo + hi) // 2
-            if self.meets(Candidate(method, scope, grid[mid], self.settings.dense_fraction)):
+            if self.meets(Candidate(method, scope, grid[mid], self.settings.dense_fraction, prop_attn=prop_attn)):
                 lo = mid
             else:
                 hi = mid
-        return None if lo < 0 else self.trials[Candidate(method, scope, grid[lo], self.settings.dense_fraction)]
+        return None if lo < 0 else self.trials[Candidate(method, scope, grid[lo], self.settings.dense_fraction,
+                                                         prop_attn=prop_attn)]
 
     def refine(self, trial: Trial) -> Trial:
         """A shorter dense prefix, then a higher late ratio, each kept while the target holds."""
@@ -207,10 +216,12 @@ def tune(bm, settings: TuneSettings, log=print) -> TuneResult:
     feasible = []
     for method in settings.methods:
         for scope in settings.scopes:
-            log(f"{method} / {scope}: largest ratio with median PSNR >= {tuner.threshold:g} dB")
-            trial = tuner.largest_ratio(method, scope)
-            if trial is not None:
-                feasible.append(trial)
+            for prop in settings.prop_attn:
+                log(f"{method} / {scope}{' / prop_attn' if prop else ''}: largest ratio with median PSNR >= "
+                    f"{tuner.threshold:g} dB")
+                trial = tuner.largest_ratio(method, scope, prop)
+                if trial is not None:
+                    feasible.append(trial)
     if not feasible:
         tried = "; ".join(f"{t.candidate.label}: {t.median_psnr:.2f} dB" for t in tuner.trials.values())
         raise TuneError(f"--min-psnr {settings.min_psnr:g} (+ --margin-db {settings.margin:g}): no configuration of "
@@ -244,6 +255,8 @@ def add_subcommands(sub) -> None:
                    help="a candidate must reach --min-psnr plus this on the calibration seeds")
     t.add_argument("--dense-fraction", type=float_in(0.0, 1.0, hi_open=True), default=0.2,
                    help="dense prefix the search starts from (refinement may shorten it)")
+    t.add_argument("--prop-attn", choices=sorted(PROP_ATTN), default="both",
+                   help="proportional attention in the candidates: off, on, or both searched (default)")
     t.add_argument("--repeats", type=positive_int, default=3, help="interleaved timing repeats")
     t.add_argument("--minutes", type=float_in(0.1, 1e4), default=20.0, help="search budget (the best so far is kept)")
     t.add_argument("-o", "--out", default="tuned.yaml")
@@ -270,7 +283,8 @@ def cmd_tune(args) -> int:
     from . import write_schedule
 
     settings = TuneSettings(min_psnr=args.min_psnr, methods=args.methods, scopes=args.scopes, steps=args.steps,
-                            seeds=args.seeds, margin=args.margin_db, dense_fraction=args.dense_fraction, repeats=args.repeats,
+                            seeds=args.seeds, margin=args.margin_db, dense_fraction=args.dense_fraction,
+                            prop_attn=PROP_ATTN[args.prop_attn], repeats=args.repeats,
                             minutes=args.minutes)
     bm = resolve_model(args.model)  # a BenchModelError names the accepted spellings
     res = tune(bm, settings)
