@@ -10,7 +10,8 @@ from ditreduce.calibration.tune import Candidate, TuneError, TuneSettings, Tuner
 from ditreduce.cli import main
 from ditreduce.schedules import load_schedule
 
-SETTINGS = dict(methods=["uniform"], scopes=["attention"], steps=2, seeds=1, repeats=1, minutes=10.0, prop_attn=(False,))
+SETTINGS = dict(methods=["uniform"], scopes=["attention"], steps=2, seeds=1, repeats=1, minutes=10.0,
+                prop_attn=(False,))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,8 @@ def test_proportional_attention_is_a_searched_dimension_that_reaches_the_model(m
     """The same candidate with and without prop_attn samples differently (the flag reaches the schedule the
     sampler runs), and the search runs one bisection per setting."""
     tuner = Tuner(model, TuneSettings(min_psnr=0.0, **dict(SETTINGS, methods=["coredit"])), log=lambda *_: None)
-    off, on = (tuner.quality(Candidate("coredit", "attention", 0.5, 0.2, prop_attn=p)).median_psnr for p in (False, True))
+    off, on = (tuner.quality(Candidate("coredit", "attention", 0.5, 0.2, prop_attn=p)).median_psnr
+               for p in (False, True))
     assert abs(on - off) > 0.01
     assert Candidate("coredit", "attention", 0.5, 0.2, prop_attn=True).schedule()["prop_attn"] is True
     calls = []

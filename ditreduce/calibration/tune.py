@@ -225,8 +225,9 @@ def tune(bm, settings: TuneSettings, log=print) -> TuneResult:
     if not feasible:
         tried = "; ".join(f"{t.candidate.label}: {t.median_psnr:.2f} dB" for t in tuner.trials.values())
         raise TuneError(f"--min-psnr {settings.min_psnr:g} (+ --margin-db {settings.margin:g}): no configuration of "
-                        f"methods {settings.methods} in scopes {settings.scopes} reaches it on {settings.seeds} calibration seeds ({tried}); lower the "
-                        "target or the margin, raise --dense-fraction or add methods / scopes")
+                        f"methods {settings.methods} in scopes {settings.scopes} reaches it on {settings.seeds} "
+                        f"calibration seeds ({tried}); lower the target or the margin, raise --dense-fraction or "
+                        "add methods / scopes")
     tuner.time_trials(feasible)
     for trial in sorted(feasible, key=lambda t: -t.run_speedup)[:2]:
         if tuner.out_of_time():
