@@ -156,15 +156,18 @@ class Tuner:
         from ..methods import METHODS
 
         grid = ratio_grid(METHODS[method].max_ratio)
+
+        def at(i: int) -> Candidate:
+            return Candidate(method, scope, grid[i], self.settings.dense_fraction, prop_attn=prop_attn)
+
         lo, hi = -1, len(grid)   # grid[lo] meets the target (lo = -1: none known); grid[hi] does not
         while hi - lo > 1 and not self.out_of_time():
             mid = (lo + hi) // 2
-            if self.meets(Candidate(method, scope, grid[mid], self.settings.dense_fraction, prop_attn=prop_attn)):
+            if self.meets(at(mid)):
                 lo = mid
             else:
                 hi = mid
-        return None if lo < 0 else self.trials[Candidate(method, scope, grid[lo], self.settings.dense_fraction,
-                                                         prop_attn=prop_attn)]
+        return None if lo < 0 else self.trials[at(lo)]
 
     def refine(self, trial: Trial) -> Trial:
         """A shorter dense prefix, then a higher late ratio, each kept while the target holds."""
