@@ -99,8 +99,11 @@ class StateStore:
         return feed
 
     def update(self, slot: int, state_out: dict) -> None:
+        """Hold a call's state outputs, contiguous: a variant may return a slice of one buffer (DiTo's merged /
+        unmerged halves of one ordering), and a compiled variant guards on its inputs' strides, so state in
+        one layout whatever produced it (a variant, or the zeros feed() starts from) never recompiles one."""
         for site, tensors in state_out.items():
-            self.held[(slot, site)] = dict(tensors)
+            self.held[(slot, site)] = {name: t.contiguous() for name, t in tensors.items()}
 
 
 @dataclass

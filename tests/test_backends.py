@@ -168,6 +168,17 @@ def test_inductor_runs_in_graph_selections_equal_to_eager(method):
         with torch.no_grad():
             torch.testing.assert_close(ind(**k)[0], eager(**k)[0], rtol=1e-4, atol=1e-4)
     assert len(ind.compile_seconds) == (2 if method == "coredit" else 3)  # dito: prime, match, reduce
+    if method == "dito":
+        # a variant fed state another order produced (set_step jumping from the prime step to a reduce step:
+        # zeros for the matching it never saw) runs the graph compiled for the run's own order: the state
+        # between variants is handed over contiguous, so no stride guard fails and nothing recompiles
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        with torch.no_grad():
+            for step in (0, 2, 1, 2):
+                ind.set_step(step, 4)
+                ind(**dict(kw, return_dict=False))
+        ind.set_step(None)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
 
 
 @pytest.mark.slow  # AOTInductor compiles C++ (~1 min here)
