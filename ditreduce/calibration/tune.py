@@ -11,7 +11,8 @@ The search, in the order it spends its time (it stops where `--minutes` runs out
 3. The fastest two refined: a shorter dense prefix, then a higher ratio over the last half of the
    reduced steps (quality is worth least there), each kept only if the target still holds.
 4. Every configuration that met the target timed again in one loop; the fastest is written as an ordinary
-   schedule, with what was measured in its header.
+   schedule, with what was measured in its header (its median run speedup, the spread over the repeats, and
+   its FLOPs over the run).
 
 Quality is measured on seeds 1000 and above, which the bench and the demo never evaluate on. A candidate
 meets the target when its median PSNR is at least target + margin (`--margin-db`, default 1 dB): a median of a
@@ -74,9 +75,11 @@ class Candidate:
 class Trial:
     candidate: Candidate
     psnr: list[float]
-    run_speedup: float | None = None
+    run_speedup: float | None = None              # median over the repeats of run_speedups
+    run_speedups: list[float] = field(default_factory=list)
     call_speedup: float | None = None
-    attention_flops: float | None = None
+    attention_flops: float | None = None          # self-attention FLOPs over the run / dense
+    flops: float | None = None                    # whole-model FLOPs over the run / dense
 
     @property
     def median_psnr(self) -> float:
@@ -195,7 +198,7 @@ class Tuner:
 
         kw, s = self.bm.kwargs, self.settings
         with torch.no_grad():
-            dense_attention = count_flops(lambda: self.bm.module(**kw)).attention
+            dense = count_flops(lambda: self.bm.module(**kw))
         runs = [Variants(compile_with_reduction(self.bm.module, t.candidate.schedule()), kw, s.steps) for t in trials]
         fns = {"dense": lambda: self.bm.module(**kw), "graph": runs[0].graph_caller()}
         for i, run in enumerate(runs):
@@ -203,13 +206,16 @@ class Tuner:
         times = speed.interleaved_times(fns, s.repeats, warmup=1, desc="timing")
         for i, (trial, run) in enumerate(zip(trials, runs)):
             vt = [times["graph"] if _is_dense_key(key) else times[f"c{i}v{v}"] for v, key in enumerate(run.keys)]
-            trial.run_speedup = statistics.median(speed.run_speedups(times["dense"], vt, run.per_step))
+            trial.run_speedups = speed.run_speedups(times["dense"], vt, run.per_step)
+            trial.run_speedup = statistics.median(trial.run_speedups)
             with torch.no_grad():
-                att = [count_flops(run.caller(v)).attention if not _is_dense_key(key) else dense_attention
-                       for v, key in enumerate(run.keys)]
+                fl = [count_flops(run.caller(v)) if not _is_dense_key(key) else dense for v, key in enumerate(run.keys)]
+            att = [f.attention for f in fl]
             busiest = min(range(len(att)), key=att.__getitem__)   # the bench's per-call figure: the most reduced variant
             trial.call_speedup = statistics.median(speed.per_repeat_speedups(times["dense"], vt[busiest]))
-            trial.attention_flops = sum(att[v] for v in run.per_step) / (len(run.per_step) * dense_attention)
+            steps = len(run.per_step)
+            trial.attention_flops = sum(att[v] for v in run.per_step) / (steps * dense.attention)
+            trial.flops = sum(fl[v].whole for v in run.per_step) / (steps * dense.whole)
 
 
 def tune(bm, settings: TuneSettings, log=print) -> TuneResult:
@@ -297,8 +303,10 @@ def cmd_tune(args) -> int:
     info = {"target": f"median PSNR >= {settings.min_psnr:g} dB + {settings.margin:g} dB margin against dense on "
                       "calibration seeds "
                       f"{CALIBRATION_SEED0}..{CALIBRATION_SEED0 + settings.seeds - 1}, {settings.steps} steps",
-            "measured": f"median PSNR {b.median_psnr:.2f} dB (min {min(b.psnr):.2f}), run speedup {b.run_speedup:.2f}x, "
-                        f"per-call {b.call_speedup:.2f}x, self-attention FLOPs over the run {b.attention_flops:.3f}",
+            "measured": f"median PSNR {b.median_psnr:.2f} dB (min {min(b.psnr):.2f}), run speedup {b.run_speedup:.2f}x "
+                        f"[{min(b.run_speedups):.2f}-{max(b.run_speedups):.2f} over {len(b.run_speedups)} repeats], "
+                        f"per-call {b.call_speedup:.2f}x, self-attention FLOPs over the run {b.attention_flops:.3f}, "
+                        f"all FLOPs {b.flops:.3f}",
             "searched": f"{len(res.trials)} configurations in {res.seconds:.0f} s"
                         + (" (stopped at --minutes)" if res.timed_out else ""),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {date.today()}"}
