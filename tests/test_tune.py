@@ -42,7 +42,7 @@ def test_tune_writes_a_schedule_that_meets_the_target(model, tmp_path, capsys):
                "--steps", "2", "--seeds", "1", "--repeats", "1", "--prop-attn", "on", "-o", str(out)])
     assert rc == 0
     text = out.read_text()
-    assert "# measured: median PSNR" in text and "run speedup" in text
+    assert "# measured: median PSNR" in text and "run speedup" in text and "over 1 repeats]" in text
     doc = yaml.safe_load(text)
     sched = load_schedule(doc)
     assert sched.method == "uniform" and sched.num_steps == 2 and doc["prop_attn"] is True
