@@ -270,6 +270,21 @@ def test_dito_is_benched_on_the_variants_of_its_phases():
     assert len(v.keys) == 4 and per_step[:4] == [0, 1, 2, 3]  # dense, prime (the last dense step), match, reduce
 
 
+def test_a_backend_is_compared_with_eager_on_the_same_state_chain():
+    """The `max |output − eager output|` line compares DiTo's busiest (reduce) variant after the same chain of
+    steps on both sides: the eager variants were just timed in rotated orders, which leaves other state behind
+    (compared as is, two identical builds differ)."""
+    model, kw = runner.probe_model()
+    sched = runner.make_schedule("dito", 0.5, "attention", 0.2)
+    timed, other = (runner.Variants(runner.compile_for(model, sched, "eager"), kw, 10) for _ in range(2))
+    speed.interleaved_times({f"v{v}": timed.caller(v) for v in range(len(timed.keys))}, repeats=2, warmup=0)
+    reduce_variant = 3
+    with torch.no_grad():
+        stale = runner._max_diff(other.call(reduce_variant), timed.call(reduce_variant))
+    assert stale > 1e-3   # what the rotated loop leaves is another state
+    assert runner.backend_diff(other, timed, reduce_variant) == 0.0
+
+
 def test_params_sets_schedule_fields_and_method_keys():
     sets = [runner.parse_params(t) for t in ("prop_attn=false", "prop_attn=true", "dito.interval=2,dito.lam=0.3")]
     assert sets[2] == {"dito.interval": 2, "dito.lam": 0.3} and sets[0] == {"prop_attn": False}

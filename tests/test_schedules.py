@@ -127,6 +127,17 @@ def test_preset_files_are_plain_yaml():
         assert isinstance(yaml.safe_load(p.read_text()), dict)
 
 
+def test_the_schedules_the_docs_ship_load_as_written():
+    """docs/*.yaml (tuned and example schedules the README and docs point to) are valid schedules."""
+    from pathlib import Path
+
+    shipped = sorted((Path(__file__).parent.parent / "docs").glob("*.yaml"))
+    assert len(shipped) >= 4
+    for p in shipped:
+        s = load_schedule(str(p))
+        assert s.method in {"dito", "coredit"} and max([s.ratio] + [r.ratio or 0 for r in s.rules]) > 0, p.name
+
+
 # --- the validator refuses what would crash or give NaN (issue 17) -------------------------------------
 @pytest.mark.parametrize("doc, field, allowed", [
     ({"params": {"coredit": {"tau": 0}}}, "params", "coredit.tau: 0.0 must be in [0.01, 100.0]"),

@@ -407,6 +407,13 @@ def _max_diff(a, b) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
+def backend_diff(run: StepVariants, eager: StepVariants, v: int) -> float:
+    """max |output − eager output| of variant v, both run through the same chain of steps before it, so a
+    stateful method (DiTo) compares outputs of equal state, not of what the timing loop left behind."""
+    with torch.no_grad():
+        return _max_diff(run.call_in_step_order(v), eager.call_in_step_order(v))
+
+
 def _time_backend(bm: BenchModel, settings: BenchSettings, backend: str, built: list, baselines: dict) -> list[Row]:
     """Time every configuration of one model on one backend in ONE interleaved loop: dense, the captured
     graph at ratio 0 (the all-dense variant every configuration shares: timed once) and each
@@ -424,8 +431,7 @@ def _time_backend(bm: BenchModel, settings: BenchSettings, backend: str, built: 
             else:
                 run = Variants(compile_for(bm.module, base["schedule"], backend, settings.device), bm.kwargs,
                                settings.steps)
-                with torch.no_grad():
-                    diff = _max_diff(run.call(busiest), eager.call(busiest))
+                diff = backend_diff(run, eager, busiest)
         except NAMED_ERRORS as e:
             rows.append(Row(**base, backend=backend, error=f"{type(e).__name__}: {e}"))
             continue

@@ -30,3 +30,13 @@ class StepVariants:
 
     def caller(self, v: int):
         return lambda: self.call(v)
+
+    def call_in_step_order(self, v: int):
+        """Variant v's output after every variant that first serves an earlier step, called in step order
+        (a stateful method's real chain: dense → prime → match → reduce). `call` alone runs v on whatever state
+        the last calls left (the timing loop rotates its order), so two backends are compared on this."""
+        out = None
+        for u in sorted(range(len(self.keys)), key=self.first_step.__getitem__):
+            if self.first_step[u] <= self.first_step[v]:
+                out = self.call(u)
+        return out
