@@ -11,6 +11,9 @@ The region ABI (see docs/how-it-works.md, "Region ABI"):
     Selection.wmix  Tensor[Bs, F, Hp, Wp, 9, T]     the T tokens of each window (a padded grid of windows,
                     one ring of empty windows around), and the weight of each to the destination of the window
                     at each of the 9 offsets around it; reduce then uses it instead of msrc / mw (equal result)
+    Selection.sizes Tensor[Bs, k] float32  optional: how many tokens each kept token stands for, where the
+                    method knows it (ToMe / DiTo: 1 + the sources merged into a destination); proportional
+                    attention then reads it instead of counting it (token_sizes: an O(N·k) one-hot)
 
     reduce(x, sel)           = gather(x, kept)          or  sum_r mw * gather(x, msrc[..., r])   # [..., k, C]
                                (window form: one [9, T] x [T, C] product per window, then 9 shifted adds)
@@ -44,6 +47,7 @@ class Selection(NamedTuple):
     mw: Optional[torch.Tensor] = None    # [Bs, k, R] float
     wtok: Optional[torch.Tensor] = None  # [1, F, Hp, Wp, T] int64: window form of the merge (see module doc)
     wmix: Optional[torch.Tensor] = None  # [Bs, F, Hp, Wp, 9, T] float
+    sizes: Optional[torch.Tensor] = None  # [Bs, k] float32: token sizes the method knows (see token_sizes)
 
 
 def identity_selection(n: int, device=None) -> Selection:
@@ -186,7 +190,11 @@ def embed_in_sequence(sel: Selection, start: int, seq_len: int, merges_first: bo
         w = torch.cat([one.expand(sel.w.shape[0], start, m), sel.w, one.expand(sel.w.shape[0], after_n, m)], 1)
     msrc = None if sel.msrc is None else sel.msrc + start
     wtok = None if sel.wtok is None else sel.wtok + start
-    return Selection(kept, src, w, msrc, sel.mw, wtok, sel.wmix)
+    sizes = None
+    if sel.sizes is not None:
+        ones = torch.ones(1, 1, dtype=sel.sizes.dtype, device=dev).expand(sel.sizes.shape[0], seq_len)
+        sizes = torch.cat([sel.sizes[:, :km], ones[:, :start], sel.sizes[:, km:], ones[:, :after_n]], 1)
+    return Selection(kept, src, w, msrc, sel.mw, wtok, sel.wmix, sizes)
 
 
 def _gather_mask(mask: torch.Tensor, sel: Selection, q_len: int, kv_len: int, reduce_q: bool) -> torch.Tensor:
@@ -219,11 +227,14 @@ def token_sizes(sel: Selection, reduce_q: bool = True) -> torch.Tensor:
     """[Bs, k] float32: how many full-length tokens each reduced token stands for (the sizes sum to N).
 
     reduce_q: the column sums of the reconstruction, s_j = sum_i sum_m w[i, m] * [src[i, m] == j] (a merge
-    destination counts its sources, a kept token the pruned ones rebuilt from it). k/v-only methods
+    destination counts its sources, a kept token the pruned ones rebuilt from it); a selection that carries
+    them (sel.sizes: ToMe / DiTo, whose merges know their sizes) is read, not counted. k/v-only methods
     reconstruct nothing: a reduced token counts the tokens merged into it (nonzero merge weights), each
     divided by the number of merges it enters (overlapping pooling bins); a gathered token counts 1.
     """
     k = sel.kept.shape[1]
+    if reduce_q and sel.sizes is not None:
+        return sel.sizes
     if reduce_q:
         n, m = sel.src.shape[1:]
         w = torch.ones(1, n * m, device=sel.src.device) if sel.w is None else sel.w.float().reshape(-1, n * m)
@@ -262,9 +273,9 @@ def _reduce_heads(x: torch.Tensor, sel: Selection) -> torch.Tensor:
     return reduce_tokens(x, sel)
 
 
-def attention_region(q, k, v, attn_mask, kept, src, w=None, msrc=None, mw=None, wtok=None, wmix=None, *, reduce_q: bool = True,
-                     dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
-                     enable_gqa: bool = False, prop_attn: bool = False):
+def attention_region(q, k, v, attn_mask, kept, src, w=None, msrc=None, mw=None, wtok=None, wmix=None, sizes=None, *,
+                     reduce_q: bool = True, dropout_p: float = 0.0, is_causal: bool = False,
+                     scale: float | None = None, enable_gqa: bool = False, prop_attn: bool = False):
     """reduce -> one sdpa on the kept tokens -> reconstruct the full-length output.
 
     q, k, v: [B, H, L, D] as aten.scaled_dot_product_attention takes them; the selection covers the
@@ -272,7 +283,7 @@ def attention_region(q, k, v, attn_mask, kept, src, w=None, msrc=None, mw=None, 
     nothing is reconstructed. A selection with k == L is the identity: plain sdpa, no gather.
     prop_attn: add log(token size) to each kept key's logits (with_size_bias; docs/methods.md).
     """
-    sel = Selection(kept, src, w, msrc, mw, wtok, wmix)
+    sel = Selection(kept, src, w, msrc, mw, wtok, wmix, sizes)
     q_len, kv_len = q.shape[-2], k.shape[-2]
     kwargs = {"scale": scale} if scale is not None else {}
     if enable_gqa:

@@ -52,6 +52,7 @@ def _selections():
     yield "coredit slots 3", coredit_select(x, LATTICE, 18, slots=3), True
     yield "coredit slots 1", coredit_select(x, LATTICE, 18, slots=1), True
     yield "tome", tome_select(x, LATTICE, tome_kept(N, 18, LATTICE)), True
+    yield "tome, every source merged", tome_select(x, LATTICE, tome_kept(N, 9, LATTICE)), True
     yield "random", random_selection(LATTICE, 20, 0), True
     yield "todo avg, overlapping bins", todo_selection(LATTICE, 16, "avg"), False  # 4×4 cells over 6×6
     yield "todo avg 2x2", todo_selection(LATTICE, 9, "avg"), False
@@ -59,8 +60,12 @@ def _selections():
 
 @pytest.mark.parametrize("name,sel,reduce_q", list(_selections()), ids=lambda v: v if isinstance(v, str) else "")
 @pytest.mark.parametrize("start", [0, 5])
-def test_token_sizes_match_a_loop_reference(name, sel, reduce_q, start):
-    sel = embed_in_sequence(sel, start, start + N + 3)  # text before and after the image segment
+@pytest.mark.parametrize("merges_first", [True, False])
+def test_token_sizes_match_a_loop_reference(name, sel, reduce_q, start, merges_first):
+    """Counted (CoReDiT, random, ToDo) or carried by the selection (ToMe: sel.sizes, from its merge), in both
+    kept orders of a joint sequence."""
+    assert (sel.sizes is not None) == name.startswith("tome")
+    sel = embed_in_sequence(sel, start, start + N + 3, merges_first)  # text before and after the image segment
     sizes = token_sizes(sel, reduce_q)
     torch.testing.assert_close(sizes, _brute_sizes(sel, reduce_q))
     torch.testing.assert_close(sizes.sum(-1), torch.full((sizes.shape[0],), float(N + 3 + start)))

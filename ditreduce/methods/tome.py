@@ -159,7 +159,8 @@ def merge_selection(t: dict, merged: torch.Tensor, unmerged: torch.Tensor, arg: 
     dsrc, doff = t["dsrc"], t["doff"]
     a = mm.index_select(1, dsrc.reshape(-1)).reshape(b, d, -1)
     a = a * (arg.index_select(1, dsrc.reshape(-1)).reshape(b, d, -1) == doff).to(a.dtype)
-    inv = 1.0 / (1.0 + a.sum(-1))                                              # [B, d]: 1 / merge size
+    size = 1.0 + a.sum(-1)                                                     # [B, d]: merge size
+    inv = 1.0 / size
     mw = torch.cat([torch.ones(b, d, 1, device=arg.device), a], -1)
     mw = mw / mw.sum(-1, keepdim=True)
     msrc = torch.cat([dst_tok[:, None], src_tok.index_select(0, dsrc.reshape(-1)).reshape(d, -1)], -1)[None]
@@ -177,8 +178,9 @@ def merge_selection(t: dict, merged: torch.Tensor, unmerged: torch.Tensor, arg: 
     target = torch.cat([dst_tok.expand(b, d), src_target], 1)                 # in [dst | src] token order
     target = target.index_select(1, t["token_order"])                        # [dst | src] -> token order
     pos, _ = inverse_positions(kept, n)
+    sizes = torch.cat([size, torch.ones(b, kept.shape[1] - d, device=dev)], 1)  # [dst | unmerged sources]
     return Selection(kept, pos.gather(1, target)[..., None], None, msrc, mw.to(dtype), wtok,
-                     wmix.reshape(b, *wtok.shape[1:4], len(OFFSETS), 4).to(dtype))
+                     wmix.reshape(b, *wtok.shape[1:4], len(OFFSETS), 4).to(dtype), sizes)
 
 
 def _split_sources(best: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
