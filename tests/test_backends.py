@@ -216,7 +216,5 @@ def test_onnxruntime_runs_in_graph_methods_like_eager_and_passes_the_tensorrt_li
         dense = model(**kw, return_dict=False)[0]
     assert not torch.allclose(ref, dense, atol=1e-3)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
-    cap = eager.last_capture
-    call = dict(kw, return_dict=False)
-    onnx_model, _, _ = to_onnx(export_program(cap.variants[eager.last_key], call), call)
-    assert lint_model(onnx_model) == []
+    # the lint reads the very ONNX model ONNX Runtime ran
+    assert lint_model(ort.last_capture.runners[ort.last_key].proto) == []
