@@ -160,6 +160,7 @@ def build_report(model, cap, num_steps: int | None) -> Report:
         n = len(per_step)
         rep.run_flops = (dense.attention * n, sum(per_key[keys[v]].attention for v in per_step))
         rep.run_model_flops = (dense.whole * n, sum(per_key[keys[v]].whole for v in per_step))
+    crossed = _cross_queries(cap.sites, keys)
     for i, site in enumerate(cap.sites):
         cfgs = [k[i] for k in keys]
         reduced_cfgs = [c for c in cfgs if c is not None]
@@ -182,6 +183,10 @@ def build_report(model, cap, num_steps: int | None) -> Report:
             if scope != busiest.scope:
                 refused = site.scopes.get(busiest.scope, plan)
                 note = f"{busiest.scope} not applied: {refused}"
+        if site.name in crossed:   # a cross-attention whose queries run on a self-attention's kept tokens
+            owner, cfg = crossed[site.name]
+            scope, why, sched_txt = "attention+cross", None, f"queries: the kept tokens of {owner}"
+            red = dense * cfg.k // cfg.n
         module = site.module or site.name
         text = -1 if site.run_time_text else site.text_tokens
         rep.append(SiteRecord(site.block, module, site.kind, site.image_tokens, text,
@@ -192,3 +197,19 @@ def build_report(model, cap, num_steps: int | None) -> Report:
     for module, why in cap.unmatched.items():
         rep.append(SiteRecord(None, module, "unmatched", 0, 0, None, False, "-", None, why, "-", 0, 0))
     return rep
+
+
+def _cross_queries(sites, keys) -> dict:
+    """{cross site name: (self-attention module, busiest config)} for the cross-attentions an `attention+cross`
+    region runs on its kept tokens (RegionPlan.extra)."""
+    out = {}
+    for i, site in enumerate(sites):
+        reduced = [k[i] for k in keys if k[i] is not None]
+        if not reduced:
+            continue
+        busiest = min(reduced, key=lambda c: c.k)
+        plan = site_plan(site, busiest)
+        for extra in getattr(plan, "extra", ()):
+            for name in extra.inner:
+                out[name] = (site.module or site.name, busiest)
+    return out

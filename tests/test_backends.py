@@ -202,7 +202,7 @@ def test_export_programs_run_and_aotinductor_compiles_a_variant_on_cpu(tmp_path)
         torch.testing.assert_close(compiled(**kw)[0], ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("method,scope", [("coredit", "attention+proj"), ("tome", "attention"),
+@pytest.mark.parametrize("method,scope", [("coredit", "attention+cross"), ("tome", "attention"),
                                           ("coredit", "block"), ("todo", "attention")])
 def test_onnxruntime_runs_in_graph_methods_like_eager_and_passes_the_tensorrt_lint(method, scope):
     from ditreduce.backends.lint import lint_model

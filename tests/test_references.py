@@ -461,3 +461,53 @@ def test_a_redundant_image_reproduces_the_dense_self_attention(family, method, s
     # the last step really reduced; a draw the method cannot reduce at all (ToDo's pooling grid of a 4×4
     # lattice at a ratio of 0.125 keeps all 16 tokens) is discarded: if every draw were, hypothesis fails
     assume(any(c is not None and c.k < c.n for c in reduced.last_key))
+
+
+# --- attention+cross on a diffusers model (PixArt: self-attention, then cross-attention, per block) --------
+def _patched_block_attention(model, select):
+    """PixArt's blocks with attn1 and attn2 run on the kept tokens of attn1's input (the region's entry) and
+    copied back by the reconstruction: the definition of `attention+cross` (attention+proj for attn1, the
+    queries of attn2 on the same kept tokens), written with module patches and the loop references."""
+    saved = []
+    for blk in model.transformer_blocks:
+        shared = {}
+        a1, a2 = blk.attn1.forward, blk.attn2.forward
+
+        def first(hidden_states, *args, _fn=a1, _shared=shared, **kwargs):
+            _shared["sel"] = select(hidden_states)
+            xr = _per_sample(ref_reduce, hidden_states, _shared["sel"])
+            return _per_sample(ref_reconstruct, _fn(xr, *args, **kwargs), _shared["sel"])
+
+        def second(hidden_states, *args, _fn=a2, _shared=shared, **kwargs):
+            xr = _per_sample(ref_reduce, hidden_states, _shared["sel"])
+            return _per_sample(ref_reconstruct, _fn(xr, *args, **kwargs), _shared["sel"])
+
+        saved += [(blk.attn1, a1), (blk.attn2, a2)]
+        blk.attn1.forward, blk.attn2.forward = first, second
+    return saved
+
+
+@pytest.mark.parametrize("method", ["uniform", "tome", "coredit"])
+def test_attention_cross_matches_the_reference_on_pixart(method):
+    """`attention+cross`: self-attention as attention+proj, the block's cross-attention queries on the same
+    kept tokens (merged by the same merge, rebuilt by the same reconstruction), keys / values whole."""
+    lattice = (4, 6)
+    model, kw = zoo.build("pixart", grid=lattice, batch=2)
+    kw = dict(kw, return_dict=False)
+    params = {"cfg": "per_sample"} if "cfg" in get_method(method).defaults else {}
+    sched = {"method": method, "ratio": 0.5, "scope": "attention+cross", "params": {method: params}}
+    with torch.no_grad():
+        reduced = compile_with_reduction(model, sched)
+        out = reduced(**kw)[0]
+        cfgs = [c for c in reduced.last_key if c is not None]
+        assert cfgs and all(c.scope == "attention+cross" and c.k < c.n for c in cfgs)
+        proj = compile_with_reduction(model, dict(sched, scope="attention+proj"))(**kw)[0]
+        meth = get_method(method)(**params)
+        saved = _patched_block_attention(model, lambda h: meth.select(h, lattice, cfgs[0].k))
+        try:
+            ref = model(**kw)[0]
+        finally:
+            for mod, fn in saved:
+                mod.forward = fn
+    assert (out - proj).abs().max() > 1e-4       # the cross-attention queries really ran on k tokens
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)

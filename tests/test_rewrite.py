@@ -56,7 +56,7 @@ def test_ratio_zero_is_equivalence(method, params, data):
         if "img_shapes" in kw:
             kw["img_shapes"] = kw["img_shapes"] * 2
     kw = _kw(family, kw)
-    scope = data.draw(st.sampled_from(["attention", "attention+proj", "block"]))
+    scope = data.draw(st.sampled_from(["attention", "attention+proj", "attention+cross", "block"]))
     # k = N regions run the method's real selection and the full gather / sdpa / reconstruct path
     with torch.no_grad(), forced_regions():
         ref = _call(model, kw)
@@ -161,3 +161,36 @@ def test_run_flops_sum_the_variant_of_every_step():
             measured += _attention_flops(lambda: _call(reduced, dict(kw, timestep=torch.full((2,), t))))
     dense, red = reduced.report(num_steps=4).run_flops
     assert red == measured < dense
+
+
+def test_attention_cross_reduces_the_cross_attention_queries_and_reports_them():
+    """PixArt (self- then cross-attention per block): the cross sdpa runs k queries against the whole text, and
+    report() names its scope and whose kept tokens it uses. SD3 (joint attention, no cross-attention): the
+    scope falls back to attention+proj, the same graph, with the reason."""
+    model, kw = zoo.build("pixart", grid=(4, 4))
+    reduced = compile_with_reduction(model, {"method": "uniform", "ratio": 0.5, "scope": "attention+cross"})
+    with torch.no_grad():
+        reduced(**dict(kw, return_dict=False))
+    gm = reduced.last_capture.variants[reduced.last_key]
+    sdpa = [n for n in gm.graph.nodes if n.op == "call_function" and n.target == aten.scaled_dot_product_attention.default]
+    text = kw["encoder_hidden_states"].shape[1]
+    # two blocks: self-attention on 8 of 16 tokens, cross-attention 8 queries over the whole text
+    assert sorted((n.args[0].meta["val"].shape[-2], n.args[1].meta["val"].shape[-2]) for n in sdpa) == \
+        sorted([(8, 8), (8, 8), (8, text), (8, text)])
+    rows = {r.module.split(" ")[0]: r for r in reduced.report()}
+    assert rows["transformer_blocks.0.attn2"].scope == "attention+cross"
+    assert "transformer_blocks.0.attn1" in rows["transformer_blocks.0.attn2"].schedule
+    # k = N (forced): both regions run the full reduce / sdpa / reconstruct path and give the dense output
+    kw = dict(kw, return_dict=False)
+    with torch.no_grad(), forced_regions():
+        exact = compile_with_reduction(model, {"method": "tome", "ratio": 0.0, "scope": "attention+cross"})
+        torch.testing.assert_close(exact(**kw)[0], model(**kw)[0], rtol=1e-5, atol=1e-5)
+    assert {r.scope for r in exact.report()} == {"attention+cross"}
+    model, kw = zoo.build("sd3")
+    kw = dict(kw, return_dict=False)
+    cross = compile_with_reduction(model, {"method": "uniform", "ratio": 0.5, "scope": "attention+cross"})
+    proj = compile_with_reduction(model, {"method": "uniform", "ratio": 0.5, "scope": "attention+proj"})
+    with torch.no_grad():
+        torch.testing.assert_close(cross(**kw)[0], proj(**kw)[0], rtol=0, atol=0)
+    for r in cross.report():
+        assert r.scope == "attention+proj" and "has no cross-attention" in r.scope_note

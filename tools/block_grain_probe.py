@@ -2,15 +2,19 @@
 
 Runs the shipped small DiT's blocks on a ToMe subset of their tokens by patching the modules (no compiler
 pass: the probe isolates the reconstruction), dense for the first 20 % of steps, and prints the median PSNR
-against dense on evaluation seeds 0..5 of:
+against dense on seeds --seed0 .. --seed0 + 5 (default the evaluation seeds 0..5) of:
 
   block  neighbour   the whole block on the kept tokens; a merged token gets its destination's block update
                      (what the `block` scope does: out = x + reconstruct(update))
   block  cache       ... gets its OWN update from the last step it was computed (a temporal cache)
   mlp    neighbour   attention dense; only the MLP on the kept tokens, merged tokens get their destination's MLP output
   mlp    cache       ... their own MLP output from the last step it was computed
+  cross  neighbour   only the cross-attention's queries on the kept tokens (self-attention and MLP dense),
+                     merged tokens get their destination's cross-attention output
+  cross  cache       ... their own cross-attention output from the last step it was computed
 
-    python tools/block_grain_probe.py --ratios 0.35,0.5
+    python tools/block_grain_probe.py --ratios 0.35,0.5                       # block, mlp
+    python tools/block_grain_probe.py --parts cross --ratios 0.6 --seed0 1000  # on calibration seeds
 """
 from __future__ import annotations
 
@@ -26,8 +30,12 @@ from ditreduce.model_specs import resolve_model
 from ditreduce.regions import reduce_tokens, reconstruct_tokens
 
 
+PARTS = {"block": None, "mlp": "ff", "cross": "attn2"}   # part -> the block's submodule patched
+
+
 def patched(fn, part: str, mode: str, ratio: float, dense_steps: int, calls: list, cache: list):
-    """A replacement forward for one block (part "block") or one block's MLP (part "mlp")."""
+    """A replacement forward for one block (part "block"), one block's MLP ("mlp") or its cross-attention
+    ("cross": the module's first argument, its queries' input, is what is reduced)."""
     def forward(x, *args, **kwargs):
         step = calls[0]
         calls[0] += 1
@@ -49,7 +57,7 @@ def patched(fn, part: str, mode: str, ratio: float, dense_steps: int, calls: lis
 
 def probe(bm, setup, dense, part: str, mode: str, ratio: float) -> float:
     blocks = bm.small_dit.transformer.transformer_blocks
-    mods = list(blocks) if part == "block" else [b.ff for b in blocks]
+    mods = list(blocks) if part == "block" else [getattr(b, PARTS[part]) for b in blocks]
     dense_steps = round(0.2 * setup.steps)
     saved = [m.forward for m in mods]
     try:
@@ -62,18 +70,55 @@ def probe(bm, setup, dense, part: str, mode: str, ratio: float) -> float:
     return statistics.median(compare(images, dense)[0])
 
 
+def time_shares(bm, repeats: int = 10) -> dict[str, float]:
+    """Share of a dense eager call spent in each block submodule (norm1, attn1, norm2, attn2, ff), timed by
+    forward hooks over `repeats` calls after 3 warm-up calls."""
+    import time
+
+    spent: dict[str, float] = {}
+    hooks = []
+    for blk in bm.module.transformer_blocks:
+        for name in ("norm1", "attn1", "norm2", "attn2", "ff"):
+            sub = getattr(blk, name, None)
+            if sub is None:
+                continue
+            start = {}
+            hooks.append(sub.register_forward_pre_hook(lambda m, a, start=start: start.update(t=time.perf_counter())))
+            hooks.append(sub.register_forward_hook(lambda m, a, o, start=start, name=name: spent.__setitem__(
+                name, spent.get(name, 0.0) + time.perf_counter() - start["t"])))
+    try:
+        with torch.no_grad():
+            for _ in range(3):
+                bm.module(**bm.kwargs)
+            spent.clear()
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                bm.module(**bm.kwargs)
+            total = time.perf_counter() - t0
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: t / total for name, t in spent.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ratios", default="0.35,0.5")
     ap.add_argument("--seeds", type=int, default=6)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--parts", default="block,mlp", help=f"comma-separated, of {','.join(PARTS)}")
+    ap.add_argument("--seed0", type=int, default=0, help="first seed (0: the evaluation seeds; 1000: calibration)")
+    ap.add_argument("--time-shares", action="store_true", help="also print each submodule's share of a dense call")
     args = ap.parse_args()
     bm = resolve_model("small-dit")
-    setup = QualitySetup(tuple(range(args.seeds)), args.steps, bm.res, 3.0)
+    if args.time_shares:
+        shares = time_shares(bm)
+        print("share of a dense eager call: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
+    setup = QualitySetup(tuple(range(args.seed0, args.seed0 + args.seeds)), args.steps, bm.res, 3.0)
     dense = draw(bm.small_dit, setup, desc="dense").images
     print("| reduced | merged tokens get | ratio | median PSNR dB |\n|---|---|---|---|")
     for ratio in (float(r) for r in args.ratios.split(",")):
-        for part in ("block", "mlp"):
+        for part in args.parts.split(","):
             for mode in ("neighbour", "cache"):
                 print(f"| {part} | {mode} | {ratio:g} | {probe(bm, setup, dense, part, mode, ratio):.2f} |", flush=True)
 

@@ -274,9 +274,12 @@ def _fix_sizes(node: fx.Node, labels: dict, seg, k: int) -> None:
         node.kwargs = {}
 
 
-def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, rebuilt: dict) -> tuple[fx.Node, _Builder]:
+def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, rebuilt: dict,
+                shared: _Builder | None = None) -> tuple[fx.Node, _Builder]:
     """Apply one plan; `rebuilt` maps an earlier region's exit to the node that now carries its full
-    tensor (block after block: a block's input is the previous block's reconstructed output)."""
+    tensor (block after block: a block's input is the previous block's reconstructed output). `shared`: the
+    builder of the region whose selection this one reuses (plan.extra: the block's cross-attention queries);
+    then nothing is selected and no state is kept here."""
     nodes = {n.name: n for n in new.graph.nodes}
     lab = axis_labels(new)
     for old, full in rebuilt.items():
@@ -287,7 +290,8 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, rebuilt:
     inner = [nodes[x] for x in plan.inner]
     inside = set(inner)
     first = inner[0]
-    b = _Builder(new, site, cfg, first)
+    b = shared or _Builder(new, site, cfg, first)
+    b.before = first
     d_e = token_dim(lab[entry], seg)
     start_e, len_e = _seg_start(lab[entry][d_e], seg), axes.dim_size(lab[entry][d_e])
     # one dense copy at the entry when it is strided (e.g. a transposed patch embedding): every gather,
@@ -297,8 +301,9 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, rebuilt:
     if not identity:
         entry = b.call(torch.Tensor.contiguous, [entry])
     x0 = nodes[plan.exits[0]]
-    tokens = None if b.method.static or b.method.stateful else b.call(image_tokens, [entry, d_e, start_e, n])
-    b.select(tokens, (x0, token_dim(lab[x0], seg)))
+    if shared is None:
+        tokens = None if b.method.static or b.method.stateful else b.call(image_tokens, [entry, d_e, start_e, n])
+        b.select(tokens, (x0, token_dim(lab[x0], seg)))
     red_entry = b.call(regions.reduce_tokens, [entry, b.in_layout(start_e, len_e), d_e, start_e])
     for u in list(dense_entry.users):
         if u in inside:
@@ -336,7 +341,7 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, rebuilt:
         for u in outside:
             u.replace_input_with(x, rec)
         rebuilt[x_name] = rec
-        if x_name == plan.exits[0]:
+        if x_name == plan.exits[0] and shared is None:
             b.finish(rec, d_x, _seg_start(lab[x][d_x], seg))
     sdpa = nodes.get(site.name)
     if cfg.prop_attn and not identity and sdpa in inside:
@@ -435,6 +440,8 @@ def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple) -> fx.GraphMo
                 continue
             entries.add(plan.entry)
             (marker, b), scope = _apply_plan(new, site, cfg, plan, rebuilt), plan.scope
+            for extra in plan.extra:   # attention+cross: the block's cross-attention queries, same selection
+                _apply_plan(new, site, cfg, extra, rebuilt, shared=b)
         else:
             (marker, b), scope = _rewrite_attention(new, site, cfg), "attention"
         if b.method.stateful:
@@ -456,19 +463,22 @@ def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple) -> fx.GraphMo
     return new
 
 
-WIDER_SCOPES = ("block", "attention+proj")   # widest first
+# what a site gets for the scope asked, first possible first: a refused `block` or `attention+cross` falls back
+# to `attention+proj` (never to another approximation than the one asked), then to `attention`
+FALLBACK = {"block": ("block", "attention+proj"), "attention+cross": ("attention+cross", "attention+proj"),
+            "attention+proj": ("attention+proj",)}
 
 
 def site_plan(site: Site, cfg):
-    """The RegionPlan a site really gets for its config — the widest scope it allows, at most the one asked
-    for (`block` refused falls back to `attention+proj`) — or the reason it keeps `attention` (a str)."""
+    """The RegionPlan a site really gets for its config — the scope asked for, or where the site refuses it
+    `attention+proj` (FALLBACK) — or the reason it keeps `attention` (a str)."""
     if cfg.scope == "attention":
         return "attention"
     if not get_method(cfg.method).reduces_q:
         return (f"{cfg.method} reduces keys/values only: its region sits around the sdpa (the q projection "
                 "needs every token)")
     plans = site.scopes
-    for scope in WIDER_SCOPES[WIDER_SCOPES.index(cfg.scope):]:
+    for scope in FALLBACK[cfg.scope]:
         if isinstance(plans.get(scope), RegionPlan):
             return plans[scope]
     return plans.get(cfg.scope, "scope not planned for this site")

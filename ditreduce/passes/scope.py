@@ -1,7 +1,9 @@
 """Pass 3b — scope: how far a site's region may widen beyond the sdpa, proved on the axis labels.
 
 For `attention+proj` the region starts at the tensor the q/k/v projections read and ends after the
-output projection; for `block` it starts at the block's image-token input and ends at its output, the
+output projection; `attention+cross` adds, on the same kept tokens, the queries of the block's
+cross-attention (its q projection's input to after its output projection; keys / values are text and stay
+whole), a second region that shares the first one's selection (RegionPlan.extra); for `block` it starts at the block's image-token input and ends at its output, the
 block read by dataflow (block_nodes: what its modules recorded plus every node on a path between them).
 The region is kept only if every op inside is proved token-wise by the labels (it never mixes image
 tokens across the token dimension — except the site's own sdpa, and cross-attention whose keys carry
@@ -77,6 +79,7 @@ class RegionPlan:
     exits: list[str]               # nodes whose reduced outputs are reconstructed for the outside
     residual: bool = False         # block scope: out = entry + reconstruct(exit − reduced entry)
     gathers: list[tuple[str, str]] = field(default_factory=list)  # (outside node, inner consumer) along tokens
+    extra: list["RegionPlan"] = field(default_factory=list)  # regions sharing this one's selection (cross queries)
 
 
 class ScopeRefused(Exception):
@@ -104,7 +107,7 @@ def _lattice_atoms(label, seg) -> bool:
     return isinstance(label, tuple) and any(a[0] in names for dl in label for s in dl for a in s)
 
 
-NARROWER = {"block": "attention+proj", "attention+proj": "attention"}
+NARROWER = {"block": "attention+proj", "attention+cross": "attention+proj", "attention+proj": "attention"}
 
 
 def _dims_arg(n: fx.Node, i: int):
@@ -353,6 +356,27 @@ def _count(nodes) -> str:
     return f"{len(nodes)} image-token tensor" + ("" if len(nodes) == 1 else "s")
 
 
+def _output_projections(w: _Walker, sdpa: fx.Node) -> set:
+    """Forward from the sdpa over image-carrying nodes up to the first projection on each path (or the node
+    before a join with a parallel branch)."""
+    after = {sdpa} | _users_closure([sdpa])
+    ends, seen, stack = set(), set(), [sdpa]
+    while stack:
+        n = stack.pop()
+        for u in n.users:
+            if u in seen or not w.carries(u):
+                continue
+            data = u.all_input_nodes[:1] if u.target == aten.type_as.default else u.all_input_nodes  # dtype only
+            if any(a is not n and w.carries(a) and a not in after for a in data):
+                ends.add(n)  # joins a parallel branch (Flux single-stream MLP): end before the join
+                continue
+            seen.add(u)
+            (ends.add if u.target in PROJECTIONS else stack.append)(u)
+    if not ends:
+        raise ScopeRefused(f"no output projection (a linear layer) after {where(sdpa)}{w.hint}")
+    return ends
+
+
 def plan_attention_proj(gm: fx.GraphModule, labels: dict, site: Site) -> RegionPlan:
     w = _Walker(gm, labels, site, "attention+proj")
     sdpa = site.node
@@ -368,22 +392,42 @@ def plan_attention_proj(gm: fx.GraphModule, labels: dict, site: Site) -> RegionP
         raise ScopeRefused(f"no q/k/v projection (a linear layer on the image tokens) found before {where(sdpa)}"
                            f"{w.hint}")
     entry = entries.pop()
-    after = {sdpa} | _users_closure([sdpa])
-    ends, seen, stack = set(), set(), [sdpa]
-    while stack:  # forward over image-carrying nodes up to the first projection on each path
-        n = stack.pop()
-        for u in n.users:
-            if u in seen or not w.carries(u):
-                continue
-            data = u.all_input_nodes[:1] if u.target == aten.type_as.default else u.all_input_nodes  # dtype only
-            if any(a is not n and w.carries(a) and a not in after for a in data):
-                ends.add(n)  # joins a parallel branch (Flux single-stream MLP): end before the join
-                continue
-            seen.add(u)
-            (ends.add if u.target in PROJECTIONS else stack.append)(u)
-    if not ends:
-        raise ScopeRefused(f"no output projection (a linear layer) after {where(sdpa)}{w.hint}")
+    ends = _output_projections(w, sdpa)
     return _plan_between(w, entry, ends, "attention+proj", {sdpa})
+
+
+def _cross_attentions(w: _Walker, in_block: set) -> list[fx.Node]:
+    """The block's cross-attentions whose queries are the image tokens (keys / values carry none)."""
+    return [n for n in w.gm.graph.nodes if n in in_block and n.target == SDPA and n is not w.site.node
+            and w.carries(n.args[0]) and not w.carries(n.args[1]) and not w.carries(n.args[2])]
+
+
+def plan_attention_cross(gm: fx.GraphModule, labels: dict, site: Site) -> RegionPlan:
+    """attention+proj, plus every cross-attention of the site's block on the same kept tokens: its q projection
+    and output projection run on k tokens, its attention over the (whole) text for k queries."""
+    plan = plan_attention_proj(gm, labels, site)
+    w = _Walker(gm, labels, site, "attention+cross")
+    if site.block is None:
+        raise ScopeRefused(f"{site.module or 'the site'} is not inside a repeated block (no `<name>.<index>` module "
+                           f"such as blocks.3 around it), so no cross-attention belongs to it{w.hint}")
+    group, idx = block_of(site.module)
+    crosses = _cross_attentions(w, block_nodes(gm, f"{group}.{idx}"))
+    if not crosses:
+        raise ScopeRefused(f"block {group}.{idx} has no cross-attention whose queries are the image tokens (self / "
+                           f"joint attention only){w.hint}")
+    extra = []
+    for c in crosses:
+        mask = c.args[3] if len(c.args) > 3 else c.kwargs.get("attn_mask")
+        mval = mask.meta.get("val") if isinstance(mask, fx.Node) else None
+        if isinstance(mval, torch.Tensor) and mval.dim() >= 2 and mval.shape[-2] > 1:
+            raise w.refuse(c, "has an attention mask with a row per image-token query (it would have to be cut to "
+                              "the kept tokens)")
+        entries = _projection_inputs(w, c.args[0])
+        if len(entries) != 1:
+            raise w.refuse(c, f"reads its queries from {_count(entries)} through its q projection; attention+cross "
+                              "needs one")
+        extra.append(_plan_between(w, entries.pop(), _output_projections(w, c), "attention+cross", {c}))
+    return RegionPlan("attention+cross", plan.entry, plan.inner, plan.exits, plan.residual, plan.gathers, extra)
 
 
 def block_nodes(gm: fx.GraphModule, prefix: str) -> set:
@@ -429,7 +473,7 @@ def plan_block(gm: fx.GraphModule, labels: dict, site: Site) -> RegionPlan:
     return _plan_between(w, entries.pop(), ends, "block", allow, residual=True)
 
 
-PLANNERS = {"attention+proj": plan_attention_proj, "block": plan_block}
+PLANNERS = {"attention+proj": plan_attention_proj, "attention+cross": plan_attention_cross, "block": plan_block}
 
 
 def plan_scopes(gm: fx.GraphModule, labels: dict, sites: list[Site]) -> None:

@@ -3,7 +3,7 @@
     version: 1
     method: uniform          # default method for every selected site
     ratio: 0.5               # default fraction of image tokens removed
-    scope: attention+proj    # where the region sits: attention | attention+proj | block
+    scope: attention+proj    # where the region sits: attention | attention+proj | attention+cross | block
     prop_attn: false         # proportional attention: + log(token size) on each kept key's logits
     kinds: [self, joint]     # site kinds reduced by default (cross is never reduced by default)
     ratio_step: 0.05         # ratios are quantised to this grid: fewer distinct k, fewer variants
@@ -27,7 +27,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Kind = Literal["self", "cross", "joint"]
-Scope = Literal["attention", "attention+proj", "block"]
+Scope = Literal["attention", "attention+proj", "attention+cross", "block"]
 FORMAT_VERSION = 1
 MAX_STEPS = 100_000      # num_steps above this is a typo, not a run
 MAX_TOKENS = 1 << 24     # a grid side or text length above this is a typo
