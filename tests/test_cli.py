@@ -36,7 +36,7 @@ import pytest  # noqa: E402
     (["bench", "--ratios", "0.3,nan"], "argument --ratios: a number in [0, 0.95] expected, got 'nan'"),
     (["bench", "--backends", "bogus"], "argument --backends: invalid choice 'bogus'; allowed (comma-separated): "
                                        "eager, inductor, aotinductor, onnxruntime, tensorrt"),
-    (["bench", "--scopes", "blocks"], "allowed (comma-separated): attention, attention+proj, block"),
+    (["bench", "--scopes", "blocks"], "allowed (comma-separated): attention, attention+cross, attention+proj, block"),
     (["bench", "--dense-fraction", "1.5"], "argument --dense-fraction: a number in [0, 1) expected"),
     (["calibrate", "--samples", "0"], "argument --samples: an integer >= 1 expected"),
     (["calibrate", "--budget", "inf"], "argument --budget: a number in [0, 0.95] expected"),

@@ -44,7 +44,7 @@ def test_yaml_is_loaded_safely(tmp_path):
     ({"rules": [{"ratio": 0.1, "method": "nope"}]}, "rules[0].method", "allowed: coredit, dito, random, todo, tome"),
     ({"version": 2}, "version", "1"),
     ({"layout": {"grid": [4]}}, "layout.grid", "at least 2"),
-    ({"scope": "blocks"}, "scope", "'attention', 'attention+proj' or 'block'"),
+    ({"scope": "blocks"}, "scope", "'attention', 'attention+proj', 'attention+cross' or 'block'"),
     ({"params": {"coredit": {"slots": 9}}}, "params", "not one of"),
 ])
 def test_invalid_documents_name_the_field(doc, field, allowed):
