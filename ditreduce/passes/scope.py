@@ -3,8 +3,9 @@
 For `attention+proj` the region starts at the tensor the q/k/v projections read and ends after the
 output projection; `attention+cross` adds, on the same kept tokens, the queries of the block's
 cross-attention (its q projection's input to after its output projection; keys / values are text and stay
-whole), a second region that shares the first one's selection (RegionPlan.extra); for `block` it starts at the block's image-token input and ends at its output, the
-block read by dataflow (block_nodes: what its modules recorded plus every node on a path between them).
+whole), a second region that shares the first one's selection (RegionPlan.extra); for `block` it starts at
+the block's image-token input and ends at its output, the block read by dataflow (block_nodes: what its
+modules recorded plus every node on a path between them).
 The region is kept only if every op inside is proved token-wise by the labels (it never mixes image
 tokens across the token dimension — except the site's own sdpa, and cross-attention whose keys carry
 no image tokens), so that running it on a subset of tokens computes exactly those tokens' values.
@@ -15,7 +16,7 @@ A plan is an explicit IR (RegionPlan) of node names; rewrite.py applies it to a 
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.fx as fx
@@ -427,7 +428,7 @@ def plan_attention_cross(gm: fx.GraphModule, labels: dict, site: Site) -> Region
             raise w.refuse(c, f"reads its queries from {_count(entries)} through its q projection; attention+cross "
                               "needs one")
         extra.append(_plan_between(w, entries.pop(), _output_projections(w, c), "attention+cross", {c}))
-    return RegionPlan("attention+cross", plan.entry, plan.inner, plan.exits, plan.residual, plan.gathers, extra)
+    return replace(plan, scope="attention+cross", extra=extra)
 
 
 def block_nodes(gm: fx.GraphModule, prefix: str) -> set:
