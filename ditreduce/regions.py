@@ -75,6 +75,25 @@ def regions_forced() -> bool:
     return _FORCED[0]
 
 
+_POINTWISE = [False]
+
+
+@contextlib.contextmanager
+def pointwise_products(on: bool = True):
+    """While active, the weighted sums of gathered rows (the window merge, the slot sums of reconstruct and
+    of a slot merge) are traced as broadcast products and sums instead of batched matrix products.
+    Inductor fuses those with their gathers into one loop; a batched product of [9, T] x [T, C] per window
+    stays a separate, poorly vectorised tiny-GEMM call there (backends.inductor / aotinductor trace
+    their variants inside this). Eager, ONNX and TensorRT keep the batched products: unfused, one bmm is
+    faster than the product and sum it replaces, and it is one MatMul node in ONNX. Equal results (to
+    float rounding)."""
+    prev, _POINTWISE[0] = _POINTWISE[0], on
+    try:
+        yield
+    finally:
+        _POINTWISE[0] = prev
+
+
 def is_identity(sel: Selection, n: int) -> bool:
     """Static test (shapes only): the contract k == N means identity (never inside forced_regions())."""
     return sel.kept.shape[-1] == n and not _FORCED[0]
@@ -104,6 +123,9 @@ def _slot_sum(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor | None, dim: i
     g = g.reshape(*g.shape[:dim], length, m, *g.shape[dim + 1:])
     if w is None:
         return g.squeeze(dim + 1)
+    if _POINTWISE[0]:
+        wb = w.to(x.dtype).reshape(w.shape[0], *([1] * (dim - 1)), length, m, *([1] * (x.dim() - dim - 1)))
+        return (wb * g).sum(dim + 1)
     lead, rest = g.shape[:dim], g.shape[dim + 2:]
     rows, width = math.prod(lead) * length, math.prod(rest)
     wb = w.to(x.dtype).expand(x.shape[0], length, m)
@@ -125,11 +147,16 @@ def _window_merge(x: torch.Tensor, wtok: torch.Tensor, wmix: torch.Tensor, dim: 
     lead, rest = g.shape[:dim], g.shape[dim + 1:]
     rows, width = math.prod(lead), math.prod(rest)
     wb = wmix.to(x.dtype).reshape(bs, *([1] * (dim - 1)), f * hp * wp, no, t)
-    wb = wb.expand(*lead, f * hp * wp, no, t).reshape(rows * f * hp * wp, no, t)
-    sent = torch.bmm(wb, g.reshape(rows * f * hp * wp, t, width)).reshape(rows, f, hp, wp, no, width)
+    wb = wb.expand(*lead, f * hp * wp, no, t).reshape(rows, f, hp, wp, no, t)
+    g = g.reshape(rows, f, hp, wp, t, width)
+    if _POINTWISE[0]:
+        sent = None
+    else:
+        sent = torch.bmm(wb.reshape(-1, no, t), g.reshape(-1, t, width)).reshape(rows, f, hp, wp, no, width)
     out = None
     for o, (oy, ox) in enumerate(WINDOW_OFFSETS):  # destination j receives what window j - offset sent it
-        part = sent[:, :, 1 - oy:1 - oy + hw, 1 - ox:1 - ox + ww, o]
+        at = (slice(None), slice(None), slice(1 - oy, 1 - oy + hw), slice(1 - ox, 1 - ox + ww))
+        part = (wb[at + (o, slice(None), None)] * g[at]).sum(-2) if sent is None else sent[at + (o,)]
         out = part.clone() if out is None else out.add_(part)
     return out.reshape(*lead, f * hw * ww, *rest)
 

@@ -155,6 +155,30 @@ def test_inductor_backend_matches_eager_and_records_compile_seconds():
     assert all(s > 0 for s in ind.compile_seconds.values())
 
 
+def test_inductor_gets_the_merges_as_fusable_products(monkeypatch):
+    """The graph handed to inductor writes ToMe's window merge as products and sums that inductor fuses
+    with their gathers (regions.pointwise_products); the graph the other backends export keeps one bmm
+    per merge. Both compute the eager output."""
+    import ditreduce.backends.inductor as inductor
+
+    model, kw = zoo.pixart()
+    kw = dict(kw, return_dict=False)
+    sched = {"version": 1, "method": "tome", "ratio": 0.5, "scope": "attention+proj"}
+    handed = []
+    monkeypatch.setattr(inductor.torch, "compile", lambda gm, **_: handed.append(gm) or gm)  # runs it uncompiled
+    built, eager = (compile_with_reduction(model, sched, backend=b) for b in ("inductor", "eager"))
+    with torch.no_grad():
+        ref, got = eager(**kw)[0], built(**kw)[0]
+        plain = export_program(eager.variant(eager.last_capture, eager.last_key), kw).module()
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(plain(**kw)[0], ref, rtol=1e-5, atol=1e-5)
+
+    def merges(gm):  # the window merge's [9, 4] x [4, C] products (ToMe's similarity is a bmm too: kept)
+        return sum(n.op == "call_function" and n.target == torch.ops.aten.bmm.default
+                   and tuple(n.args[0].meta["val"].shape[-2:]) == (9, 4) for n in gm.graph.nodes)
+    assert merges(handed[0]) == 0 and merges(plain) == 2   # one per self-attention site
+
+
 @pytest.mark.slow  # two inductor compiles per method (~10-30 s each here)
 @pytest.mark.parametrize("method", ["coredit", "dito"])
 def test_inductor_runs_in_graph_selections_equal_to_eager(method):

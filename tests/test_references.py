@@ -14,7 +14,8 @@ import zoo
 from ditreduce import compile_with_reduction
 from ditreduce.methods import METHODS, get_method
 from ditreduce.methods.dito import dito_match, dito_selection
-from ditreduce.regions import Selection, attention_region, embed_in_sequence, reconstruct_tokens, reduce_tokens
+from ditreduce.regions import (Selection, attention_region, embed_in_sequence, pointwise_products, reconstruct_tokens,
+                               reduce_tokens)
 
 
 def _g(seed):
@@ -90,9 +91,11 @@ def _selections(b, text, lattice):
     return out
 
 
+@pytest.mark.parametrize("pointwise", [False, True])
 @pytest.mark.parametrize("mask_kind", ["none", "bool_kv", "float_qkv"])
 @pytest.mark.parametrize("method", ["uniform", "random", "coredit", "tome", "todo"])
-def test_region_matches_the_loop_reference(method, mask_kind):
+def test_region_matches_the_loop_reference(method, mask_kind, pointwise):
+    """Also in the form the inductor backends trace (regions.pointwise_products)."""
     b, heads, text, lattice = 2, 2, 3, (4, 5)
     length = text + math.prod(lattice)
     sel, reduce_q = _selections(b, text, lattice)[method]
@@ -106,7 +109,8 @@ def test_region_matches_the_loop_reference(method, mask_kind):
         mask[1, ..., 0] = False
     elif mask_kind == "float_qkv":
         mask = torch.randn(b, heads, length, length, generator=g) * 3
-    out = attention_region(q, k, v, mask, *sel, reduce_q=reduce_q)
+    with pointwise_products(pointwise):
+        out = attention_region(q, k, v, mask, *sel, reduce_q=reduce_q)
     ref = ref_region(q, k, v, mask, sel, reduce_q)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     if mask is not None:  # the mask's gathered entries change the result

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..regions import pointwise_products
 from .programs import export_program
 
 
@@ -27,7 +28,8 @@ class AotVariant:
         if self.fn is not None:
             return self.fn(**kw)
         t0 = time.perf_counter()
-        ep = export_program(self.gm, kw)
+        with pointwise_products():   # as for `inductor` (regions.pointwise_products)
+            ep = export_program(self.gm, kw)
         self._dir = tempfile.TemporaryDirectory(prefix="ditreduce-aoti-")
         pkg = torch._inductor.aoti_compile_and_package(ep, package_path=str(Path(self._dir.name) / "variant.pt2"))
         self.fn = torch._inductor.aoti_load_package(pkg)

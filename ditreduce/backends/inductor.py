@@ -19,6 +19,7 @@ import time
 import torch
 
 from ..passes.site import RUN_TIME_TEXT
+from ..regions import pointwise_products
 from .programs import export_program
 
 
@@ -33,7 +34,8 @@ class CompiledVariant:
             if self.fn is not None:
                 return self.fn(**kw)
             t0 = time.perf_counter()
-            aten = export_program(self.gm, kw).module()
+            with pointwise_products():   # fused with their gathers (regions.pointwise_products)
+                aten = export_program(self.gm, kw).module()
             self.fn = torch.compile(aten, fullgraph=True, dynamic=False, backend="inductor")
             out = self.fn(**kw)
             self.compile_seconds = time.perf_counter() - t0
