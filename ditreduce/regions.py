@@ -80,13 +80,14 @@ _POINTWISE = [False]
 
 @contextlib.contextmanager
 def pointwise_products(on: bool = True):
-    """While active, the weighted sums of gathered rows (the window merge, the slot sums of reconstruct and
-    of a slot merge) are traced as broadcast products and sums instead of batched matrix products.
-    Inductor fuses those with their gathers into one loop; a batched product of [9, T] x [T, C] per window
-    stays a separate, poorly vectorised tiny-GEMM call there (backends.inductor / aotinductor trace
-    their variants inside this). Eager, ONNX and TensorRT keep the batched products: unfused, one bmm is
-    faster than the product and sum it replaces, and it is one MatMul node in ONNX. Equal results (to
-    float rounding)."""
+    """While active, the local-window merge (ToMe / DiTo) is traced as broadcast products and sums instead of
+    one batched [9, T] x [T, C] product per window. Inductor fuses those with the windows' gather into one
+    loop, where the batched product stays a separate, poorly vectorised tiny-GEMM call (backends.inductor /
+    aotinductor trace their variants inside this). Eager, ONNX and TensorRT keep the batched product:
+    unfused, one bmm is faster than the products and sums it replaces, and it is one MatMul node in ONNX.
+    The slot sums (reconstruct, CoReDiT's pooled merge) stay batched products everywhere: as fused sums
+    the reduced CoReDiT call of the PixArt-α shape at 4096 tokens ran 6 % slower on inductor
+    (tools/inductor_merge_ab.py). Equal results (to float rounding)."""
     prev, _POINTWISE[0] = _POINTWISE[0], on
     try:
         yield
@@ -123,9 +124,6 @@ def _slot_sum(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor | None, dim: i
     g = g.reshape(*g.shape[:dim], length, m, *g.shape[dim + 1:])
     if w is None:
         return g.squeeze(dim + 1)
-    if _POINTWISE[0]:
-        wb = w.to(x.dtype).reshape(w.shape[0], *([1] * (dim - 1)), length, m, *([1] * (x.dim() - dim - 1)))
-        return (wb * g).sum(dim + 1)
     lead, rest = g.shape[:dim], g.shape[dim + 2:]
     rows, width = math.prod(lead) * length, math.prod(rest)
     wb = w.to(x.dtype).expand(x.shape[0], length, m)

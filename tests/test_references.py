@@ -95,7 +95,7 @@ def _selections(b, text, lattice):
 @pytest.mark.parametrize("mask_kind", ["none", "bool_kv", "float_qkv"])
 @pytest.mark.parametrize("method", ["uniform", "random", "coredit", "tome", "todo"])
 def test_region_matches_the_loop_reference(method, mask_kind, pointwise):
-    """Also in the form the inductor backends trace (regions.pointwise_products)."""
+    """Also in the form the inductor backends trace (regions.pointwise_products: the window merge)."""
     b, heads, text, lattice = 2, 2, 3, (4, 5)
     length = text + math.prod(lattice)
     sel, reduce_q = _selections(b, text, lattice)[method]
