@@ -138,7 +138,8 @@ def _window_merge(x: torch.Tensor, wtok: torch.Tensor, wmix: torch.Tensor, dim: 
     """The merged destinations [..., F·H·W windows, ...] of a local-window merge: one row gather of the
     windows' tokens (each token read once), one batched [9, T] × [T, C] product per window giving what the
     window sends to each of the 9 windows around it, and 9 shifted adds (strided slices of the padded
-    window grid: no gather of 28 slots, no scatter)."""
+    window grid: no gather of 28 slots, no scatter). Inside pointwise_products() the product is written as
+    products and sums over the 9 offsets' slices instead (one fused loop under inductor)."""
     bs, f, hp, wp, no, t = wmix.shape
     hw, ww = hp - 2, wp - 2
     g = take_tokens(x, wtok.reshape(1, -1), dim)
@@ -147,10 +148,8 @@ def _window_merge(x: torch.Tensor, wtok: torch.Tensor, wmix: torch.Tensor, dim: 
     wb = wmix.to(x.dtype).reshape(bs, *([1] * (dim - 1)), f * hp * wp, no, t)
     wb = wb.expand(*lead, f * hp * wp, no, t).reshape(rows, f, hp, wp, no, t)
     g = g.reshape(rows, f, hp, wp, t, width)
-    if _POINTWISE[0]:
-        sent = None
-    else:
-        sent = torch.bmm(wb.reshape(-1, no, t), g.reshape(-1, t, width)).reshape(rows, f, hp, wp, no, width)
+    sent = None if _POINTWISE[0] else \
+        torch.bmm(wb.reshape(-1, no, t), g.reshape(-1, t, width)).reshape(rows, f, hp, wp, no, width)
     out = None
     for o, (oy, ox) in enumerate(WINDOW_OFFSETS):  # destination j receives what window j - offset sent it
         at = (slice(None), slice(None), slice(1 - oy, 1 - oy + hw), slice(1 - ox, 1 - ox + ww))

@@ -34,7 +34,7 @@ class CompiledVariant:
             if self.fn is not None:
                 return self.fn(**kw)
             t0 = time.perf_counter()
-            with pointwise_products():   # fused with their gathers (regions.pointwise_products)
+            with pointwise_products():   # the window merge fused with its gather (regions.pointwise_products)
                 aten = export_program(self.gm, kw).module()
             self.fn = torch.compile(aten, fullgraph=True, dynamic=False, backend="inductor")
             out = self.fn(**kw)
