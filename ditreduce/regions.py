@@ -247,14 +247,15 @@ def _weighted_counts(idx: torch.Tensor, w: torch.Tensor, length: int) -> torch.T
     return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
-def token_sizes(sel: Selection, reduce_q: bool = True) -> torch.Tensor:
+def token_sizes(sel: Selection, reduce_q: bool = True, merge_at: int = 0) -> torch.Tensor:
     """[Bs, k] float32: how many full-length tokens each reduced token stands for (the sizes sum to N).
 
     reduce_q: the column sums of the reconstruction, s_j = sum_i sum_m w[i, m] * [src[i, m] == j] (a merge
     destination counts its sources, a kept token the pruned ones rebuilt from it); a selection that carries
     them (sel.sizes: ToMe / DiTo, whose merges know their sizes) is read, not counted. k/v-only methods
     reconstruct nothing: a reduced token counts the tokens merged into it (nonzero merge weights), each
-    divided by the number of merges it enters (overlapping pooling bins); a gathered token counts 1.
+    divided by the number of merges it enters (overlapping pooling bins); a gathered token counts 1;
+    merge_at: where the merged tokens sit in the reduced sequence (reduce_tokens' merge_at).
     """
     k = sel.kept.shape[1]
     if reduce_q and sel.sizes is not None:
@@ -271,16 +272,19 @@ def token_sizes(sel: Selection, reduce_q: bool = True) -> torch.Tensor:
     cover = _weighted_counts(sel.msrc.reshape(-1, km * r), member, sel.src.shape[1])   # merges per token
     merged = (member / take_tokens(cover[..., None], sel.msrc.reshape(-1, km * r), 1)[..., 0].clamp(min=1))
     merged = merged.reshape(-1, km, r).sum(-1)
-    return merged if km == k else torch.cat([merged, ones[:, km:].expand(merged.shape[0], k - km)], 1)
+    if km == k:
+        return merged
+    ones = ones[:, :1].expand(merged.shape[0], k)
+    return torch.cat([ones[:, :merge_at], merged, ones[:, merge_at + km:]], 1)
 
 
 def with_size_bias(attn_mask: torch.Tensor | None, sel: Selection, query: torch.Tensor,
-                   reduce_q: bool = True) -> torch.Tensor:
+                   reduce_q: bool = True, merge_at: int = 0) -> torch.Tensor:
     """Proportional attention (ToMe): the float attn_mask that adds log s_j to every logit of key j, s_j its
     token size (token_sizes), on top of attn_mask (a boolean mask becomes 0 / -inf). A key standing for s
     tokens then weighs as s copies, so the image segment keeps its share of a softmax it shares with text
     tokens (joint attention). Shape [Bs, 1, 1, k] broadcast over heads and queries: still one sdpa."""
-    bias = torch.log(token_sizes(sel, reduce_q).clamp(min=1e-6)).to(query.dtype)
+    bias = torch.log(token_sizes(sel, reduce_q, merge_at).clamp(min=1e-6)).to(query.dtype)
     bias = bias.reshape(bias.shape[0], *([1] * (query.dim() - 2)), bias.shape[1])
     if attn_mask is None:
         return bias

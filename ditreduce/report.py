@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 
 from .flops import graph_flops
 from .methods import get_method
-from .passes.rewrite import site_plan
+from .passes.rewrite import scope_refusal, site_plan
 from .regions import attention_flops
 from .schedules.lower import NumStepsUnknown, eligible, plan_key
 
@@ -181,8 +181,7 @@ def build_report(model, cap, num_steps: int | None) -> Report:
             scope = "attention" if isinstance(plan, str) else plan.scope
             note = None
             if scope != busiest.scope:
-                refused = site.scopes.get(busiest.scope, plan)
-                note = f"{busiest.scope} not applied: {refused}"
+                note = f"{busiest.scope} not applied: {scope_refusal(site, busiest)}"
         if site.name in crossed:   # a cross-attention whose queries run on a self-attention's kept tokens
             owner, cfg = crossed[site.name]
             scope, why, sched_txt = "attention+cross", None, f"queries: the kept tokens of {owner}"

@@ -194,3 +194,47 @@ def test_attention_cross_reduces_the_cross_attention_queries_and_reports_them():
         torch.testing.assert_close(cross(**kw)[0], proj(**kw)[0], rtol=0, atol=0)
     for r in cross.report():
         assert r.scope == "attention+proj" and "has no cross-attention" in r.scope_note
+
+
+def _linear_rows(gm) -> list[int]:
+    """The token count each linear layer of a graph runs on (rows of its input)."""
+    lin = (aten.linear.default, aten.addmm.default, aten.mm.default)
+    out = []
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and n.target in lin:
+            x = n.args[1] if n.target == aten.addmm.default else n.args[0]
+            out.append(x.meta["val"].shape[-2])
+    return out
+
+
+@pytest.mark.parametrize("family,prop", [("pixart", False), ("pixart", True), ("sd3", True)])
+def test_todo_in_attention_proj_projects_the_pooled_tokens_to_keys_and_values(family, prop):
+    """ToDo asked for attention+proj (or wider) pools the tokens the k / v projections read: those two linears
+    run on the pooled tokens (the q projection on all), and the output equals pooling the keys / values after
+    their projections (the attention scope) — the path is affine and the pooling weights sum to 1. SD3: its
+    joint sequence, the text keys whole. A model with a norm on the keys (Flux's norm_k) keeps the attention
+    scope, with the op named in report()."""
+    grid = (4, 6)
+    model, kw = zoo.build(family, grid=grid)
+    kw = dict(kw, return_dict=False)
+    sched = {"method": "todo", "ratio": 0.75, "scope": "attention+proj", "prop_attn": prop}
+    wide, narrow = (compile_with_reduction(model, dict(sched, scope=s)) for s in ("block", "attention"))
+    with torch.no_grad():
+        out, ref, dense = wide(**kw)[0], narrow(**kw)[0], model(**kw)[0]
+    assert (out - dense).abs().max() > 1e-3                      # it really pooled
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    n, k = wide.last_key[0].n, wide.last_key[0].k
+    rows = _linear_rows(wide.last_capture.variants[wide.last_key])
+    dense_rows = _linear_rows(narrow.last_capture.variants[narrow.last_key])
+    sites = sum(c is not None for c in wide.last_key)
+    assert k < n and len(rows) == len(dense_rows)
+    assert rows.count(k) - dense_rows.count(k) == 2 * sites   # to_k, to_v of each site on the pooled tokens
+    assert rows.count(n) == dense_rows.count(n) - 2 * sites    # to_q, to_out and the rest: every token
+    for r in (r for r in wide.report() if r.reduced):
+        assert r.scope == "attention+proj" and "keys/values only" in r.scope_note
+    flux, kw = zoo.build("flux")
+    kept = compile_with_reduction(flux, sched)
+    with torch.no_grad():
+        kept(**dict(kw, return_dict=False))
+    notes = [r.scope_note for r in kept.report() if r.reduced]
+    assert notes and all("norm_k is not affine" in s for s in notes)

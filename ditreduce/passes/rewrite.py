@@ -29,7 +29,7 @@ from ..methods.lattice import cfg_pairs
 from . import axes
 from .axes import axis_labels
 from .capture import quiet_export_warnings
-from .scope import CHECKS, RegionPlan, image_seg, token_dim
+from .scope import CHECKS, KV_ONLY, RegionPlan, image_seg, token_dim
 from .site import Site
 
 aten = torch.ops.aten
@@ -300,10 +300,10 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, rebuilt:
     identity = cfg.k == cfg.n and not regions.regions_forced()
     if not identity:
         entry = b.call(torch.Tensor.contiguous, [entry])
-    x0 = nodes[plan.exits[0]]
     if shared is None:
         tokens = None if b.method.static or b.method.stateful else b.call(image_tokens, [entry, d_e, start_e, n])
-        b.select(tokens, (x0, token_dim(lab[x0], seg)))
+        x0 = nodes[plan.exits[0]] if plan.exits else None   # kv_only: nothing leaves reduced (static methods)
+        b.select(tokens, None if x0 is None else (x0, token_dim(lab[x0], seg)))
     red_entry = b.call(regions.reduce_tokens, [entry, b.in_layout(start_e, len_e), d_e, start_e])
     for u in list(dense_entry.users):
         if u in inside:
@@ -344,16 +344,17 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, rebuilt:
         if x_name == plan.exits[0] and shared is None:
             b.finish(rec, d_x, _seg_start(lab[x][d_x], seg))
     sdpa = nodes.get(site.name)
-    if cfg.prop_attn and not identity and sdpa in inside:
-        _add_size_bias(b, sdpa, b.in_layout(site.image[0], site.q_len))
+    if cfg.prop_attn and not identity and (sdpa in inside or plan.kv_only):
+        _add_size_bias(b, sdpa, b.in_layout(site.image[0], site.kv_len), reduce_q=not plan.kv_only,
+                       merge_at=site.image[0])
     return red_entry, b
 
 
-def _add_size_bias(b: _Builder, sdpa: fx.Node, sel: fx.Node) -> None:
-    """Proportional attention inside a wider region: the site's sdpa (already on the kept tokens) gets
-    regions.with_size_bias as its attn_mask."""
+def _add_size_bias(b: _Builder, sdpa: fx.Node, sel: fx.Node, reduce_q: bool = True, merge_at: int = 0) -> None:
+    """Proportional attention inside a wider region: the site's sdpa (on the kept tokens, or on the pooled
+    keys / values of a kv_only plan) gets regions.with_size_bias as its attn_mask."""
     a = _sdpa_args(sdpa)
-    mask = b.call(regions.with_size_bias, [a.get("attn_mask"), sel, a["query"]], before=sdpa)
+    mask = b.call(regions.with_size_bias, [a.get("attn_mask"), sel, a["query"], reduce_q, merge_at], before=sdpa)
     if len(sdpa.args) > 3:
         sdpa.args = (*sdpa.args[:3], mask, *sdpa.args[4:])
     else:
@@ -474,14 +475,22 @@ def site_plan(site: Site, cfg):
     `attention+proj` (FALLBACK) — or the reason it keeps `attention` (a str)."""
     if cfg.scope == "attention":
         return "attention"
-    if not get_method(cfg.method).reduces_q:
-        return (f"{cfg.method} reduces keys/values only: its region sits around the sdpa (the q projection "
-                "needs every token)")
     plans = site.scopes
+    if not get_method(cfg.method).reduces_q:   # its widest region: the k/v projections on the pooled tokens
+        return plans.get(KV_ONLY, "scope not planned for this site")
     for scope in FALLBACK[cfg.scope]:
         if isinstance(plans.get(scope), RegionPlan):
             return plans[scope]
     return plans.get(cfg.scope, "scope not planned for this site")
+
+
+def scope_refusal(site: Site, cfg) -> str:
+    """Why a site does not get the scope cfg asks for (site_plan gave it a narrower one)."""
+    plan = site_plan(site, cfg)
+    if not get_method(cfg.method).reduces_q:
+        why = plan if isinstance(plan, str) else "its widest region is the k/v projections on the pooled tokens"
+        return f"{cfg.method} reduces keys/values only (the q projection needs every token): {why}"
+    return site.scopes.get(cfg.scope, plan)
 
 
 def region_nodes(gm: fx.GraphModule) -> list[fx.Node]:

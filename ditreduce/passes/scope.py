@@ -81,6 +81,7 @@ class RegionPlan:
     residual: bool = False         # block scope: out = entry + reconstruct(exit − reduced entry)
     gathers: list[tuple[str, str]] = field(default_factory=list)  # (outside node, inner consumer) along tokens
     extra: list["RegionPlan"] = field(default_factory=list)  # regions sharing this one's selection (cross queries)
+    kv_only: bool = False          # k/v-only methods: `inner` is the k / v projections, which feed the sdpa pooled
 
 
 class ScopeRefused(Exception):
@@ -117,14 +118,15 @@ def _dims_arg(n: fx.Node, i: int):
 
 
 class _Walker:
-    def __init__(self, gm: fx.GraphModule, labels: dict, site: Site, scope: str = "attention+proj"):
-        self.gm, self.labels, self.site, self.scope = gm, labels, site, scope
+    def __init__(self, gm: fx.GraphModule, labels: dict, site: Site, scope: str = "attention+proj",
+                 hint: str | None = None):
+        self.gm, self.labels, self.site, self.scope, self._hint = gm, labels, site, scope, hint
         self.seg = image_seg(site)
 
     @property
     def hint(self) -> str:
-        """What makes the site reducible anyway: the next narrower scope."""
-        return self.hint_for(self.scope)
+        """What makes the site reducible anyway: the next narrower scope (or the hint given)."""
+        return self.hint_for(self.scope) if self._hint is None else self._hint
 
     @staticmethod
     def hint_for(scope: str) -> str:
@@ -474,6 +476,60 @@ def plan_block(gm: fx.GraphModule, labels: dict, site: Site) -> RegionPlan:
     return _plan_between(w, entries.pop(), ends, "block", allow, residual=True)
 
 
+# ops that commute with a convex combination of tokens (weights summing to 1, a k/v-only method's pooling):
+# linear maps over the channels, constant shifts, layout ops — pooling before them equals pooling after
+AFFINE = {aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.permute.default,
+          aten.transpose.int, aten.t.default, aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims,
+          aten.squeeze.default, aten.expand.default, aten.clone.default, aten.contiguous.default, aten.alias.default,
+          aten.detach.default, aten._to_copy.default, aten.to.dtype, aten.type_as.default, aten.linear.default,
+          aten.addmm.default, aten.mm.default, aten.matmul.default, aten.bmm.default, aten.add.Tensor,
+          aten.sub.Tensor, aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar, aten.cat.default,
+          aten.slice.Tensor, aten.split.Tensor, aten.split_with_sizes.default, aten.select.int, aten.unbind.int,
+          operator.getitem}
+SCALING = {aten.mul.Tensor, aten.div.Tensor}   # affine only when one operand carries no tokens
+KV_ONLY = "attention+proj (k/v)"   # site.scopes key of the k/v-only plan
+
+
+def plan_kv_projections(gm: fx.GraphModule, labels: dict, site: Site) -> RegionPlan:
+    """For methods that reduce keys / values only (ToDo): the k and v projections run on the pooled input
+    tokens instead of pooling their outputs — ToDo's own form (it pools the hidden states the keys and values
+    are projected from). Equal to pooling after them because every op on the path is affine (AFFINE) and the
+    pooling weights sum to 1; the q projection and the output stay full length, nothing is reconstructed."""
+    w = _Walker(gm, labels, site, "attention+proj", hint="; the keys / values are pooled after their projections")
+    sdpa = site.node
+    q, k, v = sdpa.args[:3]
+    entries = set()
+    for arg in (k, v):
+        if w.carries(arg):
+            entries |= _projection_inputs(w, arg)
+    if len(entries) != 1:
+        raise ScopeRefused(f"the k/v projections of {site.module} read {_count(entries)} ({_listed(entries) or 'none'});"
+                           f" pooling before them needs the one tensor they both project{w.hint}")
+    entry = entries.pop()
+    down, kv_up, q_up = _users_closure([entry]), _ancestors([k, v]) | {k, v}, _ancestors([q]) | {q}
+    region = [n for n in gm.graph.nodes if n in down and n in kv_up and n.target not in CHECKS]
+    inside = set(region)
+    mask = sdpa.args[3] if len(sdpa.args) > 3 else sdpa.kwargs.get("attn_mask")
+    if w.carries(mask):
+        raise w.refuse(sdpa, "has an attention mask over the image tokens")
+    for n in region:
+        if n in q_up:
+            raise w.refuse(n, "feeds the queries as well as the keys / values (a fused qkv projection): pooling "
+                              "its input would pool the queries")
+        w.check_tokenwise(n, set())
+        if n.target not in AFFINE or (n.target in SCALING and sum(w.carries(a) for a in n.all_input_nodes) > 1):
+            raise w.refuse(n, "is not affine (a norm or activation on the keys / values): pooling before it would "
+                              "change what is pooled")
+        for u in n.users:
+            if u not in inside and u is not sdpa and u.target not in CHECKS:
+                raise w.refuse(n, f"is also used outside the k/v projections, by {where(u)}")
+        for a in n.all_input_nodes:
+            if a not in inside and a is not entry and (w.carries(a) or _along_tokens(w, n, a)):
+                raise w.refuse(n, f"reads {where(a)}, which runs along the image tokens (a positional term): it "
+                                  "would have to be pooled too")
+    return RegionPlan("attention+proj", entry.name, [n.name for n in region], [], kv_only=True)
+
+
 PLANNERS = {"attention+proj": plan_attention_proj, "attention+cross": plan_attention_cross, "block": plan_block}
 
 
@@ -497,6 +553,11 @@ def plan_scopes(gm: fx.GraphModule, labels: dict, sites: list[Site]) -> None:
                 plans[scope] = planner(gm, labels, site)
             except ScopeRefused as e:
                 plans[scope] = str(e)
+        if not site.run_time_text:
+            try:
+                plans[KV_ONLY] = plan_kv_projections(gm, labels, site)
+            except ScopeRefused as e:
+                plans[KV_ONLY] = str(e)
         proj, block = plans.get("attention+proj"), plans.get("block")
         if isinstance(proj, str) and isinstance(block, str):  # the next narrower scope is refused too
             plans["block"] = block.replace(_Walker.hint_for("block"), _Walker.hint_for("attention+proj"))
