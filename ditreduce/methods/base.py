@@ -42,7 +42,9 @@ class Method:
     """Contract every reduction method follows.
 
     name         the schedule's `method:` value
-    reduces_q    True: q and k/v are reduced and outputs reconstructed; False: only k/v (ToDo-style)
+    reduces_q    True: q and k/v are reduced and outputs reconstructed; False: only k/v (ToDo-style), by
+                 gathers or merges whose weights sum to 1 (then pooling before an affine k/v projection
+                 equals pooling after it: scope.plan_kv_projections relies on it)
     static       True: the selection depends only on (lattice, k); it is computed once at rewrite time
                  and baked into the graph as constants. False: `select` runs inside the graph on a
                  token tensor (see docs/methods.md for which tensor each scope scores).
