@@ -117,6 +117,21 @@ def test_todo_2x2_is_average_pooling():
     torch.testing.assert_close(reduce_tokens(x, sel, 1), ref)
 
 
+@pytest.mark.parametrize("lattice", LATTICES)
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.75])
+@pytest.mark.parametrize("mode", ["avg", "nearest"])
+def test_todo_pools_with_weights_summing_to_one(lattice, ratio, mode):
+    """What a k/v-only method promises (Method.reduces_q): each reduced token is a convex combination of
+    tokens, so a constant token reduces to itself — and pooling commutes with an affine k/v projection."""
+    n = math.prod(lattice)
+    k = get_method("todo")(mode=mode).kept_count(n, n - round(ratio * n), lattice)
+    sel = todo_selection(lattice, k, mode)
+    assert sel.kept.shape[1] < n
+    torch.testing.assert_close(sel.mw.sum(-1), torch.ones(sel.mw.shape[:2]))
+    x, lin = torch.randn(2, n, 6), torch.nn.Linear(6, 4)
+    torch.testing.assert_close(lin(reduce_tokens(x, sel, 1)), reduce_tokens(lin(x), sel, 1))
+
+
 @pytest.mark.parametrize("method", ["tome", "random"])
 def test_same_seed_same_output_other_seed_differs(method):
     model, kw = zoo.build("pixart", grid=(6, 6))
