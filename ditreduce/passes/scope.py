@@ -118,15 +118,14 @@ def _dims_arg(n: fx.Node, i: int):
 
 
 class _Walker:
-    def __init__(self, gm: fx.GraphModule, labels: dict, site: Site, scope: str = "attention+proj",
-                 hint: str | None = None):
-        self.gm, self.labels, self.site, self.scope, self._hint = gm, labels, site, scope, hint
+    def __init__(self, gm: fx.GraphModule, labels: dict, site: Site, scope: str = "attention+proj"):
+        self.gm, self.labels, self.site, self.scope = gm, labels, site, scope
         self.seg = image_seg(site)
 
     @property
     def hint(self) -> str:
-        """What makes the site reducible anyway: the next narrower scope (or the hint given)."""
-        return self.hint_for(self.scope) if self._hint is None else self._hint
+        """What makes the site reducible anyway: the next narrower scope."""
+        return self.hint_for(self.scope)
 
     @staticmethod
     def hint_for(scope: str) -> str:
@@ -495,7 +494,7 @@ def plan_kv_projections(gm: fx.GraphModule, labels: dict, site: Site) -> RegionP
     tokens instead of pooling their outputs — ToDo's own form (it pools the hidden states the keys and values
     are projected from). Equal to pooling after them because every op on the path is affine (AFFINE) and the
     pooling weights sum to 1; the q projection and the output stay full length, nothing is reconstructed."""
-    w = _Walker(gm, labels, site, "attention+proj", hint="; the keys / values are pooled after their projections")
+    w = _Walker(gm, labels, site, "attention+proj")
     sdpa = site.node
     q, k, v = sdpa.args[:3]
     entries = set()
@@ -555,7 +554,8 @@ def plan_scopes(gm: fx.GraphModule, labels: dict, sites: list[Site]) -> None:
                 plans[scope] = str(e)
         try:
             if site.run_time_text:
-                raise ScopeRefused(f"{site.module or 'the site'} attends to text of run-time length (read per sample)")
+                raise ScopeRefused(f"{site.module or 'the site'} attends to text of run-time length (read per sample)"
+                                   f"{_Walker.hint_for('attention+proj')}")
             plans[KV_ONLY] = plan_kv_projections(gm, labels, site)
         except ScopeRefused as e:
             plans[KV_ONLY] = str(e)
