@@ -552,13 +552,14 @@ def plan_scopes(gm: fx.GraphModule, labels: dict, sites: list[Site]) -> None:
                 plans[scope] = planner(gm, labels, site)
             except ScopeRefused as e:
                 plans[scope] = str(e)
-        try:
-            if site.run_time_text:
-                raise ScopeRefused(f"{site.module or 'the site'} attends to text of run-time length (read per sample)"
-                                   f"{_Walker.hint_for('attention+proj')}")
-            plans[KV_ONLY] = plan_kv_projections(gm, labels, site)
-        except ScopeRefused as e:
-            plans[KV_ONLY] = str(e)
+        if site.run_time_text:
+            plans[KV_ONLY] = (f"{site.module or 'the site'} attends to text of run-time length (read per sample)"
+                              f"{_Walker.hint_for('attention+proj')}")
+        else:
+            try:
+                plans[KV_ONLY] = plan_kv_projections(gm, labels, site)
+            except ScopeRefused as e:
+                plans[KV_ONLY] = str(e)
         proj, block = plans.get("attention+proj"), plans.get("block")
         if isinstance(proj, str) and isinstance(block, str):  # the next narrower scope is refused too
             plans["block"] = block.replace(_Walker.hint_for("block"), _Walker.hint_for("attention+proj"))
