@@ -485,7 +485,7 @@ AFFINE = {aten.view.default, aten._unsafe_view.default, aten.reshape.default, at
           aten.sub.Tensor, aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar, aten.cat.default,
           aten.slice.Tensor, aten.split.Tensor, aten.split_with_sizes.default, aten.select.int, aten.unbind.int,
           operator.getitem}
-SCALING = {aten.mul.Tensor, aten.div.Tensor}   # affine only when one operand carries no tokens
+SCALING = {aten.mul.Tensor, aten.div.Tensor}   # affine only when one operand (not a divisor) carries tokens
 KV_ONLY = "attention+proj (k/v)"   # site.scopes key of the k/v-only plan
 
 
@@ -516,7 +516,8 @@ def plan_kv_projections(gm: fx.GraphModule, labels: dict, site: Site) -> RegionP
             raise w.refuse(n, "feeds the queries as well as the keys / values (a fused qkv projection): pooling "
                               "its input would pool the queries")
         w.check_tokenwise(n, set())
-        if n.target not in AFFINE or (n.target in SCALING and sum(w.carries(a) for a in n.all_input_nodes) > 1):
+        divisor = n.target == aten.div.Tensor and w.carries(n.args[1])   # c / x is not affine in x
+        if n.target not in AFFINE or divisor or (n.target in SCALING and sum(map(w.carries, n.all_input_nodes)) > 1):
             raise w.refuse(n, "is not affine (a norm or activation on the keys / values): pooling before it would "
                               "change what is pooled")
         for u in n.users:
