@@ -5,6 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+import anydit
 import zoo
 from ditreduce import compile_with_reduction
 from ditreduce.methods import METHODS
@@ -238,3 +239,37 @@ def test_todo_in_attention_proj_projects_the_pooled_tokens_to_keys_and_values(fa
         kept(**dict(kw, return_dict=False))
     notes = [r.scope_note for r in kept.report() if r.reduced]
     assert notes and all("norm_k is not affine" in s for s in notes)
+
+
+class _ScaledKeysAttention(anydit.MPAttention):
+    """Keys scaled by a per-channel parameter: `k / c` (affine in k) or `c / k` (not affine in k)."""
+
+    def __init__(self, dim, heads, keys_divide):
+        super().__init__(dim, heads)
+        self.keys_divide, self.c = keys_divide, torch.nn.Parameter(torch.linspace(1.0, 2.0, dim // heads))
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = (f(x).view(b, n, self.heads, -1).transpose(1, 2) for f in (self.wq, self.wk, self.wv))
+        k = self.c / k if self.keys_divide else k / self.c
+        return self.wo(torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize("keys_divide", [False, True])
+def test_todo_kv_plan_takes_a_division_of_the_keys_and_refuses_a_division_by_them(keys_divide):
+    """k / c commutes with ToDo's pooling (its weights sum to 1), c / k does not: the first runs to_k / to_v on the
+    pooled tokens with the attention scope's output, the second keeps the attention scope with the division named."""
+    model, kw = anydit.mpdit(grid=(4, 6))
+    for blk in model.blocks:
+        blk.attention = _ScaledKeysAttention(32, 4, keys_divide)
+    sched = {"method": "todo", "ratio": 0.75, "scope": "attention+proj"}
+    wide, narrow = (compile_with_reduction(model, dict(sched, scope=s)) for s in ("attention+proj", "attention"))
+    with torch.no_grad():
+        out, ref = wide(**kw), narrow(**kw)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    n, k = wide.last_key[0].n, wide.last_key[0].k
+    assert _linear_rows(wide.last_capture.variants[wide.last_key]).count(k) == (0 if keys_divide else 4)
+    notes = [r.scope_note for r in wide.report() if r.reduced]
+    assert len(notes) == 2
+    for note in notes:
+        assert ("divides by the keys / values" in note) if keys_divide else note is None

@@ -516,8 +516,10 @@ def plan_kv_projections(gm: fx.GraphModule, labels: dict, site: Site) -> RegionP
             raise w.refuse(n, "feeds the queries as well as the keys / values (a fused qkv projection): pooling "
                               "its input would pool the queries")
         w.check_tokenwise(n, set())
-        divisor = n.target == aten.div.Tensor and w.carries(n.args[1])   # c / x is not affine in x
-        if n.target not in AFFINE or divisor or (n.target in SCALING and sum(map(w.carries, n.all_input_nodes)) > 1):
+        if n.target == aten.div.Tensor and w.carries(n.args[1]):   # c / x is not affine in x
+            raise w.refuse(n, "divides by the keys / values (not affine in them): pooling before it would change "
+                              "what is pooled")
+        if n.target not in AFFINE or (n.target in SCALING and sum(map(w.carries, n.all_input_nodes)) > 1):
             raise w.refuse(n, "is not affine (a norm or activation on the keys / values): pooling before it would "
                               "change what is pooled")
         for u in n.users:
