@@ -256,7 +256,7 @@ def test_in_process_runners_export_a_stateful_variant_with_its_state_io():
     ExportedVariant(reduced.variant(cap, key), kw, record)
     state_in = {n.rsplit(".", 1)[1] for n in seen["ins"] if n.startswith("state.")}
     state_out = {n.rsplit(".", 1)[1] for n in seen["outs"] if n.startswith("state_out.")}
-    assert state_in == state_out == {"y", "count", "merged", "unmerged", "arg"}
+    assert state_in == state_out == {"y", "count", "merged", "unmerged", "arg", "kept", "src", "mw", "wmix", "sizes"}
 
 
 def test_a_modules_glob_that_matches_no_site_is_warned_and_reported():

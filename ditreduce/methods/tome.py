@@ -62,8 +62,9 @@ def tome_tables(lattice: tuple[int, ...], seed: int) -> dict:
     for j, lst in enumerate(slots):
         for t, (si, o) in enumerate(lst):
             dsrc[j, t], doff[j, t] = si, o
+    msrc = torch.cat([dst_tok[:, None], src_tok.index_select(0, dsrc.reshape(-1)).reshape(d, -1)], -1)[None]
     return {"dst_tok": dst_tok, "src_tok": src_tok, "cand": cand, "cvalid": cvalid, "dsrc": dsrc, "doff": doff,
-            "token_order": torch.argsort(torch.cat([dst_tok, src_tok])),
+            "msrc": msrc, "token_order": torch.argsort(torch.cat([dst_tok, src_tok])),
             **_window_tables(src_tok, dst_tok, cand, (f, h, w))}
 
 
@@ -163,7 +164,7 @@ def merge_selection(t: dict, merged: torch.Tensor, unmerged: torch.Tensor, arg: 
     inv = 1.0 / size
     mw = torch.cat([torch.ones(b, d, 1, device=arg.device), a], -1)
     mw = mw / mw.sum(-1, keepdim=True)
-    msrc = torch.cat([dst_tok[:, None], src_tok.index_select(0, dsrc.reshape(-1)).reshape(d, -1)], -1)[None]
+    msrc = t["msrc"]
     target_dst = t["cand"].expand(b, s, 9).gather(2, arg[..., None])[..., 0]  # dst-list index
     # window form: each window's weight of its destination (offset 0) and of each source to its target
     zero = torch.zeros(b, 1, device=dev)
