@@ -103,7 +103,14 @@ class StateStore:
         unmerged halves of one ordering), and a compiled variant guards on its inputs' strides, so state in
         one layout whatever produced it (a variant, or the zeros feed() starts from) never recompiles one."""
         for site, tensors in state_out.items():
-            self.held[(slot, site)] = {name: t.contiguous() for name, t in tensors.items()}
+            self.held[(slot, site)] = {name: canonical_layout(t) for name, t in tensors.items()}
+
+
+def canonical_layout(t: torch.Tensor) -> torch.Tensor:
+    """t with the strides torch.zeros(t.shape) has. `contiguous()` keeps an empty tensor's strides as they came
+    (DiTo at its largest ratio merges every source: `unmerged` is [B, 0], stride (0, 1) from a slice, (1, 1) from
+    zeros), which a compiled variant's guard tells apart: a recompile (seconds) in the middle of a generation."""
+    return t.contiguous() if t.numel() else torch.empty(t.shape, dtype=t.dtype, device=t.device)
 
 
 @dataclass

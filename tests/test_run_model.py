@@ -266,3 +266,19 @@ def test_a_modules_glob_that_matches_no_site_is_warned_and_reported():
     with pytest.warns(UserWarning, match="matches no attention site"):
         reduced.capture(**kw)
     assert any("rules[0].modules 'transfomer_blocks.*' matches no attention site" in n for n in reduced.report().notes)
+
+
+def test_held_state_has_one_layout_whatever_produced_it():
+    """A compiled variant guards on its state inputs' strides: held state must have the strides of the zeros
+    the first step is fed, also when a variant returns a slice or an empty tensor (DiTo's `unmerged` at its
+    largest ratio is [B, 0]; as a slice its strides differ from torch.zeros((B, 0))'s: inductor recompiled)."""
+    from ditreduce.run_state import StateStore
+
+    base = torch.arange(12.0).reshape(2, 6)
+    produced = {"unmerged": base[:, 6:], "merged": base[:, 1:4], "wide": base.t()}
+    store = StateStore()
+    store.update(0, {"site": produced})
+    for name, t in store.held[(0, "site")].items():
+        ref = torch.zeros(produced[name].shape)
+        assert t.stride() == ref.stride(), name
+        torch.testing.assert_close(t, produced[name])

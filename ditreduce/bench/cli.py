@@ -46,6 +46,9 @@ def add_subcommands(sub) -> None:
                    help="model and input dtype (timesteps stay fp32; default fp32)")
     b.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default 20)")
     b.add_argument("--seeds", type=positive_int, default=None, help="samples for PSNR / SSIM (default 6)")
+    b.add_argument("--first-seed", type=count, default=0,
+                   help="the samples' seeds are first-seed … first-seed + seeds − 1 (default 0; `tune` calibrates on "
+                   "1000 and above, so --first-seed 1000 shows a schedule on the seeds it was tuned on)")
     b.add_argument("--dense-fraction", type=float_in(0.0, 1.0, hi_open=True), default=0.2,
                    help="first fraction of steps run dense (0.2)")
     b.add_argument("--repeats", type=positive_int, default=None, help="interleaved timing repeats (default 5)")
@@ -131,6 +134,7 @@ def cmd_bench(args) -> int:
         scopes=args.scopes or ["attention"],
         backends=args.backends,
         steps=_pick(args.steps, QUICK["steps"], 20, q), seeds=_pick(args.seeds, QUICK["seeds"], 6, q),
+        first_seed=args.first_seed,
         dense_fraction=args.dense_fraction, repeats=_pick(args.repeats, QUICK["repeats"], 5, q),
         warmup=_pick(args.warmup, QUICK["warmup"], 1, q), guidance=args.guidance,
         equal_flops=not args.no_equal_flops, quality=not args.no_quality, memory=not args.no_memory,
@@ -145,7 +149,7 @@ def cmd_bench(args) -> int:
     sampler = next((m for m in models if m.can_sample), None)
     titles = None if sampler is None else [
         f"seed {s}: {sampler.small_dit.class_names[i % len(sampler.small_dit.class_names)]}"
-        for i, s in enumerate(range(settings.seeds))]
+        for i, s in enumerate(range(settings.first_seed, settings.first_seed + settings.seeds))]
     paths = write_outputs(res, args.out, grid_rows, titles)
     from .report import markdown
 

@@ -63,6 +63,7 @@ class BenchSettings:
     backends: list[str] = field(default_factory=lambda: ["eager"])
     steps: int = 20
     seeds: int = 6
+    first_seed: int = 0
     dense_fraction: float = 0.2
     repeats: int = 5
     warmup: int = 1
@@ -348,7 +349,7 @@ def bench_model(bm: BenchModel, settings: BenchSettings, matched: list[MatchedRa
     params = memory.param_bytes(bm.module)
     setup = dense = None
     if settings.quality and bm.can_sample:
-        setup = QualitySetup(tuple(range(settings.seeds)), settings.steps, bm.res, settings.guidance,
+        setup = QualitySetup(tuple(range(settings.first_seed, settings.first_seed + settings.seeds)), settings.steps, bm.res, settings.guidance,
                              dev, settings.dtype)
         dense = draw(bm.small_dit, setup, desc=f"{bm.name} dense samples")
         if grid_rows is not None:
