@@ -12,10 +12,9 @@ ratio rebuilt / stored, each form's per-call speedup over dense, and the largest
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from ab_timing import report, time_interleaved
 
 import ditreduce.methods.dito as dito
 from ditreduce.bench.runner import Variants, compile_for
@@ -54,19 +53,8 @@ def main() -> None:
         dense = torch.compile(bm.module) if args.backend == "inductor" else bm.module
         dense(**bm.kwargs)
         fns["dense"] = lambda: dense(**bm.kwargs)
-        times = {k: [] for k in fns}
-        for r in range(args.repeats):
-            for k in (list(fns) if r % 2 else list(fns)[::-1]):
-                t0 = time.perf_counter()
-                fns[k]()
-                times[k].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for k, v in med.items():
-        print(f"{k:8s} {1e3 * v:8.1f} ms per call (median of {args.repeats})")
-    ratio = statistics.median(a / b for a, b in zip(times["rebuilt"], times["stored"]))
-    print(f"{args.backend}: rebuilt / stored per repeat: {ratio:.3f}; per-call speedup over dense: stored "
-          f"{med['dense'] / med['stored']:.2f}x, rebuilt {med['dense'] / med['rebuilt']:.2f}x; max |stored - rebuilt| "
-          f"{(outs['stored'] - outs['rebuilt']).abs().max().item():.1e}")
+        times = time_interleaved(fns, args.repeats)
+    report(times, outs, "rebuilt", "stored", f"{args.backend}: ")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
-import time
-
 import torch
+from ab_timing import report, time_interleaved
 
 import ditreduce.backends.inductor as inductor
 from ditreduce.bench.runner import Variants, compile_for
@@ -46,19 +44,8 @@ def main() -> None:
         dense = torch.compile(bm.module)
         dense(**bm.kwargs)
         fns["dense"] = lambda: dense(**bm.kwargs)
-        times = {k: [] for k in fns}
-        for r in range(args.repeats):
-            for k in (list(fns) if r % 2 else list(fns)[::-1]):
-                t0 = time.perf_counter()
-                fns[k]()
-                times[k].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for k, v in med.items():
-        print(f"{k:9s} {1e3 * v:8.1f} ms per call (median of {args.repeats})")
-    ratio = statistics.median(a / b for a, b in zip(times["bmm"], times["pointwise"]))
-    print(f"bmm / pointwise per repeat: {ratio:.3f}; per-call speedup over dense: bmm {med['dense'] / med['bmm']:.2f}x, "
-          f"pointwise {med['dense'] / med['pointwise']:.2f}x; max |bmm - pointwise| "
-          f"{(outs['bmm'] - outs['pointwise']).abs().max().item():.1e}")
+        times = time_interleaved(fns, args.repeats)
+    report(times, outs, "bmm", "pointwise", "")
 
 
 if __name__ == "__main__":
