@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+
 import torch
 from ab_timing import report, time_interleaved
 
