@@ -349,8 +349,8 @@ def bench_model(bm: BenchModel, settings: BenchSettings, matched: list[MatchedRa
     params = memory.param_bytes(bm.module)
     setup = dense = None
     if settings.quality and bm.can_sample:
-        setup = QualitySetup(tuple(range(settings.first_seed, settings.first_seed + settings.seeds)), settings.steps, bm.res, settings.guidance,
-                             dev, settings.dtype)
+        seeds = tuple(range(settings.first_seed, settings.first_seed + settings.seeds))
+        setup = QualitySetup(seeds, settings.steps, bm.res, settings.guidance, dev, settings.dtype)
         dense = draw(bm.small_dit, setup, desc=f"{bm.name} dense samples")
         if grid_rows is not None:
             grid_rows.append(("dense", dense.images))

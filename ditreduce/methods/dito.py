@@ -17,8 +17,8 @@ State per site (graph inputs `state.<site>.<name>`, outputs `state_out.<site>.<n
   y [B, N, C] (model dtype)  count [B, S] float32  merged [B, r] int64  unmerged [B, S − r] int64
   arg [B, S] int64 (index 0..8 of the chosen destination window around each source);
   and, where the region merges (k < N), the matching's Selection (regions.Selection: kept, src, mw, wmix,
-  sizes), so that a `reduce` step reads it instead of rebuilding it from the pairs every step (the
-  rebuild was 0.65 ms of a site's call under inductor, 1.2 ms eager, at 1024 tokens).
+  sizes), so that a `reduce` step reads it instead of rebuilding it from the pairs every step (a rebuild
+  costs 0.65 ms of a site's call under inductor, 1.2 ms eager, at 1024 tokens).
 """
 from __future__ import annotations
 
