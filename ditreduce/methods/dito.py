@@ -30,7 +30,7 @@ from annotated_types import Interval
 from ..regions import Selection, identity_selection, regions_forced
 from .base import Method, register_method
 from .lattice import inverse_positions, share_cfg_halves, static_table
-from .tome import _local_similarity, _split_sources, merge_selection, tome_kept, tome_tables
+from .tome import _local_similarity, _split_sources, merge_selection, tables_on, tome_kept, tome_tables
 
 PHASES = ("auto", "prime", "match", "reduce")
 PAIR_STATE = ("merged", "unmerged", "arg")
@@ -46,10 +46,6 @@ def state_names(phase: str, merges: bool) -> tuple[tuple, tuple]:
 
 
 from ..errors import ScheduleError, StateError  # noqa: F401  (StateError re-exported)
-
-
-def _tables(lattice, seed, device):
-    return {key: (v.to(device) if isinstance(v, torch.Tensor) else v) for key, v in tome_tables(tuple(lattice), seed).items()}
 
 
 def num_sources(lattice, seed: int = 0) -> int:
@@ -75,7 +71,7 @@ def _selection_shapes(b: int, n: int, lattice: tuple, r: int, seed: int) -> dict
     """{name: (shape, dtype)} of the SEL_STATE fields of a matching that merges r sources."""
     s = num_sources(lattice, seed)
     zeros = torch.zeros(b, s, dtype=torch.long)
-    sel = merge_selection(_tables(lattice, seed, "cpu"), zeros[:, :r], zeros[:, r:], zeros, n)
+    sel = merge_selection(tables_on(lattice, seed, "cpu"), zeros[:, :r], zeros[:, r:], zeros, n)
     return {name: (tuple(getattr(sel, name).shape), getattr(sel, name).dtype) for name in SEL_STATE}
 
 
@@ -101,7 +97,7 @@ def dito_match(y: torch.Tensor, count: torch.Tensor, pairs: torch.Tensor | None 
     """(merged, unmerged, arg, count') from the previous outputs y [B, N, C] and counts [B, S]; `cfg: shared`
     shares between the CFG pairs `pairs` (lattice.cfg_pairs; None: every (i, i + B/2))."""
     b, n, _ = y.shape
-    t = _tables(lattice, seed, y.device)
+    t = tables_on(lattice, seed, y.device)
     sims = _local_similarity(y, t)                                             # [B, S, 9]
     if cfg == "shared":
         sims = share_cfg_halves(sims, pairs)
@@ -120,14 +116,14 @@ def dito_selection(merged: torch.Tensor, unmerged: torch.Tensor, arg: torch.Tens
     the identity selection unless forced (built inside regions.forced_regions()): then the matching's own."""
     if k >= n and not forced:
         return identity_selection(n, device=arg.device)
-    return merge_selection(_tables(lattice, seed, arg.device), merged, unmerged, arg, n)
+    return merge_selection(tables_on(lattice, seed, arg.device), merged, unmerged, arg, n)
 
 
 def dito_stored_selection(kept: torch.Tensor, src: torch.Tensor, mw: torch.Tensor, wmix: torch.Tensor,
                           sizes: torch.Tensor, *, lattice: tuple, seed: int) -> Selection:
     """A `reduce` step's Selection: the matching's, carried as state (SEL_STATE), with the tables it shares
     with every matching of the lattice (msrc, wtok) as constants: no op runs."""
-    t = _tables(lattice, seed, kept.device)
+    t = tables_on(lattice, seed, kept.device)
     return Selection(kept, src, None, t["msrc"], mw, t["wtok"], wmix, sizes)
 
 

@@ -68,6 +68,11 @@ def tome_tables(lattice: tuple[int, ...], seed: int) -> dict:
             **_window_tables(src_tok, dst_tok, cand, (f, h, w))}
 
 
+def tables_on(lattice, seed: int, device) -> dict:
+    """tome_tables with its tensors on `device` (the graph functions' input device)."""
+    return {key: (v.to(device) if isinstance(v, torch.Tensor) else v) for key, v in tome_tables(tuple(lattice), seed).items()}
+
+
 def _window_tables(src_tok, dst_tok, cand, fhw) -> dict:
     """Per 2×2 window: its (up to 3) source tokens and the 9 candidate destination tokens, so that the
     similarities are one batched product per window ([3, C] × [C, 9]), and each source's slot in it."""
@@ -136,7 +141,7 @@ def tome_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, seed: int = 0
     n = x.shape[1]
     if k >= n and not regions_forced():
         return identity_selection(n, device=x.device)
-    t = {key: (v.to(x.device) if isinstance(v, torch.Tensor) else v) for key, v in tome_tables(tuple(lattice), seed).items()}
+    t = tables_on(lattice, seed, x.device)
     sims = _local_similarity(x, t)                                            # [B, S, 9]
     if cfg == "shared":
         sims = share_cfg_halves(sims, pairs)
