@@ -149,7 +149,7 @@ def cmd_bench(args) -> int:
     sampler = next((m for m in models if m.can_sample), None)
     titles = None if sampler is None else [
         f"seed {s}: {sampler.small_dit.class_names[i % len(sampler.small_dit.class_names)]}"
-        for i, s in enumerate(range(settings.first_seed, settings.first_seed + settings.seeds))]
+        for i, s in enumerate(settings.quality_seeds)]
     paths = write_outputs(res, args.out, grid_rows, titles)
     from .report import markdown
 

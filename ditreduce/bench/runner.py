@@ -81,6 +81,11 @@ class BenchSettings:
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
+    @property
+    def quality_seeds(self) -> tuple[int, ...]:
+        """The samples' seeds: first_seed … first_seed + seeds − 1."""
+        return tuple(range(self.first_seed, self.first_seed + self.seeds))
+
 
 def parse_params(text: str) -> dict:
     """`--params` value: `method.key=value` (a method parameter) or `key=value` (a schedule field, e.g.
@@ -349,8 +354,7 @@ def bench_model(bm: BenchModel, settings: BenchSettings, matched: list[MatchedRa
     params = memory.param_bytes(bm.module)
     setup = dense = None
     if settings.quality and bm.can_sample:
-        seeds = tuple(range(settings.first_seed, settings.first_seed + settings.seeds))
-        setup = QualitySetup(seeds, settings.steps, bm.res, settings.guidance, dev, settings.dtype)
+        setup = QualitySetup(settings.quality_seeds, settings.steps, bm.res, settings.guidance, dev, settings.dtype)
         dense = draw(bm.small_dit, setup, desc=f"{bm.name} dense samples")
         if grid_rows is not None:
             grid_rows.append(("dense", dense.images))
