@@ -26,6 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from ditreduce.bench.runner import Variants, compile_for
 from ditreduce.model_specs import resolve_model
+from ditreduce.regions import attention_flops
 from ditreduce.schedules import load_schedule
 
 
@@ -68,7 +69,7 @@ def op_flops(name: str, shapes: list) -> tuple[tuple, float] | None:
     The group is the op with its shapes bar the token count (rows of a matmul, q / kv length of attention)."""
     if name.startswith("aten::_scaled_dot_product") and len(shapes) >= 3 and len(shapes[0]) == 4:   # the kernel
         (b, h, lq, d), (_, _, lk, _), v = shapes[0], shapes[1], shapes[2]
-        return ("sdpa", b, h, d, "self" if lq == lk else lk), 2.0 * b * h * lq * lk * (d + v[-1])
+        return ("sdpa", b, h, d, "self" if lq == lk else lk), float(attention_flops(b, h, lq, lk, d, v[-1]))
     first = {"aten::addmm": 1, "aten::mm": 0, "aten::bmm": 0}.get(name)   # addmm's first input is the bias
     if first is not None and len(shapes) >= first + 2:
         a, w = shapes[first], shapes[first + 1]   # (inductor's extern calls record their `out` after these)
