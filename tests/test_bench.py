@@ -69,6 +69,13 @@ def test_speedups_are_computed_from_the_times_of_the_same_repeats(quick):
     assert t.run_speedup.median == pytest.approx(statistics.median(run))
     assert t.run_speedup.min == pytest.approx(min(run)) and t.run_speedup.max == pytest.approx(max(run))
     assert t.achieved_over_ideal == pytest.approx(t.run_speedup.median / r.flops.ideal_speedup)
+    # the speed table states both ideals: per call (dense ÷ the busiest variant's FLOPs) and per run
+    f = r.flops
+    call_ideal = f.whole_dense / f.whole_reduced
+    assert f.call_ideal_speedup == pytest.approx(call_ideal) and call_ideal > f.ideal_speedup  # step 0 dense
+    md = (quick / "results.md").read_text()
+    assert (f"| {call_ideal:.2f}× / {f.ideal_speedup:.2f}× | {t.call_speedup.median / call_ideal:.2f} / "
+            f"{t.achieved_over_ideal:.2f} |") in md
     # the all-dense variant is the captured graph, timed once and shared; graph_speedup = dense / graph
     g = [d / x for d, x in zip(t.dense_times, t.variant_times[0])]
     assert t.graph_speedup.median == pytest.approx(statistics.median(g))
