@@ -242,3 +242,41 @@ def test_onnxruntime_runs_in_graph_methods_like_eager_and_passes_the_tensorrt_li
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
     # the lint reads the very ONNX model ONNX Runtime ran
     assert lint_model(ort.last_capture.runners[ort.last_key].proto) == []
+
+
+def test_inductor_mode_is_validated_and_cuda_graphs_refuse_a_stateful_variant():
+    """backend_options.mode is one of torch.compile's modes (anything else: a BackendError naming them); a
+    mode that replays CUDA graphs on a CUDA call of a variant that carries state (DiTo) is refused by name
+    before anything compiles, while a stateless variant or the CPU goes ahead."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import ditreduce.backends.inductor as inductor
+    from ditreduce.backends import BackendError, BackendOptions, check_backend
+
+    with pytest.raises(BackendError, match="backend_options.mode.*allowed fields"):
+        check_backend("inductor", {"mode": "fast"})
+    opts = check_backend("inductor", {"mode": "reduce-overhead"})[1]
+    stateful, stateless = torch.fx.GraphModule(torch.nn.Module(), torch.fx.Graph()), \
+        torch.fx.GraphModule(torch.nn.Module(), torch.fx.Graph())
+    stateful.meta["ditreduce_state"] = {"inputs": {"blk0": {"y": ((1, 4, 8), torch.float32)}}, "outputs": {}}
+    with FakeTensorMode():
+        on_cuda = {"hidden_states": torch.empty(1, 4, 8, device="cuda")}
+    with pytest.raises(BackendError, match="mode='reduce-overhead'.*'dito:0.5'.*mode 'default'"):
+        inductor.prepare(stateful, on_cuda, "dito:0.5", opts)
+    assert inductor.prepare(stateless, on_cuda, "coredit:0.5", opts).mode == "reduce-overhead"
+    assert inductor.prepare(stateful, {"hidden_states": torch.empty(1, 4, 8)}, "dito:0.5", opts).mode == "reduce-overhead"
+    assert inductor.prepare(stateful, on_cuda, "dito:0.5", BackendOptions(mode="max-autotune-no-cudagraphs")).mode \
+        == "max-autotune-no-cudagraphs"
+
+
+def test_inductor_mode_reaches_torch_compile(monkeypatch):
+    import ditreduce.backends.inductor as inductor
+
+    model, kw = zoo.pixart()
+    seen = []
+    monkeypatch.setattr(inductor.torch, "compile", lambda gm, **o: seen.append(o["mode"]) or gm)  # runs it uncompiled
+    built = compile_with_reduction(model, {"version": 1, "method": "coredit", "ratio": 0.5}, backend="inductor",
+                                   backend_options={"mode": "reduce-overhead"})
+    with torch.no_grad():
+        built(**dict(kw, return_dict=False))
+    assert seen == ["reduce-overhead"]

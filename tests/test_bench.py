@@ -402,7 +402,7 @@ def test_bench_docs_rewrites_only_its_marked_block(tmp_path, quick, capsys):
 
 def test_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
     """tools/gpu_check.sh --dry-run: the GPU script's commands on the CPU at tiny sizes, every step's
-    results.json + markdown under $OUT (about 45-60 s of CPU time: four processes, each importing torch and
+    results.json + markdown under $OUT (about 60-90 s of CPU time: five processes, each importing torch and
     diffusers and capturing once or twice)."""
     import os
     import subprocess
@@ -420,6 +420,8 @@ def test_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
         assert (tmp_path / step / "results.json").stat().st_size > 0
         assert (tmp_path / step / "results.md").stat().st_size > 0
     assert json.loads((tmp_path / "equality" / "results.json").read_text())["passed"] is True
+    assert "| probe-4096 | ok |" in status, status   # tools/gpu_probe.py: one row per method
+    assert "| uniform | " in (tmp_path / "probe-4096" / "results.md").read_text()
     speed_res = BenchResults.load(tmp_path / "speed-4096-eager" / "results.json")
     assert speed_res.settings["dtype"] == "bf16" and speed_res.settings["device"] == "cpu"
     assert "## quality-small-dit" in (tmp_path / "summary.md").read_text()

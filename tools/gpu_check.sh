@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tools/gpu_check.sh — the CUDA tables of docs/benchmarks.md in one run (< 8 min on one H200).
+# tools/gpu_check.sh — the CUDA tables of docs/benchmarks.md in one run (about 7-9 min on one H200).
 #
 #   bash tools/gpu_check.sh                 # on the GPU machine, from the repository root
 #   bash tools/gpu_check.sh --dry-run       # the same commands on the CPU at tiny sizes (CI: tests/test_bench.py)
@@ -15,12 +15,19 @@
 #                    FLOPs at equal ratio, so --no-equal-flops), every step reduced, $DTYPE (bf16), CUDA
 #                    events; backends eager and inductor, and onnxruntime (CUDA provider) when its package
 #                    offers CUDAExecutionProvider. One bench per backend, so a failing backend loses only its own table.
-#   3. quality-small-dit/
+#   3. probe-4096/, probe-16384/
+#                    `python tools/gpu_probe.py` on the same shapes (eager): per method, wall-clock speedup as
+#                    called, of the variant alone and replayed as a CUDA graph, kernel-time speedup, kernel
+#                    launches, host-to-device copies and stream syncs per call (run after the eager tables)
+#   4. quality-small-dit/
 #                    `ditreduce bench small-dit` at 20 steps on 6 seeds, same methods, ratios 0.3,0.5, fp32,
-#                    first 20 % of the steps dense (run before the compiled tables)
-#   4. summary.md    each step's status and wall time, then every step's results.md
+#                    first 20 % of the steps dense (run last)
+#   5. summary.md    each step's status and wall time, then every step's results.md
 # Steps run in that order under one time budget (BUDGET_S, default 450 s): a step that would start with
 # less than its minimum left is skipped and says so in summary.md, and each runs under `timeout`.
+# Knobs (environment): METHODS (coredit,dito,tome,uniform), BACKENDS (eager,inductor), REPEATS (10; 16384
+# tokens: REPEATS_16384, 3), COMPILED_TOKENS ("4096 16384") and COMPILED_METHODS (METHODS) for the compiled
+# backends, which build one graph per variant.
 #
 # Wheels. The GPU machine has Python and torch (CUDA) but cannot download. Beside torch, the run needs
 # diffusers, pydantic (+ pydantic-core, annotated-types, typing-extensions, typing-inspection), pyyaml,
@@ -72,14 +79,14 @@ if [ "$DRY_RUN" = 1 ]; then
   SMALL=small-dit:16; PIX_A=pixart-alpha:256:1; PIX_B=pixart-alpha:64:1; EQ_MODELS=$SMALL
   STEPS=2; SEEDS=1; REPEATS=1; WARMUP=0; BACKENDS=eager; METHODS=${DRY_METHODS:-uniform}
   EQ_METHODS=$METHODS; EQ_DTYPES=fp32; Q_RATIOS=0.5
-  EXTRA=(--threads 1 --no-memory)
+  EXTRA=(--threads 1 --no-memory); PROBE_CALLS=1; PROBE_REPEATS=1; PROBE_TOKENS=4096
   TSCALE=10; BUDGET_S=${DRY_BUDGET_S:-3000}
 else
   DEVICE=cuda; DTYPE=${DTYPE:-bf16}; QDTYPE=${QUALITY_DTYPE:-fp32}
   SMALL=small-dit; PIX_A=pixart-alpha:4096:2; PIX_B=pixart-alpha:16384:1; EQ_MODELS=$SMALL,pixart-alpha:1024:1
-  STEPS=20; SEEDS=6; REPEATS=10; WARMUP=2; BACKENDS=eager,inductor
+  STEPS=20; SEEDS=6; REPEATS=${REPEATS:-10}; WARMUP=2; BACKENDS=${BACKENDS:-eager,inductor}
   EQ_METHODS=$METHODS,todo,random; EQ_DTYPES=${EQ_DTYPES:-fp32}; Q_RATIOS=0.3,0.5   # EQ_DTYPES=fp32,bf16: bf16 reported
-  EXTRA=()
+  EXTRA=(); PROBE_CALLS=20; PROBE_REPEATS=5; PROBE_TOKENS="4096 16384"
   if [ -d "$WHEELS" ]; then
     "$PY" -m pip install -q --no-index --find-links "$WHEELS" "diffusers>=0.42,<0.43" "pydantic>=2.6" "pyyaml>=6" \
       "safetensors>=0.4" "numpy>=1.26" "scikit-image>=0.24" "tqdm>=4.60" "matplotlib>=3.8" \
@@ -163,25 +170,38 @@ sys.exit(0 if ok else 1)
 PY
 
 # 2. speed tables: one bench per token count and backend (a backend that fails loses only its table)
-SPEED=(--methods "$METHODS" --scopes attention+proj --ratios 0.5 --no-equal-flops --dense-fraction 0 --no-quality
-       --dtype "$DTYPE" --repeats "$REPEATS" --warmup "$WARMUP" --steps 20)
+SPEED=(--scopes attention+proj --ratios 0.5 --no-equal-flops --dense-fraction 0 --no-quality
+       --dtype "$DTYPE" --warmup "$WARMUP" --steps 20)
+# 16384 tokens: REPEATS_16384 repeats (default 3: one 20-step run there is ~20x the 4096 one); compiled
+# backends build one graph per variant, so they run COMPILED_TOKENS (default 4096 16384) and COMPILED_METHODS
 IFS=, read -r -a BACKEND_LIST <<< "$BACKENDS"
 for backend in "${BACKEND_LIST[@]}"; do
-  min=15; max=60; [ "$backend" != eager ] && { min=60; max=180; }   # compiled: one build per variant
-  for tokens in 4096 16384; do
-    spec=$PIX_A; [ $tokens = 16384 ] && spec=$PIX_B
-    step "speed-$tokens-$backend" "$min" "$max" "${BENCH[@]}" "$spec" --backends "$backend" "${SPEED[@]}" \
-      --out "$OUT/speed-$tokens-$backend"
+  min=15; max=90; tokens_list="4096 16384"; methods=$METHODS
+  if [ "$backend" != eager ]; then
+    min=90; max=240; tokens_list=${COMPILED_TOKENS:-4096 16384}; methods=${COMPILED_METHODS:-$METHODS}
+  fi
+  for tokens in $tokens_list; do
+    spec=$PIX_A; reps=$REPEATS; tmax=$max
+    [ $tokens = 16384 ] && { spec=$PIX_B; reps=${REPEATS_16384:-3}; [ "$DRY_RUN" = 1 ] && reps=1; tmax=$((max * 2)); }
+    step "speed-$tokens-$backend" "$min" "$tmax" "${BENCH[@]}" "$spec" --backends "$backend" "${SPEED[@]}" \
+      --methods "$methods" --repeats "$reps" --out "$OUT/speed-$tokens-$backend"
   done
   if [ "$backend" = eager ]; then
-    # 3. quality of the small DiT (after the eager tables, before the compiled ones)
-    step quality-small-dit 30 150 "${BENCH[@]}" "$SMALL" --methods "$METHODS" --scopes attention+proj --no-equal-flops \
-      --ratios "$Q_RATIOS" --steps "$STEPS" --seeds "$SEEDS" --dtype "$QDTYPE" --repeats "$REPEATS" \
-      --warmup "$WARMUP" --out "$OUT/quality-small-dit"
+    # 3. where the eager time goes: launches, host copies, syncs, kernel time, CUDA-graph replay (tools/gpu_probe.py)
+    for tokens in $PROBE_TOKENS; do
+      spec=$PIX_A; calls=$PROBE_CALLS; [ $tokens = 16384 ] && { spec=$PIX_B; calls=$(( (calls + 1) / 2 )); }
+      step "probe-$tokens" 20 90 "$PY" tools/gpu_probe.py "$spec" --methods "$METHODS" --dtype "$DTYPE" \
+        --calls "$calls" --repeats "$PROBE_REPEATS" --out "$OUT/probe-$tokens"
+    done
   fi
 done
 
-# 4. summary: status, then every step's markdown
+# 4. quality of the small DiT (last: on a GPU its small calls are launch-bound, ~150-300 s)
+step quality-small-dit 30 300 "${BENCH[@]}" "$SMALL" --methods "$METHODS" --scopes attention+proj --no-equal-flops \
+  --ratios "$Q_RATIOS" --steps "$STEPS" --seeds "$SEEDS" --dtype "$QDTYPE" --repeats "$REPEATS" \
+  --warmup "$WARMUP" --out "$OUT/quality-small-dit"
+
+# 5. summary: status, then every step's markdown
 {
   if [ "$DRY_RUN" = 1 ]; then echo "# gpu_check.sh dry run (CPU, tiny sizes: plumbing only, not figures)"
   else echo "# gpu_check.sh"; fi

@@ -24,6 +24,8 @@ class BackendOptions(BaseModel):
     providers: list[str] | None = None                       # onnxruntime: execution providers (default CPU)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"      # tensorrt: engine precision
     workspace_gib: float = Field(4.0, gt=0)                  # tensorrt: builder workspace limit
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # inductor: torch.compile's mode; on CUDA, reduce-overhead replays each variant as a CUDA graph
 
 
 def check_backend(name: str, options: dict | BackendOptions | None = None) -> tuple[str, BackendOptions]:

@@ -1,4 +1,4 @@
-"""inductor: each variant graph compiled once with torch.compile(fullgraph=True).
+"""inductor: each variant graph compiled once with torch.compile(fullgraph=True, mode=backend_options.mode).
 
 The variant is first re-exported to plain ATen (backends.programs.export_program: its regions, and
 the in-graph selections of CoReDiT / ToMe / DiTo with their constant lattice tables, trace into gathers,
@@ -18,14 +18,15 @@ import time
 
 import torch
 
+from ..errors import BackendError
 from ..passes.site import RUN_TIME_TEXT
 from ..regions import pointwise_products
 from .programs import export_program
 
 
 class CompiledVariant:
-    def __init__(self, gm: torch.fx.GraphModule, label: str):
-        self.gm, self.label = gm, label
+    def __init__(self, gm: torch.fx.GraphModule, label: str, mode: str = "default"):
+        self.gm, self.label, self.mode = gm, label, mode
         self.compile_seconds: float | None = None   # export + compile + first run
         self.fn = None
 
@@ -36,7 +37,7 @@ class CompiledVariant:
             t0 = time.perf_counter()
             with pointwise_products():   # the window merge fused with its gather (regions.pointwise_products)
                 aten = export_program(self.gm, kw).module()
-            self.fn = torch.compile(aten, fullgraph=True, dynamic=False, backend="inductor")
+            self.fn = torch.compile(aten, fullgraph=True, dynamic=False, backend="inductor", mode=self.mode)
             out = self.fn(**kw)
             self.compile_seconds = time.perf_counter() - t0
             return out
@@ -48,5 +49,18 @@ class CompiledVariant:
         return torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True)
 
 
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")   # torch.compile modes that replay CUDA graphs
+
+
 def prepare(gm, kw: dict, label: str, options) -> CompiledVariant:
-    return CompiledVariant(gm, label)
+    if options.mode in CUDA_GRAPH_MODES and gm.meta.get("ditreduce_state") and _on_cuda(kw):
+        raise BackendError(
+            f"backend_options.mode={options.mode!r} replays each variant as a CUDA graph, and variant {label!r} "
+            "carries method state from one call to the next (DiTo's matching), which CUDA-graph replay does not "
+            "support here (on torch 2.11 / an H200 the call fails inside dynamo); for a stateful schedule use "
+            "mode 'default' or 'max-autotune-no-cudagraphs', or a stateless method (coredit, tome, ...)")
+    return CompiledVariant(gm, label, options.mode)
+
+
+def _on_cuda(kw: dict) -> bool:
+    return any(isinstance(v, torch.Tensor) and v.device.type == "cuda" for v in kw.values())

@@ -23,11 +23,11 @@ from annotated_types import Interval
 
 from ..regions import Selection, identity_selection, regions_forced, take_tokens
 from .base import Method, register_method
-from .lattice import (DIRECTIONS, frames, grouped_k, inverse_positions, neighbour_cosines, neighbour_table, share_cfg_halves,
-                      topk_indices, window_argmin)
+from .lattice import (DIRECTIONS, frames, grouped_k, inverse_positions, neighbour_cosines, neighbour_table, on_device,
+                      share_cfg_halves, topk_indices, window_argmin)
 
 ANCHOR_PRIORITY = 1e4
-OPPOSITE = torch.tensor([DIRECTIONS.index((-dy, -dx)) for dy, dx in DIRECTIONS])  # added to the keep score of a window's anchor: always kept
+OPPOSITE = torch.tensor([DIRECTIONS.index((-dy, -dx)) for dy, dx in DIRECTIONS])  # direction d's opposite direction
 
 
 def coherence(sims: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -45,8 +45,7 @@ def coredit_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, tau: float
     if k >= n and not regions_forced():
         return identity_selection(n, device=x.device)
     k = min(k, n)
-    nbr, valid = neighbour_table(tuple(lattice))
-    nbr, valid = nbr.to(x.device), valid.to(x.device)
+    nbr, valid = on_device(neighbour_table(tuple(lattice)), x.device)
     sims = neighbour_cosines(x, lattice)                          # [B, N, 8]
     if cfg == "shared":
         sims = share_cfg_halves(sims, pairs)
@@ -69,7 +68,7 @@ def coredit_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, tau: float
     # pooled reduce: a kept token enters attention as the mean of itself and the pruned neighbours that
     # will be rebuilt from it, weighted by the reconstruct weights (their transpose)
     w8 = torch.zeros_like(sims).scatter(2, slot, wn)             # weight token i gives its neighbour in dir d
-    incoming = w8.reshape(b, -1).index_select(1, (nbr * 8 + OPPOSITE.to(x.device)).reshape(-1)).reshape(b, n, 8)
+    incoming = w8.reshape(b, -1).index_select(1, (nbr * 8 + on_device(OPPOSITE, x.device)).reshape(-1)).reshape(b, n, 8)
     incoming = incoming * valid
     mw = torch.cat([torch.ones(b, k, 1, device=x.device), take_tokens(incoming, kept, 1)], -1)
     mw = mw / mw.sum(-1, keepdim=True)

@@ -28,6 +28,46 @@ def static_table(fn):
     return wrapper
 
 
+_ON_DEVICE: dict = {}   # (id(table), device) -> (table, its copy on device)
+
+
+def on_device(table, device):
+    """A static_table's result (a tensor, or a tuple / dict of them) on `device`, copied there once per
+    device: the graph calls a method's selection on every call, and a fresh host copy each time is a
+    synchronising host-to-device transfer on CUDA (the stream drains before every region). A device this
+    process cannot allocate on (a fake `cuda` while a graph is traced without a GPU) gets a traced copy."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return table
+    if not _allocatable(device):
+        return _to(table, device)
+    key = (id(table), device)
+    hit = _ON_DEVICE.get(key)
+    if hit is None or hit[0] is not table:
+        if len(_ON_DEVICE) > 256:
+            _ON_DEVICE.clear()
+        with unset_fake_temporarily(), disable_proxy_modes_tracing(), torch.no_grad():
+            hit = _ON_DEVICE[key] = (table, _to(table, device))
+    return hit[1]
+
+
+def _allocatable(device: torch.device) -> bool:
+    if device.type == "meta":
+        return True
+    backend = getattr(torch, device.type, None)
+    return bool(backend is not None and getattr(backend, "is_available", lambda: False)())
+
+
+def _to(table, device):
+    if isinstance(table, torch.Tensor):
+        return table.to(device)
+    if isinstance(table, dict):
+        return {key: _to(v, device) for key, v in table.items()}
+    if isinstance(table, tuple):
+        return tuple(_to(v, device) for v in table)
+    return table
+
+
 def frames(lattice: tuple[int, ...]) -> tuple[int, int, int]:
     """(F, H, W) of an image (H, W) or video (F, H, W) lattice; neighbours are taken within a frame."""
     return (1, *lattice) if len(lattice) == 2 else tuple(lattice)

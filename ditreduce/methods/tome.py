@@ -18,7 +18,7 @@ import torch
 
 from ..regions import WINDOW_OFFSETS, Selection, identity_selection, regions_forced
 from .base import Method, register_method
-from .lattice import frames, inverse_positions, share_cfg_halves, static_table, topk_groups
+from .lattice import frames, inverse_positions, on_device, share_cfg_halves, static_table, topk_groups
 
 OFFSETS = WINDOW_OFFSETS  # a source's 9 candidate windows, in the order of its `arg` (and of regions' wmix)
 
@@ -69,8 +69,8 @@ def tome_tables(lattice: tuple[int, ...], seed: int) -> dict:
 
 
 def tables_on(lattice, seed: int, device) -> dict:
-    """tome_tables with its tensors on `device` (the graph functions' input device)."""
-    return {key: (v.to(device) if isinstance(v, torch.Tensor) else v) for key, v in tome_tables(tuple(lattice), seed).items()}
+    """tome_tables with its tensors on `device` (the graph functions' input device), copied there once."""
+    return on_device(tome_tables(tuple(lattice), seed), device)
 
 
 def _window_tables(src_tok, dst_tok, cand, fhw) -> dict:
