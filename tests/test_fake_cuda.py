@@ -14,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import zoo
 from ditreduce import compile_with_reduction
+from ditreduce.backends.programs import export_program
 
 aten = torch.ops.aten
 CUDA = torch.device("cuda", 0)
@@ -182,7 +183,8 @@ def test_no_variant_copies_from_the_host_on_each_call():
     """A variant run on a device other than the CPU (meta here, CUDA in use) reads its constant tables
     from that device: copied there once, never per call. A per-call copy from host memory synchronises
     the CUDA stream before every region (measured on an H200: 28 such copies per ToMe call, 56 per DiTo
-    call, each call 2-3x slower than dense; docs/backends.md)."""
+    call, each call 2-3x slower than dense; docs/benchmarks.md "On a GPU"). The re-exported program the
+    compiled backends build from holds them as constants on the device too."""
     model, kw = _meta_model("handdit", torch.bfloat16)
     steps = _steps(METHODS)   # every method x scope; the tables are the same functions on any model
     reduced = compile_with_reduction(model, _schedule("handdit", steps))
@@ -201,3 +203,8 @@ def test_no_variant_copies_from_the_host_on_each_call():
                 out = gm(**call)
             assert seen.copies == [], (method, scope, seen.copies[:5])
         assert (out[0][0] if isinstance(out[0], tuple) else out[0]).device.type == "meta"
+        if method in IN_GRAPH and scope == "attention+proj":
+            # the program inductor / ONNX / TensorRT compile holds the tables as constants on the device
+            ep = export_program(gm, call)
+            assert ep.constants and {v.device.type for v in ep.constants.values()} == {"meta"}, method
+            assert not [n for n in ep.graph.nodes if n.target == aten._to_copy.default and "device" in n.kwargs]
