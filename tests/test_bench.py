@@ -425,3 +425,18 @@ def test_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
     speed_res = BenchResults.load(tmp_path / "speed-4096-eager" / "results.json")
     assert speed_res.settings["dtype"] == "bf16" and speed_res.settings["device"] == "cpu"
     assert "## quality-small-dit" in (tmp_path / "summary.md").read_text()
+
+
+def test_inductor_mode_compiles_the_variants_and_the_dense_baseline_alike(monkeypatch):
+    """`bench --inductor-mode M`: the inductor variants get backend_options mode M and the dense baseline is
+    torch.compile(module, mode=M), so a CUDA-graph table compares CUDA graphs with CUDA graphs."""
+    bm = resolve_model("small-dit:16")
+    seen = []
+    monkeypatch.setattr(runner.torch, "compile", lambda m, **o: seen.append(o.get("mode")) or m)
+    reduced = runner.compile_for(bm.module, {"method": "uniform", "ratio": 0.5}, "inductor", "cpu", "reduce-overhead")
+    assert reduced.backend_options.mode == "reduce-overhead"
+    assert runner.compile_for(bm.module, {"method": "uniform", "ratio": 0.5}, "inductor").backend_options.mode == "default"
+    call, what = runner._dense_baseline(bm, "inductor", {}, "reduce-overhead")
+    assert seen == ["reduce-overhead"] and what == "torch.compile(module, mode='reduce-overhead') (inductor)"
+    with pytest.raises(SystemExit):
+        main(["bench", "small-dit:16", "--inductor-mode", "fast"])

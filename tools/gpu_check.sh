@@ -13,8 +13,10 @@
 #                    `ditreduce bench pixart-alpha:4096:2` / `pixart-alpha:16384:1`, dense / coredit / dito /
 #                    tome / uniform in attention+proj at ratio 0.5 (all four reduce q and k/v: equal
 #                    FLOPs at equal ratio, so --no-equal-flops), every step reduced, $DTYPE (bf16), CUDA
-#                    events; backends eager and inductor, and onnxruntime (CUDA provider) when its package
-#                    offers CUDAExecutionProvider. One bench per backend, so a failing backend loses only its own table.
+#                    events; backends eager, inductor and cudagraphs (inductor, reduce-overhead), and
+#                    onnxruntime (CUDA provider) when its package offers CUDAExecutionProvider; the compiled
+#                    ones at 4096 tokens unless COMPILED_TOKENS says more. One bench per backend and token
+#                    count, so a failing backend loses only its own table.
 #   3. probe-4096/, probe-16384/
 #                    `python tools/gpu_probe.py` on the same shapes (eager): per method, wall-clock speedup as
 #                    called, of the variant alone and replayed as a CUDA graph, kernel-time speedup, kernel
@@ -25,9 +27,11 @@
 #   5. summary.md    each step's status and wall time, then every step's results.md
 # Steps run in that order under one time budget (BUDGET_S, default 450 s): a step that would start with
 # less than its minimum left is skipped and says so in summary.md, and each runs under `timeout`.
-# Knobs (environment): METHODS (coredit,dito,tome,uniform), BACKENDS (eager,inductor), REPEATS (10; 16384
-# tokens: REPEATS_16384, 3), COMPILED_TOKENS ("4096 16384") and COMPILED_METHODS (METHODS) for the compiled
-# backends, which build one graph per variant.
+# Knobs (environment): METHODS (coredit,dito,tome,uniform), BACKENDS (eager,inductor,cudagraphs; cudagraphs:
+# inductor with --inductor-mode reduce-overhead on CUDAGRAPH_METHODS, default coredit,tome,uniform), REPEATS
+# (10; 16384 tokens: REPEATS_16384, 3), COMPILED_TOKENS ("4096"; "4096 16384" adds the 16384-token compiled
+# tables) and COMPILED_METHODS (METHODS) for the compiled backends, which build one graph per variant.
+# Suggested call on one H200: BUDGET_S=540 COMPILED_METHODS=coredit,dito under a 600 s limit.
 #
 # Wheels. The GPU machine has Python and torch (CUDA) but cannot download. Beside torch, the run needs
 # diffusers, pydantic (+ pydantic-core, annotated-types, typing-extensions, typing-inspection), pyyaml,
@@ -84,7 +88,7 @@ if [ "$DRY_RUN" = 1 ]; then
 else
   DEVICE=cuda; DTYPE=${DTYPE:-bf16}; QDTYPE=${QUALITY_DTYPE:-fp32}
   SMALL=small-dit; PIX_A=pixart-alpha:4096:2; PIX_B=pixart-alpha:16384:1; EQ_MODELS=$SMALL,pixart-alpha:1024:1
-  STEPS=20; SEEDS=6; REPEATS=${REPEATS:-10}; WARMUP=2; BACKENDS=${BACKENDS:-eager,inductor}
+  STEPS=20; SEEDS=6; REPEATS=${REPEATS:-10}; WARMUP=2; BACKENDS=${BACKENDS:-eager,inductor,cudagraphs}
   EQ_METHODS=$METHODS,todo,random; EQ_DTYPES=${EQ_DTYPES:-fp32}; Q_RATIOS=0.3,0.5   # EQ_DTYPES=fp32,bf16: bf16 reported
   EXTRA=(); PROBE_CALLS=20; PROBE_REPEATS=5; PROBE_TOKENS="4096 16384"
   if [ -d "$WHEELS" ]; then
@@ -173,17 +177,21 @@ PY
 SPEED=(--scopes attention+proj --ratios 0.5 --no-equal-flops --dense-fraction 0 --no-quality
        --dtype "$DTYPE" --warmup "$WARMUP" --steps 20)
 # 16384 tokens: REPEATS_16384 repeats (default 3: one 20-step run there is ~20x the 4096 one); compiled
-# backends build one graph per variant, so they run COMPILED_TOKENS (default 4096 16384) and COMPILED_METHODS
+# backends build one graph per variant, so they run COMPILED_TOKENS (default 4096) and COMPILED_METHODS;
+# `cudagraphs` is inductor with --inductor-mode reduce-overhead on CUDAGRAPH_METHODS (DiTo, stateful, is refused there)
 IFS=, read -r -a BACKEND_LIST <<< "$BACKENDS"
 for backend in "${BACKEND_LIST[@]}"; do
-  min=15; max=90; tokens_list="4096 16384"; methods=$METHODS
+  min=15; max=90; tokens_list="4096 16384"; methods=$METHODS; as=("--backends" "$backend")
   if [ "$backend" != eager ]; then
-    min=90; max=240; tokens_list=${COMPILED_TOKENS:-4096 16384}; methods=${COMPILED_METHODS:-$METHODS}
+    min=90; max=240; tokens_list=${COMPILED_TOKENS:-4096}; methods=${COMPILED_METHODS:-$METHODS}
+  fi
+  if [ "$backend" = cudagraphs ]; then
+    methods=${CUDAGRAPH_METHODS:-coredit,tome,uniform}; as=(--backends inductor --inductor-mode reduce-overhead)
   fi
   for tokens in $tokens_list; do
     spec=$PIX_A; reps=$REPEATS; tmax=$max
     [ $tokens = 16384 ] && { spec=$PIX_B; reps=${REPEATS_16384:-3}; [ "$DRY_RUN" = 1 ] && reps=1; tmax=$((max * 2)); }
-    step "speed-$tokens-$backend" "$min" "$tmax" "${BENCH[@]}" "$spec" --backends "$backend" "${SPEED[@]}" \
+    step "speed-$tokens-$backend" "$min" "$tmax" "${BENCH[@]}" "$spec" "${as[@]}" "${SPEED[@]}" \
       --methods "$methods" --repeats "$reps" --out "$OUT/speed-$tokens-$backend"
   done
   if [ "$backend" = eager ]; then

@@ -14,6 +14,6 @@ ExportedProgram per variant (Torch-TensorRT, AOTInductor) is `programs.py`.
 from __future__ import annotations
 
 from ..errors import BackendError
-from .base import BACKENDS, BackendOptions, check_backend, prepare_variant, variant_label
+from .base import BACKENDS, INDUCTOR_MODES, BackendOptions, check_backend, prepare_variant, variant_label
 
-__all__ = ["BACKENDS", "BackendError", "BackendOptions", "check_backend", "prepare_variant", "variant_label"]
+__all__ = ["BACKENDS", "INDUCTOR_MODES", "BackendError", "BackendOptions", "check_backend", "prepare_variant", "variant_label"]

@@ -8,13 +8,15 @@ clock, state and variant choice stay in the runner that calls it (runtime.Reduce
 from __future__ import annotations
 
 import importlib
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import BackendError
 
 BACKENDS = ("eager", "inductor", "aotinductor", "onnxruntime", "tensorrt")
+InductorMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+INDUCTOR_MODES = get_args(InductorMode)   # torch.compile's modes
 
 
 class BackendOptions(BaseModel):
@@ -24,7 +26,7 @@ class BackendOptions(BaseModel):
     providers: list[str] | None = None                       # onnxruntime: execution providers (default CPU)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"      # tensorrt: engine precision
     workspace_gib: float = Field(4.0, gt=0)                  # tensorrt: builder workspace limit
-    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    mode: InductorMode = "default"
     # inductor: torch.compile's mode; on CUDA, reduce-overhead replays each variant as a CUDA graph
 
 

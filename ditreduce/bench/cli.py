@@ -16,7 +16,7 @@ def _names(text: str) -> list[str]:
 
 def add_subcommands(sub) -> None:
     """Register `bench` on the `ditreduce` argparse subparsers."""
-    from ..backends import BACKENDS
+    from ..backends import BACKENDS, INDUCTOR_MODES
     from .runner import PREFERRED_METHODS, known_scopes
 
     b = sub.add_parser("bench", help="quality / speed / FLOPs / memory tables and plots for every method",
@@ -42,6 +42,9 @@ def add_subcommands(sub) -> None:
                    "--params dito.interval=2,dito.lam=0.3")
     b.add_argument("--device", default="cpu", help="cpu (default) | cuda | cuda:N: the model, its inputs and "
                    "the timing (CUDA events) and memory (peak CUDA allocation) on that device")
+    b.add_argument("--inductor-mode", default="default", choices=list(INDUCTOR_MODES),
+                   help="torch.compile mode of the inductor backend and its dense baseline (reduce-overhead: CUDA "
+                   "graphs on a GPU; a stateful method (dito) is refused there and listed as a named error)")
     b.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="model and input dtype (timesteps stay fp32; default fp32)")
     b.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default 20)")
@@ -138,7 +141,8 @@ def cmd_bench(args) -> int:
         dense_fraction=args.dense_fraction, repeats=_pick(args.repeats, QUICK["repeats"], 5, q),
         warmup=_pick(args.warmup, QUICK["warmup"], 1, q), guidance=args.guidance,
         equal_flops=not args.no_equal_flops, quality=not args.no_quality, memory=not args.no_memory,
-        device=args.device, dtype=args.dtype, params=args.params, schedules=args.schedule)
+        device=args.device, dtype=args.dtype, inductor_mode=args.inductor_mode, params=args.params,
+        schedules=args.schedule)
     if args.schedule and not args.methods:
         settings.methods = []
     specs = args.models or (QUICK["models"] if q else ["small-dit"])

@@ -73,6 +73,7 @@ class BenchSettings:
     memory: bool = True
     device: str = "cpu"
     dtype: str = "fp32"
+    inductor_mode: str = "default"   # torch.compile's mode for the inductor backend and its dense baseline
     # parameter sets (see parse_params): each runs as its own configuration of the methods it names
     params: list[dict] = field(default_factory=list)
     # schedule files / presets, each one configuration named by the file (run as written, not FLOPs-matched)
@@ -194,12 +195,15 @@ def validate(settings: BenchSettings) -> None:
                          f"(torch.cuda.is_available() is False); use --device cpu")
 
 
-def compile_for(model, schedule, backend: str, device: str = "cpu"):
-    """compile_with_reduction on `backend`; ONNX Runtime runs on its CUDA provider when the device is cuda."""
+def compile_for(model, schedule, backend: str, device: str = "cpu", inductor_mode: str = "default"):
+    """compile_with_reduction on `backend`; ONNX Runtime runs on its CUDA provider when the device is cuda,
+    inductor in `inductor_mode`."""
     from .. import compile_with_reduction
 
     options = {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]} \
         if backend == "onnxruntime" and device.startswith("cuda") else None
+    if backend == "inductor" and inductor_mode != "default":
+        options = {"mode": inductor_mode}
     return compile_with_reduction(model, schedule, backend=backend, backend_options=options)
 
 
@@ -295,15 +299,17 @@ def flops_record(dense: Flops, per_variant: list[Flops], per_step: list[int]) ->
     return rec, busiest
 
 
-def _dense_baseline(bm: BenchModel, backend: str, cache: dict):
-    """(callable, description) of dense for a backend: the eager module, or torch.compile'd for inductor."""
+def _dense_baseline(bm: BenchModel, backend: str, cache: dict, inductor_mode: str = "default"):
+    """(callable, description) of dense for a backend: the eager module, or torch.compile'd for inductor
+    (in the mode the variants compile in)."""
     if backend == "eager":
         return (lambda: bm.module(**bm.kwargs)), "eager module"
     if backend == "inductor":
         if "inductor" not in cache:
-            cache["inductor"] = torch.compile(bm.module)
+            cache["inductor"] = torch.compile(bm.module, mode=inductor_mode)
         fn = cache["inductor"]
-        return (lambda: fn(**bm.kwargs)), "torch.compile(module) (inductor)"
+        mode = "" if inductor_mode == "default" else f", mode={inductor_mode!r}"
+        return (lambda: fn(**bm.kwargs)), f"torch.compile(module{mode}) (inductor)"
     return (lambda: bm.module(**bm.kwargs)), "eager module (no dense build for this backend)"
 
 
@@ -434,8 +440,8 @@ def _time_backend(bm: BenchModel, settings: BenchSettings, backend: str, built: 
             if backend == "eager":
                 run = eager
             else:
-                run = Variants(compile_for(bm.module, base["schedule"], backend, settings.device), bm.kwargs,
-                               settings.steps)
+                run = Variants(compile_for(bm.module, base["schedule"], backend, settings.device,
+                                           settings.inductor_mode), bm.kwargs, settings.steps)
                 diff = backend_diff(run, eager, busiest)
         except NAMED_ERRORS as e:
             rows.append(Row(**base, backend=backend, error=f"{type(e).__name__}: {e}"))
@@ -443,7 +449,7 @@ def _time_backend(bm: BenchModel, settings: BenchSettings, backend: str, built: 
         runs.append((base, run, flops, busiest, mem, qual, diff))
     if not runs:
         return rows
-    dense_call, dense_what = _dense_baseline(bm, backend, baselines)
+    dense_call, dense_what = _dense_baseline(bm, backend, baselines, settings.inductor_mode)
     fns = {"dense": dense_call, "graph": runs[0][1].graph_caller()}
     for i, (_, run, *_rest) in enumerate(runs):
         fns |= {f"c{i}v{v}": run.caller(v) for v, key in enumerate(run.keys) if not _is_dense_key(key)}
