@@ -116,7 +116,8 @@ class ReducedModel(nn.Module):
             with self._lock:
                 cap = self.captures.get(sig)
                 if cap is None:
-                    cap = self.captures[sig] = analyze(self.model, kw, self.schedule)
+                    with _building():
+                        cap = self.captures[sig] = analyze(self.model, kw, self.schedule)
         self.last_capture = cap
         return cap
 
@@ -134,7 +135,8 @@ class ReducedModel(nn.Module):
             with self._lock:
                 gm = cap.variants.get(key)
                 if gm is None:
-                    gm = rewrite(cap.graph, cap.sites, key) if any(c is not None for c in key) else cap.graph
+                    with _building():
+                        gm = rewrite(cap.graph, cap.sites, key) if any(c is not None for c in key) else cap.graph
                     cap.variants[key] = gm
         return gm
 
@@ -146,7 +148,8 @@ class ReducedModel(nn.Module):
             with self._lock:
                 run = cap.runners.get(key)
                 if run is None:
-                    run = cap.runners[key] = prepare_variant(self.backend, gm, key, kw, self.backend_options)
+                    with _building():
+                        run = cap.runners[key] = prepare_variant(self.backend, gm, key, kw, self.backend_options)
         return run
 
     @property
@@ -210,6 +213,13 @@ class ReducedModel(nn.Module):
             raise RuntimeError("ReducedModel captures lazily on its first call: call it once (or capture(**kwargs)) "
                                "before report()")
         return build_report(self, self.last_capture, num_steps or self.num_steps())
+
+
+def _building():
+    """Where captures, rewrites and backend builds run: outside torch.inference_mode() even when the first call
+    is inside one, so the constants they keep (selection tables, buffers) are ordinary tensors; an inference
+    tensor kept there would fail every later call that records autograd."""
+    return torch.inference_mode(False)
 
 
 def compile_with_reduction(model: nn.Module, schedule="uniform-50", backend: str = "eager",

@@ -88,3 +88,30 @@ def test_wrapping_twice_is_an_error():
     assert isinstance(r, ReducedModel)
     with pytest.raises(TypeError):
         compile_with_reduction(r, "uniform-50")
+
+
+@pytest.mark.parametrize("method", ["uniform", "random", "todo", "coredit", "tome"])
+def test_a_first_call_under_inference_mode_leaves_no_inference_tensor_behind(method):
+    """The constants a reduced model keeps (static selections as buffers, in-graph methods' cached lattice
+    tables) are built outside torch.inference_mode() even when the first call is inside it: a later call
+    that records autograd runs (an inference tensor saved for backward was a RuntimeError) and gives the same
+    output."""
+    from ditreduce.methods.lattice import clear_tables
+
+    clear_tables()   # the tables are built in this test's first call, whatever ran before it
+    model, kw = zoo.pixart()
+    kw = dict(kw, return_dict=False)
+    reduced = compile_with_reduction(model, {"method": method, "ratio": 0.5, "num_steps": 4})
+    reduced.set_step(3, 4)
+    with torch.inference_mode():
+        first = reduced(**kw)[0]
+    x = kw["hidden_states"].clone().requires_grad_(True)
+    out = reduced(**dict(kw, hidden_states=x))[0]
+    out.square().sum().backward()
+    torch.testing.assert_close(out.detach(), first, rtol=1e-5, atol=1e-5)
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    if method in ("coredit", "tome"):   # in-graph: a table evicted from its cache is rebuilt by a later call
+        clear_tables()
+        with torch.inference_mode():
+            reduced(**kw)
+        reduced(**dict(kw, hidden_states=x))[0].sum().backward()

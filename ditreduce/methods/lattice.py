@@ -3,6 +3,7 @@ N×N), static neighbour / window tables, TopK that respects the lowering limit, 
 kept set. Everything traces to Pad / Slice / Gather / TopK / ScatterElements (no reduction)."""
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import lru_cache, wraps
 
@@ -16,19 +17,38 @@ MAX_TOPK = 3840  # TensorRT's TopK limit: K must be a constant <= 3840
 DIRECTIONS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
+_CACHES: list = []      # every static_table's lru_cache
+_ON_DEVICE: dict = {}   # (id(table), device) -> (table, its copy on device)
+
+
 def static_table(fn):
     """Cache a function of (lattice, ints) that builds constant tables, and build them as real tensors
-    even when first called while a graph is traced (fake tensors, export): they are graph constants."""
+    even when first called while a graph is traced (fake tensors, export): they are graph constants. They
+    are ordinary tensors even when first built under torch.inference_mode(): an inference tensor in the
+    cache would make every later call with autograd on fail (index_select saves its index for backward)."""
     cached = lru_cache(maxsize=64)(fn)
+    _CACHES.append(cached)
 
     @wraps(fn)
     def wrapper(*args):
-        with unset_fake_temporarily(), disable_proxy_modes_tracing(), torch.no_grad():
+        with _constant_context():
             return cached(*args)
     return wrapper
 
 
-_ON_DEVICE: dict = {}   # (id(table), device) -> (table, its copy on device)
+def clear_tables() -> None:
+    """Drop every cached constant table and its device copies (they are rebuilt on the next call)."""
+    for cached in _CACHES:
+        cached.cache_clear()
+    _ON_DEVICE.clear()
+
+
+def _constant_context():
+    """Where constant tables are built: real tensors (no fake mode, no tracing), no autograd, no inference mode."""
+    stack = contextlib.ExitStack()
+    for cm in (unset_fake_temporarily(), disable_proxy_modes_tracing(), torch.inference_mode(False), torch.no_grad()):
+        stack.enter_context(cm)
+    return stack
 
 
 def on_device(table, device):
@@ -46,7 +66,7 @@ def on_device(table, device):
     if hit is None or hit[0] is not table:
         if len(_ON_DEVICE) > 256:
             _ON_DEVICE.clear()
-        with unset_fake_temporarily(), disable_proxy_modes_tracing(), torch.no_grad():
+        with _constant_context():
             hit = _ON_DEVICE[key] = (table, _to(table, device))
     return hit[1]
 
