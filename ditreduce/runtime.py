@@ -218,8 +218,14 @@ class ReducedModel(nn.Module):
 def _building():
     """Where captures, rewrites and backend builds run: outside torch.inference_mode() even when the first call
     is inside one, so the constants they keep (selection tables, buffers) are ordinary tensors; an inference
-    tensor kept there would fail every later call that records autograd."""
-    return torch.inference_mode(False)
+    tensor kept there would fail every later call that records autograd. Grad mode stays off (leaving inference
+    mode with inference_mode(False) alone would turn it on); outside inference mode nothing changes."""
+    if not torch.is_inference_mode_enabled():
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
+    stack.enter_context(torch.no_grad())
+    return stack
 
 
 def compile_with_reduction(model: nn.Module, schedule="uniform-50", backend: str = "eager",

@@ -46,8 +46,11 @@ def clear_tables() -> None:
 def _constant_context():
     """Where constant tables are built: real tensors (no fake mode, no tracing), no autograd, no inference mode."""
     stack = contextlib.ExitStack()
-    for cm in (unset_fake_temporarily(), disable_proxy_modes_tracing(), torch.inference_mode(False), torch.no_grad()):
-        stack.enter_context(cm)
+    stack.enter_context(unset_fake_temporarily())
+    stack.enter_context(disable_proxy_modes_tracing())
+    if torch.is_inference_mode_enabled():
+        stack.enter_context(torch.inference_mode(False))
+    stack.enter_context(torch.no_grad())   # after inference_mode(False), which turns grad mode on
     return stack
 
 
