@@ -75,6 +75,19 @@ def regions_forced() -> bool:
     return _FORCED[0]
 
 
+@contextlib.contextmanager
+def outside_inference_mode():
+    """Where the constants a reduced model keeps are built (captures, rewrites, backend builds, cached
+    tables): outside torch.inference_mode() even when the call that builds them is inside one, so they are
+    ordinary tensors (an inference tensor kept there fails every later call that records autograd), with
+    grad mode off (inference_mode(False) alone turns it on). Outside inference mode nothing changes."""
+    if not torch.is_inference_mode_enabled():
+        yield
+        return
+    with torch.inference_mode(False), torch.no_grad():
+        yield
+
+
 _POINTWISE = [False]
 
 

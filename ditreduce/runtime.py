@@ -16,6 +16,7 @@ from .passes import capture as capture_pass
 from .passes.inputs import lattice_signature, timestep_value
 from .passes.pipeline import Analysis, analyze
 from .passes.rewrite import rewrite
+from .regions import outside_inference_mode
 from .run_state import Generations, latent_of
 from .schedules import Schedule, load_schedule
 from .schedules.lower import NumStepsUnknown
@@ -116,7 +117,7 @@ class ReducedModel(nn.Module):
             with self._lock:
                 cap = self.captures.get(sig)
                 if cap is None:
-                    with _building():
+                    with outside_inference_mode():
                         cap = self.captures[sig] = analyze(self.model, kw, self.schedule)
         self.last_capture = cap
         return cap
@@ -135,7 +136,7 @@ class ReducedModel(nn.Module):
             with self._lock:
                 gm = cap.variants.get(key)
                 if gm is None:
-                    with _building():
+                    with outside_inference_mode():
                         gm = rewrite(cap.graph, cap.sites, key) if any(c is not None for c in key) else cap.graph
                     cap.variants[key] = gm
         return gm
@@ -148,7 +149,7 @@ class ReducedModel(nn.Module):
             with self._lock:
                 run = cap.runners.get(key)
                 if run is None:
-                    with _building():
+                    with outside_inference_mode():
                         run = cap.runners[key] = prepare_variant(self.backend, gm, key, kw, self.backend_options)
         return run
 
@@ -213,19 +214,6 @@ class ReducedModel(nn.Module):
             raise RuntimeError("ReducedModel captures lazily on its first call: call it once (or capture(**kwargs)) "
                                "before report()")
         return build_report(self, self.last_capture, num_steps or self.num_steps())
-
-
-def _building():
-    """Where captures, rewrites and backend builds run: outside torch.inference_mode() even when the first call
-    is inside one, so the constants they keep (selection tables, buffers) are ordinary tensors; an inference
-    tensor kept there would fail every later call that records autograd. Grad mode stays off (leaving inference
-    mode with inference_mode(False) alone would turn it on); outside inference mode nothing changes."""
-    if not torch.is_inference_mode_enabled():
-        return contextlib.nullcontext()
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.inference_mode(False))
-    stack.enter_context(torch.no_grad())
-    return stack
 
 
 def compile_with_reduction(model: nn.Module, schedule="uniform-50", backend: str = "eager",

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 
+from ..regions import outside_inference_mode
+
 MAX_TOPK = 3840  # TensorRT's TopK limit: K must be a constant <= 3840
 # the 8 in-frame neighbours, in a fixed order (slot m+1 of a reconstruct selection is direction m)
 DIRECTIONS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -48,9 +50,8 @@ def _constant_context():
     stack = contextlib.ExitStack()
     stack.enter_context(unset_fake_temporarily())
     stack.enter_context(disable_proxy_modes_tracing())
-    if torch.is_inference_mode_enabled():
-        stack.enter_context(torch.inference_mode(False))
-    stack.enter_context(torch.no_grad())   # after inference_mode(False), which turns grad mode on
+    stack.enter_context(outside_inference_mode())
+    stack.enter_context(torch.no_grad())
     return stack
 
 
