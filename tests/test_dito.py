@@ -9,6 +9,7 @@ import zoo
 from ditreduce import compile_with_reduction
 from ditreduce.calibration.dito import calibrate_dito, choose_interval, pmr, pmr_curve
 from ditreduce.methods.dito import StateError
+from ditreduce.backends.base import variant_label
 from ditreduce.schedules.plan import phase_keys
 from ditreduce.methods.graph import image_tokens
 from ditreduce.methods.tome import tome_select
@@ -78,6 +79,46 @@ def test_phases_prime_match_reduce():
     # no dense step before: the first DiTo step itself is the (dense) prime step
     phases = [dict(k[0].params)["phase"] for k in phase_keys([(cfg,)] * 3)]
     assert phases == ["prime", "match", "reduce"]
+
+
+def test_reduce_steps_no_later_matching_reads_become_tail_steps_without_adding_a_variant():
+    cfg = RegionConfig("dito", 0.5, 32, 64, (("interval", 20), ("phase", "auto")))
+    keys = [(None,), (None,)] + [(cfg,)] * 6
+    phases = lambda ks: [None if k[0] is None else dict(k[0].params)["phase"] for k in ks]
+    assert phases(phase_keys(keys, complete=True)) == [None, "prime", "match"] + ["tail"] * 5
+    assert phases(phase_keys(keys)) == [None, "prime", "match"] + ["reduce"] * 5   # an open plan's prefix
+    # interval 3: the reduce steps between matchings are read later, so their configuration keeps `reduce`
+    # for every step, the last two included (one variant, not two)
+    every3 = RegionConfig("dito", 0.5, 32, 64, (("interval", 3), ("phase", "auto")))
+    assert phases(phase_keys([(every3,)] * 7, complete=True)) == ["prime", "match", "reduce", "reduce", "match",
+                                                                   "reduce", "reduce"]
+    # a ratio change re-matches from the y of the steps before it: those stay live, the last run's are tails
+    half = RegionConfig("dito", 0.25, 48, 64, (("interval", 20), ("phase", "auto")))
+    assert phases(phase_keys([(cfg,)] * 4 + [(half,)] * 3, complete=True)) == [
+        "prime", "match", "reduce", "reduce", "match", "tail", "tail"]
+
+
+def test_tail_steps_carry_no_y_and_give_the_outputs_of_reduce_steps():
+    """The same generation with the run known (tail steps: no refresh, state without y / count) and as an open
+    plan (num_steps unknown: reduce steps) gives equal outputs; the tail variant has no dito_refresh node."""
+    m, kw = _pixart()
+    sched = {"version": 1, "method": "dito", "ratio": 0.5, "scope": "attention+proj",
+             "params": {"dito": {"interval": 100, "cfg": "per_sample"}}}
+    known = compile_with_reduction(m, sched)
+    ref = _generate(known, kw)
+    plan = known.plan(known.last_capture, len(TIMES))
+    labels = [variant_label(plan.keys[i]) for i in plan.per_step]
+    assert all(" tail " in lab for lab in labels[2:]), labels
+    assert all("y" not in st and "count" not in st and "kept" in st for st in known.state.values())
+    tail = known.variant(known.last_capture, plan.keys[plan.per_step[-1]])
+    assert not [n for n in tail.graph.nodes if getattr(n.target, "__name__", "") == "dito_refresh"]
+    open_plan = compile_with_reduction(m, sched)
+    with torch.no_grad():
+        got = [_out(open_plan(**dict(kw, timestep=torch.full_like(kw["timestep"], t)))) for t in TIMES]
+    assert open_plan.num_steps() is None
+    assert all("y" in st for st in open_plan.state.values())  # reduce steps: y carried
+    for i, (a, b) in enumerate(zip(got, ref)):
+        assert torch.equal(a, b), f"step {i}"
 
 
 # --- state reset, determinism ------------------------------------------------------------------------

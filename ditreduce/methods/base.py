@@ -99,10 +99,11 @@ class Method:
         return k
 
     @classmethod
-    def assign_phases(cls, column: list) -> list:
+    def assign_phases(cls, column: list, complete: bool = False) -> list:
         """One site's per-step configs (a RegionConfig or None per step, a run in order) -> the same with
         this method's configs replaced by the per-step variants it needs. Identity for methods without
-        phases; DiTo makes prime / match / reduce steps. Called by schedules.plan for every method present."""
+        phases; DiTo makes prime / match / reduce / tail steps. complete: the column is the whole run (an open
+        plan's is a prefix). Called by schedules.plan for every method present."""
         return column
 
     def select(self, x: torch.Tensor | None, lattice: tuple[int, ...], k: int) -> Selection:

@@ -10,8 +10,13 @@ Phases (static per variant; `DiTo.assign_phases` gives them to the steps of a ru
           s = best − lam · count, the r = N − k best-scoring sources merge into their best destination.
           Emits y, the correspondences (merged, unmerged, arg) and count + 1 for every merged source.
   reduce  reuses the last correspondences (no similarity) and passes them on; emits y.
+  tail    a reduce step that no later matching reads (after a run's last `match`): it carries only the
+          correspondences and their Selection, no y and no counts, and refreshes nothing.
 `y` is each token's last computed output: merged sources keep their previous value (dito_refresh).
-A step is `match` every `interval` steps from the first DiTo step, and whenever k / params change.
+A step is `match` every `interval` steps from the first DiTo step, and whenever k / params change; with the
+whole run known (num_steps), the reduce steps of a configuration that no later matching reads are `tail`
+steps (state liveness, DiTo.assign_phases: only where every reduce step of that configuration is one, so no
+variant is added).
 
 State per site (graph inputs `state.<site>.<name>`, outputs `state_out.<site>.<name>`):
   y [B, N, C] (model dtype)  count [B, S] float32  merged [B, r] int64  unmerged [B, S − r] int64
@@ -32,7 +37,7 @@ from .base import Method, register_method
 from .lattice import inverse_positions, share_cfg_halves, static_table
 from .tome import _local_similarity, _split_sources, merge_selection, tables_on, tome_kept, tome_tables
 
-PHASES = ("auto", "prime", "match", "reduce")
+PHASES = ("auto", "prime", "match", "reduce", "tail")
 PAIR_STATE = ("merged", "unmerged", "arg")
 SEL_STATE = ("kept", "src", "mw", "wmix", "sizes")   # the matching's Selection (its other fields are tables)
 
@@ -40,9 +45,10 @@ SEL_STATE = ("kept", "src", "mw", "wmix", "sizes")   # the matching's Selection 
 def state_names(phase: str, merges: bool) -> tuple[tuple, tuple]:
     """(state inputs, state outputs) of a site's variant in `phase`; `merges`: its region merges tokens
     (k < N, or forced), so the matching's Selection travels with the pairs."""
-    sel = SEL_STATE if merges else ()
-    ins = {"prime": (), "match": ("y", "count"), "reduce": ("y", "count") + PAIR_STATE + sel}[phase]
-    return ins, (("y", "count") if phase == "prime" else ("y", "count") + PAIR_STATE + sel)
+    carried = PAIR_STATE + (SEL_STATE if merges else ())
+    ins = {"prime": (), "match": ("y", "count"), "reduce": ("y", "count") + carried, "tail": carried}[phase]
+    outs = {"prime": ("y", "count"), "tail": carried}.get(phase, ("y", "count") + carried)
+    return ins, outs
 
 
 from ..errors import ScheduleError, StateError  # noqa: F401  (StateError re-exported)
@@ -188,10 +194,11 @@ class DiTo(Method):
                                                                      "cfg": cfg, "lam": float(p["lam"])})
             parts = [b.call(_item, [res, i]) for i in range(4)]
             merged, unmerged, arg, count = parts
-        else:
-            merged, unmerged, arg, count = st["merged"], st["unmerged"], st["arg"], st["count"]
-        b.state_out.update({"merged": merged, "unmerged": unmerged, "arg": arg, "count": count})
-        if phase == "reduce" and "kept" in ins:
+            b.state_out.update({"merged": merged, "unmerged": unmerged, "arg": arg, "count": count})
+        else:   # reduce / tail: the correspondences (and the counts, where carried) pass on as they came
+            merged, unmerged, arg = st["merged"], st["unmerged"], st["arg"]
+            b.state_out.update({name: st[name] for name in PAIR_STATE + ("count",) if name in outs})
+        if phase in ("reduce", "tail") and "kept" in ins:
             sel = b.call(dito_stored_selection, [st[name] for name in SEL_STATE], {"lattice": lattice, "seed": seed})
         else:
             sel = b.call(dito_selection, [merged, unmerged, arg], {"n": n, "lattice": lattice, "k": k, "seed": seed,
@@ -202,7 +209,10 @@ class DiTo(Method):
 
 
     def finish_state(self, b, y) -> None:
-        """The site's output tokens y [B, N, C] become state `y`; a prime step also starts the counts."""
+        """The site's output tokens y [B, N, C] become state `y`; a prime step also starts the counts. A tail
+        step carries no y: no later matching reads it."""
+        if self.params["phase"] == "tail":
+            return
         if "y" in b.state_in:
             y = b.call(dito_refresh, [b.state_in["y"], y, b.image_sel], before=y.next)
         b.state_out["y"] = y
@@ -212,10 +222,11 @@ class DiTo(Method):
 
 
     @classmethod
-    def assign_phases(cls, column: list) -> list:
+    def assign_phases(cls, column: list, complete: bool = False) -> list:
         """The dense step before a DiTo run becomes its `prime` step (or the run's first step, when no dense
         step precedes it); then `match` every `interval` steps from the first DiTo step and whenever k / params
-        change, `reduce` between."""
+        change, `reduce` between. complete: `column` is the whole run (num_steps known), so the reduce steps
+        no later matching reads become `tail` steps (_tail_steps)."""
         out = list(column)
         prev_id, since = None, None
         for i, cfg in enumerate(column):
@@ -238,7 +249,35 @@ class DiTo(Method):
                 since = i
             prev_id = _run_id(cfg)
             out[i] = _with_phase(cfg, "match" if (i - since) % interval == 0 else "reduce")
-        return out
+        return _tail_steps(out) if complete else out
+
+
+def _phase(cfg) -> str | None:
+    return None if cfg is None or cfg.method != DiTo.name else dict(cfg.params).get("phase")
+
+
+def _tail_steps(column: list) -> list:
+    """State liveness over a whole run: a reduce step's y and counts are read only by a later `match` step of
+    the same DiTo run (each step passes them on; a prime or dense step starts afresh). The reduce steps of a
+    configuration whose y no later matching reads become `tail` steps, which neither refresh nor carry
+    them; a configuration with any live reduce step keeps `reduce` for all its steps (one variant serves
+    both, so liveness never adds a variant)."""
+    live, read_later = [], False
+    for cfg in reversed(column):
+        live.append(read_later)
+        phase = _phase(cfg)
+        read_later = phase == "match" or (phase == "reduce" and read_later)
+    live.reverse()
+    groups: dict[tuple, list[int]] = {}
+    for i, cfg in enumerate(column):
+        if _phase(cfg) == "reduce":
+            groups.setdefault(_run_id(cfg), []).append(i)
+    out = list(column)
+    for steps in groups.values():
+        if not any(live[i] for i in steps):
+            for i in steps:
+                out[i] = _with_phase(column[i], "tail")
+    return out
 
 
 def _item(t: tuple, i: int):

@@ -5,7 +5,7 @@
 A variant key is one RegionConfig (or None: dense) per site. Lowering gives each step its key
 (`lower.plan_key`); then every method present in a site's column of keys over the steps may rewrite
 that column (`Method.assign_phases`: identity by default; DiTo turns its steps into prime / match /
-reduce phases). The runtime, the exporters, report(), the bench and calibration read only the plan.
+reduce / tail phases, tail only where the whole run is known). The runtime, the exporters, report(), the bench and calibration read only the plan.
 
 With num_steps unknown (a pipeline that never says, a schedule without step_fraction rules) the plan
 is open: it grows as steps are asked for, each step lowered once.
@@ -36,17 +36,18 @@ def is_step_dependent(schedule: Schedule) -> bool:
     return schedule.step_dependent or is_stateful(schedule)
 
 
-def _phase_column(column: list) -> list:
+def _phase_column(column: list, complete: bool) -> list:
     for name in dict.fromkeys(c.method for c in column if c is not None):
-        column = get_method(name).assign_phases(column)
+        column = get_method(name).assign_phases(column, complete)
     return column
 
 
-def phase_keys(raw: list[tuple]) -> list[tuple]:
-    """Per-step keys with every method's phases assigned, column (site) by column."""
+def phase_keys(raw: list[tuple], complete: bool = False) -> list[tuple]:
+    """Per-step keys with every method's phases assigned, column (site) by column. complete: `raw` is the whole
+    run, so a method may use what later steps read (DiTo's tail steps); an open plan's prefix is not."""
     if not raw:
         return []
-    cols = [_phase_column([key[j] for key in raw]) for j in range(len(raw[0]))]
+    cols = [_phase_column([key[j] for key in raw], complete) for j in range(len(raw[0]))]
     return [tuple(col[i] for col in cols) for i in range(len(raw))]
 
 
@@ -87,7 +88,7 @@ class RunPlan:
         want = length if self.num_steps is not None else length + 1
         while len(self._raw) < want:
             self._raw.append(plan_key(self.schedule, self.sites, len(self._raw), self.num_steps))
-        for key in phase_keys(self._raw)[len(self.per_step):length]:
+        for key in phase_keys(self._raw, complete=self.num_steps is not None)[len(self.per_step):length]:
             self.per_step.append(self._index(key))
 
     def _index(self, key: tuple) -> int:
