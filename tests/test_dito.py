@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import zoo
@@ -219,8 +219,9 @@ def test_penalty_lowers_max_selection_count():
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
 @given(family=st.sampled_from(["pixart", "handdit", "flux"]), h=st.integers(2, 6), w=st.integers(2, 6),
        batch=st.integers(1, 2), interval=st.integers(1, 3), scope=st.sampled_from(["attention", "attention+proj", "block"]))
+@example(family="pixart", h=4, w=3, batch=2, interval=100, scope="attention+proj")   # match, then tail steps
 def test_ratio_zero_is_equivalence(family, h, w, batch, interval, scope):
-    """Forced regions: the prime, match and reduce steps at k = N run merge_selection on their (empty)
+    """Forced regions: the prime, match, reduce and tail steps at k = N run merge_selection on their (empty)
     matchings and the full gather / sdpa / reconstruct path."""
     model, kw = zoo.build(family, grid=(h, w), batch=batch)
     if family != "handdit":
