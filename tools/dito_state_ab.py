@@ -3,7 +3,7 @@
     python tools/dito_state_ab.py small-dit docs/dito-prop-0.6.yaml --backend inductor --repeats 25
     python tools/dito_state_ab.py small-dit docs/dito-prop-0.65-once-blocks.yaml --backend eager --tail
 
-Default (`--compare selection`): the Selection read from state (`stored`, what the method does) against one
+Default: the Selection read from state (`stored`, what the method does) against one
 rebuilt from the matching's pairs inside the graph every step (`rebuilt`: `dito.state_names` patched to carry
 only the pairs, so the graph runs dito_selection). `--tail`: a `tail` step (`tail`: no `y` / `count` carried,
 no refresh; what the plan gives a step no later matching reads) against the `reduce` step it replaces
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from unittest import mock
 
 import torch
 from ab_timing import report, time_interleaved
@@ -26,16 +27,6 @@ import ditreduce.methods.dito as dito
 from ditreduce.bench.runner import Variants, compile_for
 from ditreduce.model_specs import resolve_model
 from ditreduce.schedules import load_schedule
-
-
-@contextlib.contextmanager
-def _patched(name: str, value):
-    old = getattr(dito, name)
-    setattr(dito, name, value)
-    try:
-        yield
-    finally:
-        setattr(dito, name, old)
 
 
 def _pairs_only(phase: str, merges: bool):
@@ -63,7 +54,7 @@ def main() -> None:
     fns, outs = {}, {}
     with torch.no_grad():
         for name, patch, phase in forms:
-            with _patched(*patch) if patch else contextlib.nullcontext():
+            with mock.patch.object(dito, *patch) if patch else contextlib.nullcontext():
                 run = Variants(compile_for(bm.module, sched, args.backend), bm.kwargs, args.steps)
                 last = str(run.keys[-1])
                 want = (phase,) if phase else ("reduce", "tail")

@@ -5,7 +5,8 @@
 A variant key is one RegionConfig (or None: dense) per site. Lowering gives each step its key
 (`lower.plan_key`); then every method present in a site's column of keys over the steps may rewrite
 that column (`Method.assign_phases`: identity by default; DiTo turns its steps into prime / match /
-reduce / tail phases, tail only where the whole run is known). The runtime, the exporters, report(), the bench and calibration read only the plan.
+reduce / tail phases, tail only where the whole run is known). The runtime, the exporters, report(), the
+bench and calibration read only the plan.
 
 With num_steps unknown (a pipeline that never says, a schedule without step_fraction rules) the plan
 is open: it grows as steps are asked for, each step lowered once.
