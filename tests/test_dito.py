@@ -312,6 +312,27 @@ def test_onnx_export_names_state_and_runs_in_ort():
                 torch.testing.assert_close(out, ref[i], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # ONNX export of 4 variants + ORT sessions
+def test_onnx_tail_variant_carries_only_the_matching_and_runs_a_whole_generation_in_ort(tmp_path):
+    """One matching per run: the exported tail variant's state I/O is the pairs and the Selection (no y, no
+    count), and the ONNX Runtime manifest runner gives eager's outputs at every step of the generation."""
+    pytest.importorskip("onnxruntime")
+    from ditreduce.backends.onnxruntime import load_onnx
+
+    m, kw = _pixart()
+    reduced = compile_with_reduction(m, _sched(interval=100))
+    ref = _generate(reduced, kw)
+    man = reduced.export(tmp_path, num_steps=len(TIMES), **kw)
+    tail = man.variants[man.steps[-1]]
+    names = {i.name.rsplit(".", 1)[1] for i in tail.state_inputs}
+    assert names == {"merged", "unmerged", "arg", "kept", "src", "mw", "wmix", "sizes"}, names
+    assert {o.name.rsplit(".", 1)[1] for o in tail.state_outputs} == names
+    ort = load_onnx(tmp_path / "manifest.json")
+    got = _generate(ort, kw)
+    for i, (a, b) in enumerate(zip(got, ref)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"step {i}")
+
+
 # --- PMR and calibration ----------------------------------------------------------------------------
 def test_pmr_on_synthetic_pair_sets():
     a = torch.tensor([[1, 0], [3, 2], [5, 4], [7, 6]])
