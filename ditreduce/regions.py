@@ -114,16 +114,24 @@ def is_identity(sel: Selection, n: int) -> bool:
 
 
 def take_tokens(x: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
-    """x[..., idx, ...] along `dim`; idx is [Bs, k] with Bs 1 (shared) or x.shape[0] (per sample)."""
+    """x[..., idx, ...] along `dim`; idx is [Bs, k] with Bs 1 (shared) or x.shape[0] (per sample).
+
+    One row gather on dim 0 of x seen as [rows · N, C] (the leading dims folded into the index): on CPU
+    `index_select` along an inner dim walks the tensor element-wise, about twice as slow as the dim-0 row
+    copy at the region's sizes. A shared index on a non-contiguous x (an expanded mask) keeps the inner-dim
+    gather, which reads it in place instead of materialising it."""
     dim = dim % x.dim()
-    if idx.shape[0] == 1 or dim == 0:
+    if dim == 0 or (idx.shape[0] == 1 and not x.is_contiguous()):
         return x.index_select(dim, idx[0])
     shape = x.shape
     n, k = shape[dim], idx.shape[1]
     lead = shape[:dim]
     rows = math.prod(lead)
-    per_lead = idx.reshape((idx.shape[0],) + (1,) * (dim - 1) + (k,)).expand(*lead, k).reshape(rows, k)
-    flat_idx = (per_lead + torch.arange(rows, device=x.device)[:, None] * n).reshape(-1)
+    if rows == 1:
+        flat_idx = idx[0]
+    else:
+        per_lead = idx.reshape((idx.shape[0],) + (1,) * (dim - 1) + (k,)).expand(*lead, k).reshape(rows, k)
+        flat_idx = (per_lead + torch.arange(rows, device=x.device)[:, None] * n).reshape(-1)
     flat = x.reshape(rows * n, -1).index_select(0, flat_idx)
     return flat.reshape(*lead, k, *shape[dim + 1:])
 
@@ -161,12 +169,14 @@ def _window_merge(x: torch.Tensor, wtok: torch.Tensor, wmix: torch.Tensor, dim: 
     wb = wmix.to(x.dtype).reshape(bs, *([1] * (dim - 1)), f * hp * wp, no, t)
     wb = wb.expand(*lead, f * hp * wp, no, t).reshape(rows, f, hp, wp, no, t)
     g = g.reshape(rows, f, hp, wp, t, width)
-    sent = None if _POINTWISE[0] else \
-        torch.bmm(wb.reshape(-1, no, t), g.reshape(-1, t, width)).reshape(rows, f, hp, wp, no, width)
     out = None
     for o, (oy, ox) in enumerate(WINDOW_OFFSETS):  # destination j receives what window j - offset sent it
         at = (slice(None), slice(None), slice(1 - oy, 1 - oy + hw), slice(1 - ox, 1 - ox + ww))
-        part = (wb[at + (o, slice(None), None)] * g[at]).sum(-2) if sent is None else sent[at + (o,)]
+        if _POINTWISE[0]:
+            part = (wb[at + (o, slice(None), None)] * g[at]).sum(-2)
+        else:
+            sent = torch.bmm(wb[..., o:o + 1, :].reshape(-1, 1, t), g.reshape(-1, t, width))
+            part = sent.reshape(rows, f, hp, wp, width)[at]
         out = part.clone() if out is None else out.add_(part)
     return out.reshape(*lead, f * hw * ww, *rest)
 

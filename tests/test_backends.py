@@ -158,7 +158,7 @@ def test_inductor_backend_matches_eager_and_records_compile_seconds():
 def test_inductor_gets_the_merges_as_fusable_products(monkeypatch):
     """The graph handed to inductor writes ToMe's window merge as products and sums that inductor fuses
     with their gathers (regions.pointwise_products); the graph the other backends export keeps one bmm
-    per merge. Both compute the eager output."""
+    per window offset (nine per merge). Both compute the eager output."""
     import ditreduce.backends.inductor as inductor
 
     model, kw = zoo.pixart()
@@ -173,10 +173,10 @@ def test_inductor_gets_the_merges_as_fusable_products(monkeypatch):
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(plain(**kw)[0], ref, rtol=1e-5, atol=1e-5)
 
-    def merges(gm):  # the window merge's [9, 4] x [4, C] products (ToMe's similarity is a bmm too: kept)
+    def merges(gm):  # the window merge's [1, 4] x [4, C] products (ToMe's similarity is a bmm too: kept)
         return sum(n.op == "call_function" and n.target == torch.ops.aten.bmm.default
-                   and tuple(n.args[0].meta["val"].shape[-2:]) == (9, 4) for n in gm.graph.nodes)
-    assert merges(handed[0]) == 0 and merges(plain) == 2   # one per self-attention site
+                   and tuple(n.args[0].meta["val"].shape[-2:]) == (1, 4) for n in gm.graph.nodes)
+    assert merges(handed[0]) == 0 and merges(plain) == 2 * 9   # nine per self-attention site
 
 
 @pytest.mark.slow  # two inductor compiles per method (~10-30 s each here)

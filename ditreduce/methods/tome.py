@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import torch
+import torch.nn.functional as F
 
-from ..regions import WINDOW_OFFSETS, Selection, identity_selection, regions_forced
+from ..regions import WINDOW_OFFSETS, Selection, identity_selection, regions_forced, take_tokens
 from .base import Method, register_method
 from .lattice import frames, inverse_positions, on_device, share_cfg_halves, static_table, topk_groups
 
@@ -104,8 +105,10 @@ def _window_tables(src_tok, dst_tok, cand, fhw) -> dict:
     wsrc[inner] = slot_src.reshape(nw, 3)
     wdst = torch.full((f * hp * wp,), nw, dtype=torch.long)  # dst-list index of each window, nw: none
     wdst[inner] = torch.arange(nw)
+    # each source's slot in the padded grid's [windows, 3 sources] (window-major), for _local_similarity
+    pad_src_pos = inner.nonzero()[:, 0].index_select(0, src_pos // 3) * 3 + src_pos % 3
     return {"win_srcs": win_srcs.reshape(-1), "win_cand": win_cand.reshape(-1), "src_pos": src_pos, "nw": nw,
-            "wtok": wtok.reshape(1, f, hp, wp, 4), "wsrc": wsrc.reshape(-1), "wdst": wdst}
+            "wtok": wtok.reshape(1, f, hp, wp, 4), "wsrc": wsrc.reshape(-1), "wdst": wdst, "pad_src_pos": pad_src_pos}
 
 
 def merge_groups(s: int) -> int:
@@ -123,17 +126,31 @@ def tome_kept(n: int, k: int, lattice: tuple[int, ...]) -> int:
 
 
 def _local_similarity(x: torch.Tensor, t: dict) -> torch.Tensor:
-    """[B, S, 9] cosine of every source to the destinations of the 3×3 windows around its own: one batched
-    [3, C] × [C, 9] product per window on the raw tokens, divided by the norms (F.normalize's eps) on the
-    [B, S, 9] result (no normalised [B, N, C] copy)."""
+    """[B, S, 9] cosine of every source to the destinations of the 3×3 windows around its own.
+
+    One row gather of the windows' tokens on the padded window grid (wtok: destination, then up to 3
+    sources, a ring of empty windows around each frame). Flattened over batch and windows, the 3
+    neighbours of window p in a row of the grid are windows p + dy·Wp + (-1, 0, 1): an overlapping
+    strided view of the destinations (`unfold`, no copy), so each of the 3 rows of offsets is one batched
+    [3, C] × [C, 3] product per window. Only inner windows are computed; their neighbours stay inside
+    the same frame's padded grid, so no product crosses a frame or a sample. Divided by the norms
+    (F.normalize's eps) on the [B, S, 9] result (no normalised [B, N, C] copy, no [windows, 9, C] gather)."""
     x = x.float()
-    b, c, nw = x.shape[0], x.shape[-1], t["nw"]
-    norm = torch.linalg.vector_norm(x, dim=-1).clamp_min(1e-12)               # [B, N]
-    us = x.index_select(1, t["win_srcs"]).reshape(b * nw, 3, c)
-    ud = x.index_select(1, t["win_cand"]).reshape(b * nw, 9, c)
-    sims = torch.bmm(us, ud.transpose(1, 2)).reshape(b, nw, 3, 9)
-    scale = norm.index_select(1, t["win_srcs"]).reshape(b, nw, 3, 1) * norm.index_select(1, t["win_cand"]).reshape(b, nw, 1, 9)
-    return (sims / scale).reshape(b, nw * 3, 9).index_select(1, t["src_pos"])
+    b, c = x.shape[0], x.shape[-1]
+    _, f, hp, wp, slots = t["wtok"].shape
+    p = f * hp * wp
+    g = take_tokens(x, t["wtok"].reshape(1, -1), 1).reshape(b * p, slots, c)  # [B·P, dst | 3 sources, C]
+    norm = torch.linalg.vector_norm(g, dim=-1).clamp_min(1e-12)              # [B·P, 4]
+    m = wp + 1                                     # first window whose 9 neighbours are inside the array
+    length = b * p - 2 * m
+    dots, dnorms = [], []
+    for dy in (-1, 0, 1):                          # WINDOW_OFFSETS order: dy outer, dx inner
+        lo = m + dy * wp - 1
+        dots.append(torch.bmm(g[m:m + length, 1:], g[lo:lo + length + 2, 0].unfold(0, 3, 1)))
+        dnorms.append(norm[lo:lo + length + 2, 0].unfold(0, 3, 1))
+    sims = torch.cat(dots, -1) / (norm[m:m + length, 1:, None] * torch.cat(dnorms, -1)[:, None, :])
+    sims = F.pad(sims, (0, 0, 0, 0, m, m)).reshape(b, p * (slots - 1), 9)  # ring windows: zeros, never read
+    return sims.index_select(1, t["pad_src_pos"])
 
 
 def tome_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, seed: int = 0, cfg: str = "per_sample",
