@@ -16,7 +16,7 @@ The region ABI (see docs/how-it-works.md, "Region ABI"):
                     attention then reads it instead of counting it (token_sizes: an O(N·k) one-hot)
 
     reduce(x, sel)           = gather(x, kept)          or  sum_r mw * gather(x, msrc[..., r])   # [..., k, C]
-                               (window form: one [9, T] x [T, C] product per window, then 9 shifted adds)
+                               (window form: per offset one [1, T] x [T, C] product per window, 9 shifted adds)
     reconstruct(y_kept, sel) = sum_m w[..., m] * gather(y_kept, src[..., m])                    # [..., N, C]
 
 Bs is 1 (one pattern for the whole batch) or B. Every gather is a row gather (`index_select` on the
@@ -94,10 +94,10 @@ _POINTWISE = [False]
 @contextlib.contextmanager
 def pointwise_products(on: bool = True):
     """While active, the local-window merge (ToMe / DiTo) is traced as broadcast products and sums instead of
-    one batched [9, T] x [T, C] product per window. Inductor fuses those with the windows' gather into one
+    batched [1, T] x [T, C] products per window and offset. Inductor fuses those with the windows' gather into one
     loop, where the batched product stays a separate, poorly vectorised tiny-GEMM call (backends.inductor /
-    aotinductor trace their variants inside this). Eager, ONNX and TensorRT keep the batched product:
-    unfused, one bmm is faster than the products and sums it replaces, and it is one MatMul node in ONNX.
+    aotinductor trace their variants inside this). Eager, ONNX and TensorRT keep the batched products:
+    unfused, a bmm is faster than the products and sums it replaces, and it is one MatMul node in ONNX.
     The slot sums (reconstruct, CoReDiT's pooled merge) stay batched products everywhere: as fused sums
     the reduced CoReDiT call of the PixArt-α shape at 4096 tokens ran 6 % slower on inductor
     (tools/inductor_merge_ab.py). Equal results (to float rounding)."""
@@ -157,10 +157,14 @@ WINDOW_OFFSETS = tuple((oy, ox) for oy in (-1, 0, 1) for ox in (-1, 0, 1))  # wm
 
 def _window_merge(x: torch.Tensor, wtok: torch.Tensor, wmix: torch.Tensor, dim: int) -> torch.Tensor:
     """The merged destinations [..., F·H·W windows, ...] of a local-window merge: one row gather of the
-    windows' tokens (each token read once), one batched [9, T] × [T, C] product per window giving what the
-    window sends to each of the 9 windows around it, and 9 shifted adds (strided slices of the padded
-    window grid: no gather of 28 slots, no scatter). Inside pointwise_products() the product is written as
-    products and sums over the 9 offsets' slices instead (one fused loop under inductor)."""
+    windows' tokens (each token read once), then for each of the 9 offsets one batched [1, T] × [T, C]
+    product per window (what the window sends to the destination at that offset) added, as a strided slice
+    of the padded window grid, into the destinations: no gather of 28 slots, no scatter. Per offset, not
+    one [9, T] × [T, C] product: its [windows, 9, C] output is 2.25 times the input, a fresh allocation
+    that cost more than the product on CPU (allocations above glibc's 32 MiB mmap threshold are
+    page-faulted in on every call); each per-offset output is destination-sized. Inside
+    pointwise_products() the product is written as products and sums over the 9 offsets' slices instead
+    (one fused loop under inductor)."""
     bs, f, hp, wp, no, t = wmix.shape
     hw, ww = hp - 2, wp - 2
     g = take_tokens(x, wtok.reshape(1, -1), dim)
