@@ -16,7 +16,7 @@ The region ABI (see docs/how-it-works.md, "Region ABI"):
                     attention then reads it instead of counting it (token_sizes: an O(N·k) one-hot)
 
     reduce(x, sel)           = gather(x, kept)          or  sum_r mw * gather(x, msrc[..., r])   # [..., k, C]
-                               (window form: per offset one [1, T] x [T, C] product per window, 9 shifted adds)
+                               (window form: one [9, T] x [T, C] product per window, 9 shifted adds)
     reconstruct(y_kept, sel) = sum_m w[..., m] * gather(y_kept, src[..., m])                    # [..., N, C]
 
 Bs is 1 (one pattern for the whole batch) or B. Every gather is a row gather (`index_select` on the
@@ -94,7 +94,7 @@ _POINTWISE = [False]
 @contextlib.contextmanager
 def pointwise_products(on: bool = True):
     """While active, the local-window merge (ToMe / DiTo) is traced as broadcast products and sums instead of
-    batched [1, T] x [T, C] products per window and offset. Inductor fuses those with the windows' gather into one
+    batched products per window. Inductor fuses those with the windows' gather into one
     loop, where the batched product stays a separate, poorly vectorised tiny-GEMM call (backends.inductor /
     aotinductor trace their variants inside this). Eager, ONNX and TensorRT keep the batched products:
     unfused, a bmm is faster than the products and sums it replaces, and it is one MatMul node in ONNX.
@@ -113,20 +113,45 @@ def is_identity(sel: Selection, n: int) -> bool:
     return sel.kept.shape[-1] == n and not _FORCED[0]
 
 
+# Sizes (bytes) from which region ops take the forms that are faster for large tensors on CPU (eager,
+# 2-core AMD EPYC, docs/methods.md "ToMe"); below them per-op overhead dominates and the plain forms win.
+# Tests set them to 0 and to a huge value to check both forms against the same references.
+ROW_GATHER_BYTES = 4 << 20    # take_tokens: a gather this large folds the leading dims into a dim-0 row gather
+# A batched product whose output would exceed this is split: the window merge into one product per offset,
+# ToMe's similarities into one per row of offsets without the candidates' gather. A fresh [windows, 9, C]
+# tensor 2.25 times the input costs more than the product once it is large (glibc maps allocations above
+# 32 MiB afresh, page faults and all, on every call); nine small products cost more than one below it.
+WIDE_OUTPUT_BYTES = 16 << 20
+
+
+@contextlib.contextmanager
+def size_forms(large: bool):
+    """While active, every region op takes its large-tensor form (large=True) or its small-tensor form
+    (False) whatever the sizes (ROW_GATHER_BYTES, WIDE_OUTPUT_BYTES): tests check both against one reference."""
+    global ROW_GATHER_BYTES, WIDE_OUTPUT_BYTES
+    prev = ROW_GATHER_BYTES, WIDE_OUTPUT_BYTES
+    ROW_GATHER_BYTES, WIDE_OUTPUT_BYTES = (0, -1) if large else (1 << 62, 1 << 62)
+    try:
+        yield
+    finally:
+        ROW_GATHER_BYTES, WIDE_OUTPUT_BYTES = prev
+
+
 def take_tokens(x: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
     """x[..., idx, ...] along `dim`; idx is [Bs, k] with Bs 1 (shared) or x.shape[0] (per sample).
 
     One row gather on dim 0 of x seen as [rows · N, C] (the leading dims folded into the index): on CPU
-    `index_select` along an inner dim walks the tensor element-wise, about twice as slow as the dim-0 row
-    copy at the region's sizes. A shared index on a non-contiguous x (an expanded mask) keeps the inner-dim
-    gather, which reads it in place instead of materialising it."""
+    `index_select` along an inner dim is up to twice as slow as the dim-0 row copy at the region's sizes. A
+    shared index keeps the inner-dim gather for a gather under ROW_GATHER_BYTES (the index arithmetic costs
+    more there) and on a non-contiguous x (an expanded mask: read in place instead of materialised)."""
     dim = dim % x.dim()
-    if dim == 0 or (idx.shape[0] == 1 and not x.is_contiguous()):
-        return x.index_select(dim, idx[0])
     shape = x.shape
     n, k = shape[dim], idx.shape[1]
     lead = shape[:dim]
     rows = math.prod(lead)
+    small = x.numel() // max(n, 1) * k * x.element_size() < ROW_GATHER_BYTES
+    if dim == 0 or (idx.shape[0] == 1 and (small or not x.is_contiguous())):
+        return x.index_select(dim, idx[0])
     if rows == 1:
         flat_idx = idx[0]
     else:
@@ -155,15 +180,16 @@ def _slot_sum(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor | None, dim: i
 WINDOW_OFFSETS = tuple((oy, ox) for oy in (-1, 0, 1) for ox in (-1, 0, 1))  # wmix's offset axis, in this order
 
 
+
+
+
 def _window_merge(x: torch.Tensor, wtok: torch.Tensor, wmix: torch.Tensor, dim: int) -> torch.Tensor:
     """The merged destinations [..., F·H·W windows, ...] of a local-window merge: one row gather of the
-    windows' tokens (each token read once), then for each of the 9 offsets one batched [1, T] × [T, C]
-    product per window (what the window sends to the destination at that offset) added, as a strided slice
-    of the padded window grid, into the destinations: no gather of 28 slots, no scatter. Per offset, not
-    one [9, T] × [T, C] product: its [windows, 9, C] output is 2.25 times the input, a fresh allocation
-    that cost more than the product on CPU (allocations above glibc's 32 MiB mmap threshold are
-    page-faulted in on every call); each per-offset output is destination-sized. Inside
-    pointwise_products() the product is written as products and sums over the 9 offsets' slices instead
+    windows' tokens (each token read once), one batched [9, T] × [T, C] product per window giving what the
+    window sends to each of the 9 windows around it, and 9 shifted adds (strided slices of the padded
+    window grid): no gather of 28 slots, no scatter. Where that product's [windows, 9, C] output would
+    exceed WIDE_OUTPUT_BYTES, one [1, T] × [T, C] product per offset instead (each destination-sized).
+    Inside pointwise_products() the product is written as products and sums over the 9 offsets' slices
     (one fused loop under inductor)."""
     bs, f, hp, wp, no, t = wmix.shape
     hw, ww = hp - 2, wp - 2
@@ -173,14 +199,19 @@ def _window_merge(x: torch.Tensor, wtok: torch.Tensor, wmix: torch.Tensor, dim: 
     wb = wmix.to(x.dtype).reshape(bs, *([1] * (dim - 1)), f * hp * wp, no, t)
     wb = wb.expand(*lead, f * hp * wp, no, t).reshape(rows, f, hp, wp, no, t)
     g = g.reshape(rows, f, hp, wp, t, width)
+    per_offset = rows * f * hp * wp * no * width * x.element_size() > WIDE_OUTPUT_BYTES
+    sent = None if _POINTWISE[0] or per_offset else \
+        torch.bmm(wb.reshape(-1, no, t), g.reshape(-1, t, width)).reshape(rows, f, hp, wp, no, width)
     out = None
     for o, (oy, ox) in enumerate(WINDOW_OFFSETS):  # destination j receives what window j - offset sent it
         at = (slice(None), slice(None), slice(1 - oy, 1 - oy + hw), slice(1 - ox, 1 - ox + ww))
         if _POINTWISE[0]:
             part = (wb[at + (o, slice(None), None)] * g[at]).sum(-2)
+        elif per_offset:
+            part = torch.bmm(wb[..., o:o + 1, :].reshape(-1, 1, t), g.reshape(-1, t, width))
+            part = part.reshape(rows, f, hp, wp, width)[at]
         else:
-            sent = torch.bmm(wb[..., o:o + 1, :].reshape(-1, 1, t), g.reshape(-1, t, width))
-            part = sent.reshape(rows, f, hp, wp, width)[at]
+            part = sent[at + (o,)]
         out = part.clone() if out is None else out.add_(part)
     return out.reshape(*lead, f * hw * ww, *rest)
 

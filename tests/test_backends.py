@@ -15,6 +15,7 @@ from ditreduce.backends.onnx_graph import to_onnx
 from ditreduce.backends.onnxruntime import load_onnx
 from ditreduce.backends.programs import export_program
 from ditreduce.backends.weights import share_weights
+from ditreduce.regions import size_forms
 
 SCHED = {"ratio": 0.5, "rules": [{"steps": {"start": 0, "stop": 1}, "method": "none"},
                                  {"steps": {"start": 2}, "ratio": 0.25}]}
@@ -158,7 +159,8 @@ def test_inductor_backend_matches_eager_and_records_compile_seconds():
 def test_inductor_gets_the_merges_as_fusable_products(monkeypatch):
     """The graph handed to inductor writes ToMe's window merge as products and sums that inductor fuses
     with their gathers (regions.pointwise_products); the graph the other backends export keeps one bmm
-    per window offset (nine per merge). Both compute the eager output."""
+    per merge (one per window offset where the tensors are large: regions.size_forms). All compute the eager
+    output."""
     import ditreduce.backends.inductor as inductor
 
     model, kw = zoo.pixart()
@@ -173,10 +175,15 @@ def test_inductor_gets_the_merges_as_fusable_products(monkeypatch):
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(plain(**kw)[0], ref, rtol=1e-5, atol=1e-5)
 
-    def merges(gm):  # the window merge's [1, 4] x [4, C] products (ToMe's similarity is a bmm too: kept)
+    def merges(gm, rows):  # the window merge's [rows, 4] x [4, C] products (ToMe's similarity is a bmm too: kept)
         return sum(n.op == "call_function" and n.target == torch.ops.aten.bmm.default
-                   and tuple(n.args[0].meta["val"].shape[-2:]) == (1, 4) for n in gm.graph.nodes)
-    assert merges(handed[0]) == 0 and merges(plain) == 2 * 9   # nine per self-attention site
+                   and tuple(n.args[0].meta["val"].shape[-2:]) == (rows, 4) for n in gm.graph.nodes)
+    assert merges(handed[0], 9) == merges(handed[0], 1) == 0
+    assert merges(plain, 9) == 2 and merges(plain, 1) == 0   # one per self-attention site (small tensors)
+    with size_forms(True), torch.no_grad():  # the large-tensor form: one product per window offset
+        wide = export_program(eager.variant(eager.last_capture, eager.last_key), kw).module()
+        torch.testing.assert_close(wide(**kw)[0], ref, rtol=1e-5, atol=1e-5)
+    assert merges(wide, 1) == 2 * 9 and merges(wide, 9) == 0
 
 
 @pytest.mark.slow  # two inductor compiles per method (~10-30 s each here)
@@ -226,16 +233,19 @@ def test_export_programs_run_and_aotinductor_compiles_a_variant_on_cpu(tmp_path)
         torch.testing.assert_close(compiled(**kw)[0], ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("method,scope", [("coredit", "attention+cross"), ("tome", "attention"),
-                                          ("coredit", "block"), ("todo", "attention")])
-def test_onnxruntime_runs_in_graph_methods_like_eager_and_passes_the_tensorrt_lint(method, scope):
+@pytest.mark.parametrize("method,scope,large", [("coredit", "attention+cross", False), ("tome", "attention", False),
+                                                ("coredit", "block", False), ("todo", "attention", False),
+                                                ("tome", "attention", True), ("coredit", "block", True)])
+def test_onnxruntime_runs_in_graph_methods_like_eager_and_passes_the_tensorrt_lint(method, scope, large):
+    """Also in the forms the region ops take for large tensors (regions.size_forms: ToMe's similarities from
+    strided `unfold` views, its merge one product per window offset, dim-0 row gathers)."""
     from ditreduce.backends.lint import lint_model
 
     model, kw = zoo.build("pixart", grid=(6, 6))
     sched = {"method": method, "ratio": 0.5, "scope": scope}
     eager = compile_with_reduction(model, sched)
     ort = compile_with_reduction(model, sched, backend="onnxruntime")
-    with torch.no_grad():
+    with torch.no_grad(), size_forms(large):
         ref, got = eager(**kw, return_dict=False)[0], ort(**kw, return_dict=False)[0]
         dense = model(**kw, return_dict=False)[0]
     assert not torch.allclose(ref, dense, atol=1e-3)

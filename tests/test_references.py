@@ -15,7 +15,7 @@ from ditreduce import compile_with_reduction
 from ditreduce.methods import METHODS, get_method
 from ditreduce.methods.dito import dito_match, dito_selection
 from ditreduce.regions import (Selection, attention_region, embed_in_sequence, pointwise_products, reconstruct_tokens,
-                               reduce_tokens)
+                               reduce_tokens, size_forms)
 
 
 def _g(seed):
@@ -91,11 +91,13 @@ def _selections(b, text, lattice):
     return out
 
 
-@pytest.mark.parametrize("pointwise", [False, True])
+@pytest.mark.parametrize("form", ["small", "large", "pointwise"])
 @pytest.mark.parametrize("mask_kind", ["none", "bool_kv", "float_qkv"])
 @pytest.mark.parametrize("method", ["uniform", "random", "coredit", "tome", "todo"])
-def test_region_matches_the_loop_reference(method, mask_kind, pointwise):
-    """Also in the form the inductor backends trace (regions.pointwise_products: the window merge)."""
+def test_region_matches_the_loop_reference(method, mask_kind, form):
+    """In the small- and large-tensor forms of the region ops (regions.size_forms: one window product or one
+    per offset, inner-dim or row gathers) and in the form the inductor backends trace
+    (regions.pointwise_products: the window merge)."""
     b, heads, text, lattice = 2, 2, 3, (4, 5)
     length = text + math.prod(lattice)
     sel, reduce_q = _selections(b, text, lattice)[method]
@@ -109,7 +111,7 @@ def test_region_matches_the_loop_reference(method, mask_kind, pointwise):
         mask[1, ..., 0] = False
     elif mask_kind == "float_qkv":
         mask = torch.randn(b, heads, length, length, generator=g) * 3
-    with pointwise_products(pointwise):
+    with pointwise_products(form == "pointwise"), size_forms(form == "large"):
         out = attention_region(q, k, v, mask, *sel, reduce_q=reduce_q)
     ref = ref_region(q, k, v, mask, sel, reduce_q)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
@@ -274,26 +276,32 @@ def _check_matching(x, sel, ref):
 
 @pytest.mark.parametrize("lattice", [(6, 8), (5, 7), (2, 4, 5)])
 @pytest.mark.parametrize("seed", [0, 3])
-def test_tome_matches_brute_force_bipartite_matching(lattice, seed):
+@pytest.mark.parametrize("large", [False, True])
+def test_tome_matches_brute_force_bipartite_matching(lattice, seed, large):
+    """Both forms of the similarities and the merge (regions.size_forms: a [windows, 9, C] candidate gather or
+    the padded grid's strided views; one window product or one per offset)."""
     n = math.prod(lattice)
     x = torch.randn(2, n, 6, generator=_g(7))
     meth = get_method("tome")(seed=seed, cfg="per_sample")
     k = meth.kept_count(n, n - round(0.4 * n), lattice)
-    sel = meth.select(x, lattice, k)
-    _check_matching(x, sel, ref_matching(x, lattice, k, seed))
+    with size_forms(large):
+        sel = meth.select(x, lattice, k)
+        _check_matching(x, sel, ref_matching(x, lattice, k, seed))
 
 
-def test_dito_matches_from_the_previous_outputs_with_the_count_penalty():
+@pytest.mark.parametrize("large", [False, True])
+def test_dito_matches_from_the_previous_outputs_with_the_count_penalty(large):
     lattice, lam = (6, 6), 0.3
     n = math.prod(lattice)
     y = torch.randn(2, n, 6, generator=_g(8))  # the site's outputs at the previous step
     s = n - len(ref_destinations(lattice, 0))
     count = torch.randint(0, 4, (2, s), generator=_g(9)).float()
     k = get_method("dito")().kept_count(n, n // 2, lattice)
-    merged, unmerged, arg, count2 = dito_match(y, count, lattice=lattice, k=k, seed=0, cfg="per_sample", lam=lam)
-    sel = dito_selection(merged, unmerged, arg, n=n, lattice=lattice, k=k, seed=0)
-    ref = ref_matching(y, lattice, k, count=count, lam=lam)
-    _check_matching(y, sel, ref)
+    with size_forms(large):
+        merged, unmerged, arg, count2 = dito_match(y, count, lattice=lattice, k=k, seed=0, cfg="per_sample", lam=lam)
+        sel = dito_selection(merged, unmerged, arg, n=n, lattice=lattice, k=k, seed=0)
+        ref = ref_matching(y, lattice, k, count=count, lam=lam)
+        _check_matching(y, sel, ref)
     for b, (_, _, ref_merged) in enumerate(ref):
         expect = count[b].clone()
         expect[ref_merged] += 1

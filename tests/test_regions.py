@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from ditreduce.methods.tome import tome_select
 from ditreduce.methods.uniform import uniform_selection
 from ditreduce.regions import (attention_region, embed_in_sequence, identity_selection, reconstruct_tokens,
-                               reduce_tokens, take_tokens)
+                               reduce_tokens, size_forms, take_tokens)
 
 
 def _reference_reconstruct(y, src, w):
@@ -24,10 +24,11 @@ def _reference_reconstruct(y, src, w):
 
 @settings(max_examples=40, deadline=None)
 @given(lead=st.lists(st.integers(1, 3), min_size=0, max_size=2), n=st.integers(1, 9), k=st.integers(1, 12),
-       shared=st.booleans(), transposed=st.booleans(), seed=st.integers(0, 2**16))
-def test_take_tokens_is_indexing_along_the_dim(lead, n, k, shared, transposed, seed):
+       shared=st.booleans(), transposed=st.booleans(), seed=st.integers(0, 2**16), large=st.booleans())
+def test_take_tokens_is_indexing_along_the_dim(lead, n, k, shared, transposed, seed, large):
     """take_tokens(x, idx, dim) == x[..., idx[b], ...] per leading batch row b, for a shared or per-sample idx,
-    on contiguous x and on a transposed view (the [B, H, L, D] view of a [B, L, H, D] projection)."""
+    on contiguous x and on a transposed view (the [B, H, L, D] view of a [B, L, H, D] projection), in the
+    small-tensor form (index_select along dim) and the large one (a dim-0 row gather, the index folded)."""
     g = torch.Generator().manual_seed(seed)
     dim = len(lead)
     x = torch.randn(*lead, n, 3, 2, generator=g)
@@ -35,7 +36,8 @@ def test_take_tokens_is_indexing_along_the_dim(lead, n, k, shared, transposed, s
         x = x.transpose(dim, dim + 1).contiguous().transpose(dim, dim + 1)   # same values, strided
     bs = 1 if shared or dim == 0 else lead[0]
     idx = torch.randint(0, n, (bs, k), generator=g)
-    out = take_tokens(x, idx, dim)
+    with size_forms(large):
+        out = take_tokens(x, idx, dim)
     assert out.shape == (*lead, k, 3, 2)
     for b in range(lead[0] if dim else 1):
         sel = idx[min(b, bs - 1)]

@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .. import regions
 from ..regions import WINDOW_OFFSETS, Selection, identity_selection, regions_forced, take_tokens
 from .base import Method, register_method
 from .lattice import frames, inverse_positions, on_device, share_cfg_halves, static_table, topk_groups
@@ -126,16 +127,30 @@ def tome_kept(n: int, k: int, lattice: tuple[int, ...]) -> int:
 
 
 def _local_similarity(x: torch.Tensor, t: dict) -> torch.Tensor:
-    """[B, S, 9] cosine of every source to the destinations of the 3×3 windows around its own.
-
-    One row gather of the windows' tokens on the padded window grid (wtok: destination, then up to 3
-    sources, a ring of empty windows around each frame). Flattened over batch and windows, the 3
-    neighbours of window p in a row of the grid are windows p + dy·Wp + (-1, 0, 1): an overlapping
-    strided view of the destinations (`unfold`, no copy), so each of the 3 rows of offsets is one batched
-    [3, C] × [C, 3] product per window. Only inner windows are computed; their neighbours stay inside
-    the same frame's padded grid, so no product crosses a frame or a sample. Divided by the norms
-    (F.normalize's eps) on the [B, S, 9] result (no normalised [B, N, C] copy, no [windows, 9, C] gather)."""
+    """[B, S, 9] cosine of every source to the destinations of the 3×3 windows around its own, on the raw
+    tokens, divided by the norms (F.normalize's eps) on the [B, S, 9] result (no normalised [B, N, C] copy).
+    One batched [3, C] × [C, 9] product per window over a [windows, 9, C] gather of the candidates, or, where
+    that gather would exceed regions.WIDE_OUTPUT_BYTES, _grid_similarity (no such gather)."""
     x = x.float()
+    b, c, nw = x.shape[0], x.shape[-1], t["nw"]
+    if b * nw * 9 * c * x.element_size() > regions.WIDE_OUTPUT_BYTES:
+        return _grid_similarity(x, t)
+    norm = torch.linalg.vector_norm(x, dim=-1).clamp_min(1e-12)               # [B, N]
+    us = take_tokens(x, t["win_srcs"][None], 1).reshape(b * nw, 3, c)
+    ud = take_tokens(x, t["win_cand"][None], 1).reshape(b * nw, 9, c)
+    sims = torch.bmm(us, ud.transpose(1, 2)).reshape(b, nw, 3, 9)
+    scale = norm.index_select(1, t["win_srcs"]).reshape(b, nw, 3, 1) * norm.index_select(1, t["win_cand"]).reshape(b, nw, 1, 9)
+    return (sims / scale).reshape(b, nw * 3, 9).index_select(1, t["src_pos"])
+
+
+def _grid_similarity(x: torch.Tensor, t: dict) -> torch.Tensor:
+    """_local_similarity from one row gather of the windows' tokens on the padded window grid (wtok:
+    destination, then up to 3 sources, a ring of empty windows around each frame). Flattened over batch and
+    windows, the 3 neighbours of window p in a row of the grid are windows p + dy·Wp + (-1, 0, 1): an
+    overlapping strided view of the destinations (`unfold`, no copy; a constant Gather in ONNX), so each of
+    the 3 rows of offsets is one batched [3, C] × [C, 3] product per window. Only inner windows are
+    computed; their neighbours stay inside the same frame's padded grid (no product crosses a frame or a
+    sample)."""
     b, c = x.shape[0], x.shape[-1]
     _, f, hp, wp, slots = t["wtok"].shape
     p = f * hp * wp
