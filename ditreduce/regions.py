@@ -16,7 +16,7 @@ The region ABI (see docs/how-it-works.md, "Region ABI"):
                     attention then reads it instead of counting it (token_sizes: an O(N·k) one-hot)
 
     reduce(x, sel)           = gather(x, kept)          or  sum_r mw * gather(x, msrc[..., r])   # [..., k, C]
-                               (window form: one [9, T] x [T, C] product per window, 9 shifted adds)
+                               (window form: one [9, T] x [T, C] product per window, then 9 shifted adds)
     reconstruct(y_kept, sel) = sum_m w[..., m] * gather(y_kept, src[..., m])                    # [..., N, C]
 
 Bs is 1 (one pattern for the whole batch) or B. Every gather is a row gather (`index_select` on the
@@ -178,9 +178,6 @@ def _slot_sum(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor | None, dim: i
 
 
 WINDOW_OFFSETS = tuple((oy, ox) for oy in (-1, 0, 1) for ox in (-1, 0, 1))  # wmix's offset axis, in this order
-
-
-
 
 
 def _window_merge(x: torch.Tensor, wtok: torch.Tensor, wmix: torch.Tensor, dim: int) -> torch.Tensor:

@@ -106,7 +106,7 @@ def _window_tables(src_tok, dst_tok, cand, fhw) -> dict:
     wsrc[inner] = slot_src.reshape(nw, 3)
     wdst = torch.full((f * hp * wp,), nw, dtype=torch.long)  # dst-list index of each window, nw: none
     wdst[inner] = torch.arange(nw)
-    # each source's slot in the padded grid's [windows, 3 sources] (window-major), for _local_similarity
+    # each source's slot in the padded grid's [windows, 3 sources] (window-major), for _grid_similarity
     pad_src_pos = inner.nonzero()[:, 0].index_select(0, src_pos // 3) * 3 + src_pos % 3
     return {"win_srcs": win_srcs.reshape(-1), "win_cand": win_cand.reshape(-1), "src_pos": src_pos, "nw": nw,
             "wtok": wtok.reshape(1, f, hp, wp, 4), "wsrc": wsrc.reshape(-1), "wdst": wdst, "pad_src_pos": pad_src_pos}
