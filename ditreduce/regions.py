@@ -196,16 +196,17 @@ def _window_merge(x: torch.Tensor, wtok: torch.Tensor, wmix: torch.Tensor, dim: 
     wb = wmix.to(x.dtype).reshape(bs, *([1] * (dim - 1)), f * hp * wp, no, t)
     wb = wb.expand(*lead, f * hp * wp, no, t).reshape(rows, f, hp, wp, no, t)
     g = g.reshape(rows, f, hp, wp, t, width)
+    per_window = g.reshape(-1, t, width)                         # [windows, T, C]: the products' right side
     per_offset = rows * f * hp * wp * no * width * x.element_size() > WIDE_OUTPUT_BYTES
     sent = None if _POINTWISE[0] or per_offset else \
-        torch.bmm(wb.reshape(-1, no, t), g.reshape(-1, t, width)).reshape(rows, f, hp, wp, no, width)
+        torch.bmm(wb.reshape(-1, no, t), per_window).reshape(rows, f, hp, wp, no, width)
     out = None
     for o, (oy, ox) in enumerate(WINDOW_OFFSETS):  # destination j receives what window j - offset sent it
         at = (slice(None), slice(None), slice(1 - oy, 1 - oy + hw), slice(1 - ox, 1 - ox + ww))
         if _POINTWISE[0]:
             part = (wb[at + (o, slice(None), None)] * g[at]).sum(-2)
         elif per_offset:
-            part = torch.bmm(wb[..., o:o + 1, :].reshape(-1, 1, t), g.reshape(-1, t, width))
+            part = torch.bmm(wb[..., o:o + 1, :].reshape(-1, 1, t), per_window)
             part = part.reshape(rows, f, hp, wp, width)[at]
         else:
             part = sent[at + (o,)]
