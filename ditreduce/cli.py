@@ -2,12 +2,12 @@
 calibrate, zoo from their subpackages)."""
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 import time
 
-from .cli_args import MODEL_SPEC_HELP, finite_float, positive_int, print_error, traceback_wanted
+from .cli_args import (MODEL_SPEC_HELP, USER_PATH_ERRORS, OneLineParser, finite_float, output_file, positive_int,
+                       print_error, traceback_wanted)
 from .errors import BenchModelError, DitreduceError
 
 
@@ -31,23 +31,18 @@ def cmd_inspect(args) -> int:
 def cmd_demo(args) -> int:
     """Dense next to the best registered method's default schedule (`--schedule auto`) or the one given."""
     import torch
-    from tqdm import tqdm
 
     from . import compile_with_reduction
     from .bench.flops import count_flops
-    from .bench.runner import PREFERRED_METHODS, Variants, flops_record, make_schedule
-    from .methods import METHODS
+    from .bench.progress import progress_bar
+    from .bench.runner import Variants, flops_record
+    from .methods import default_schedule, preferred_methods
     from .model_specs import resolve_model
     from .smalldit.metrics import psnr, ssim
     from .smalldit.sampling import sample
-    from .schedules import presets
 
     b2 = 2 * args.samples if args.guidance != 1.0 else args.samples  # the batch of the sampling calls (CFG)
-    try:
-        bm = resolve_model(args.model, args.res, batch=b2)
-    except FileNotFoundError as e:
-        print(e, file=sys.stderr)
-        return 1
+    bm = resolve_model(args.model, args.res, batch=b2)
     if not bm.can_sample:
         raise BenchModelError(f"demo samples images and compares them, so it needs small-dit[:RES]; {args.model!r} "
                               "cannot sample (`ditreduce inspect` and `ditreduce bench --no-quality` take any model)")
@@ -55,18 +50,16 @@ def cmd_demo(args) -> int:
     model, example = bm.small_dit, bm.kwargs
     schedule, name = args.schedule, args.schedule
     if schedule == "auto":  # the best method (in the bench's order of preference) with its default schedule
-        best = next(m for m in PREFERRED_METHODS if m in METHODS)
-        default = {"uniform": "uniform-progressive"}.get(best, f"{best}-default")
-        schedule = name = default if default in presets() else None
-        if schedule is None:
-            schedule, name = make_schedule(best, 0.5, "attention", 0.2), f"{best} 0.5, first 20% dense"
+        best = preferred_methods()[0]
+        schedule = default_schedule(best)
+        name = schedule if isinstance(schedule, str) else f"{best} 0.5, first 20% dense"
     torch.manual_seed(0)
     n = args.samples
     labels = [i % len(model.class_names) for i in range(n)]
     seeds = list(range(args.seed, args.seed + n))
 
     def run(net, desc):
-        bar = tqdm(total=args.steps, desc=desc, leave=False)
+        bar = progress_bar(total=args.steps, desc=desc, leave=False)
         t0 = time.perf_counter()
         imgs = sample(model, labels, seeds, res=args.res, steps=args.steps, guidance=args.guidance,
                       transformer=net, progress=lambda i: bar.update(1))
@@ -117,11 +110,13 @@ def _save_grid(rows, path):
         (grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="ditreduce", description=__doc__)
-    ap.add_argument("--traceback", action="store_true",
-                    help="show the traceback of a ditreduce error (also: DITREDUCE_TRACEBACK=1)")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+# every subcommand comes from an `add_subcommands(sub)` of one of these modules, in this order
+SUBCOMMAND_MODULES = ("ditreduce.cli", "ditreduce.bench.cli", "ditreduce.backends.cli", "ditreduce.calibration.cli",
+                      "ditreduce.calibration.tune", "ditreduce.zoo")
+
+
+def add_subcommands(sub) -> None:
+    """demo, inspect, presets, schema."""
     d = sub.add_parser("demo", help="dense vs reduced samples of the shipped small DiT: speed, FLOPs, PSNR, SSIM")
     d.add_argument("model", nargs="?", default="small-dit", help="small-dit[:RES] (a model that samples images)")
     d.add_argument("--samples", type=positive_int, default=4)
@@ -130,7 +125,7 @@ def main(argv=None) -> int:
     d.add_argument("--guidance", type=finite_float, default=3.0)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--schedule", default="auto", help="a schedule or preset; auto: the best registered method's default")
-    d.add_argument("--out", default="ditreduce_demo.png")
+    d.add_argument("--out", type=output_file, default="ditreduce_demo.png")
     d.set_defaults(fn=cmd_demo)
     i = sub.add_parser("inspect", help="sites, layouts and per-step plan of a model under a schedule")
     i.add_argument("model", nargs="?", default="small-dit", help=MODEL_SPEC_HELP)
@@ -142,16 +137,20 @@ def main(argv=None) -> int:
     p.set_defaults(fn=lambda a: print("\n".join(__import__("ditreduce.schedules", fromlist=["presets"]).presets())) or 0)
     s = sub.add_parser("schema", help="print the JSON schema of the schedule format")
     s.set_defaults(fn=lambda a: print(__import__("ditreduce.schedules", fromlist=["json_schema"]).json_schema()) or 0)
-    importlib.import_module(".bench.cli", __package__).add_subcommands(sub)
-    __import__("ditreduce.backends.cli", fromlist=["add_subcommands"]).add_subcommands(sub)
-    importlib.import_module(".calibration.cli", __package__).add_subcommands(sub)
-    importlib.import_module(".calibration.tune", __package__).add_subcommands(sub)
-    importlib.import_module(".zoo", __package__).add_subcommands(sub)
+
+
+def main(argv=None) -> int:
+    ap = OneLineParser(prog="ditreduce", description=__doc__)
+    ap.add_argument("--traceback", action="store_true",
+                    help="show the traceback of a ditreduce error (also: DITREDUCE_TRACEBACK=1)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).add_subcommands(sub)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)
-    except DitreduceError as e:  # a refused request: one line, exit 2 (a bug elsewhere keeps its traceback)
-        if traceback_wanted(args):
+    except (DitreduceError, *USER_PATH_ERRORS) as e:  # a refused request or a path that cannot be read or
+        if traceback_wanted(args):                       # written: one line, exit 2 (a bug keeps its traceback)
             raise
         return print_error(e)
 

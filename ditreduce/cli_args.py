@@ -1,5 +1,6 @@
 """argparse types of the `ditreduce` commands: a bad value is an argparse error (exit 2) that names what
-is allowed, before any model is loaded. And the one-line error every command prints for a DitreduceError."""
+is allowed, before any model is loaded. The parser that prints such an error as one line, and the one-line
+error every command prints for a DitreduceError or a path it cannot read or write."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +11,50 @@ import sys
 
 MODEL_SPEC_HELP = ("model spec: small-dit[:RES], pixart-alpha:TOKENS:BLOCKS, DiffusersClass:{json config} or "
                    "package.module:callable returning (model, example_kwargs[, generate]) (ditreduce.model_specs)")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr, exit 2, pointing at --help (argparse's
+    own prints the whole usage first). Subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        text = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {text} (see `{self.prog} --help`)\n")
+
+
+def output_file(text: str) -> str:
+    """A file the command will write: its folder exists and is writable (checked before any work is done)."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file path in it, e.g. "
+                                         f"{os.path.join(text, 'out.yaml')!r}")
+    folder = os.path.dirname(os.path.abspath(text))
+    _check_writable_folder(folder, text)
+    return text
+
+
+def output_folder(text: str) -> str:
+    """A folder the command will create or write into: not a file, and the nearest existing folder above
+    it is writable (checked before any work is done)."""
+    path = os.path.abspath(text)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} is a file; give a folder (it is created if missing)")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    _check_writable_folder(existing, text)
+    return text
+
+
+def _check_writable_folder(folder: str, asked: str) -> None:
+    if not os.path.exists(folder):
+        raise argparse.ArgumentTypeError(f"cannot write {asked!r}: there is no folder {folder!r}; create it or "
+                                         "pick another path")
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"cannot write {asked!r}: {folder!r} is a file, not a folder; pick "
+                                         "another path")
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {asked!r}: no permission to write in {folder!r}; pick "
+                                         "another path")
 
 
 def int_at_least(lo: int):
@@ -77,6 +122,11 @@ def name_list(allowed):
 
 def traceback_wanted(args) -> bool:
     return bool(getattr(args, "traceback", False)) or os.environ.get("DITREDUCE_TRACEBACK", "") not in ("", "0")
+
+
+# the errors a command reports as one line (exit 2) besides a DitreduceError: a path the user named that
+# cannot be read or written
+USER_PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
 def print_error(err: BaseException) -> int:

@@ -31,6 +31,11 @@ class ModelCallError(DitreduceError, TypeError):
     """The call does not fit the model: arguments its forward does not take, or the model's own error on them."""
 
 
+class NotAModelError(DitreduceError, TypeError):
+    """compile_with_reduction / apply got something that is not what they wrap (a pipeline where the transformer
+    goes, a reduced model again, not a module); the message names what to pass instead."""
+
+
 class StateError(DitreduceError, RuntimeError):
     """Method state across steps (DiTo's previous outputs / correspondences) missing or of the wrong shape."""
 
@@ -48,4 +53,4 @@ class BenchModelError(DitreduceError, ValueError):
 
 
 __all__ = ["BackendError", "BenchError", "BenchModelError", "DitreduceError", "LayoutError", "MethodParamError",
-           "ModelCallError", "ScheduleError", "StateError", "UnsupportedModelError"]
+           "ModelCallError", "NotAModelError", "ScheduleError", "StateError", "UnsupportedModelError"]

@@ -58,9 +58,15 @@ def fake_inputs(gm: fx.GraphModule, mode: FakeTensorMode) -> list:
 
 
 def graph_flops(gm: fx.GraphModule, ref: fx.GraphModule | None = None) -> Flops:
-    """FLOPs of one run of a captured / rewritten graph, on fake tensors shaped like ref's inputs."""
+    """FLOPs of one run of a captured / rewritten graph, on fake tensors shaped like ref's inputs (and gm's own
+    for the inputs it adds after them: a stateful variant's state)."""
     mode = fake_mode()
     args = fake_inputs(ref if ref is not None else gm, mode)
+    state = gm.meta.get("ditreduce_state")
+    if ref is not None and state:   # the state placeholders follow the captured ones, in the state dict's order
+        device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+        args += [mode.from_tensor(torch.empty(shape, dtype=dtype, device=device))
+                 for names in state["inputs"].values() for shape, dtype in names.values()]
     with mode, _fake_tensor_log_off():
         return count_flops(lambda: fx.Interpreter(gm).run(*args))
 

@@ -38,8 +38,9 @@ PIXART_CAPTION_TOKENS = 120
 
 
 @dataclass
-class BenchModel:
-    """A model and one call's keyword arguments (batch 2 unless said otherwise)."""
+class ModelSpec:
+    """What every command's MODEL argument resolves to (resolve_model): a model and one call's keyword
+    arguments (batch 2 unless said otherwise), and what the spec knows of it."""
 
     name: str
     module: nn.Module
@@ -67,7 +68,7 @@ def _side(tokens: int, what: str) -> int:
     return side
 
 
-def pixart_alpha(tokens: int = 4096, blocks: int = 2, batch: int = 2, seed: int = 0) -> BenchModel:
+def pixart_alpha(tokens: int = 4096, blocks: int = 2, batch: int = 2, seed: int = 0) -> ModelSpec:
     """PixArt-α-shaped diffusers PixArtTransformer2DModel with random weights, fp32, at `tokens` image tokens."""
     from diffusers import PixArtTransformer2DModel
 
@@ -81,11 +82,11 @@ def pixart_alpha(tokens: int = 4096, blocks: int = 2, batch: int = 2, seed: int 
               encoder_hidden_states=torch.randn(batch, PIXART_CAPTION_TOKENS, 4096, generator=g),
               timestep=torch.full((batch,), 500.0), return_dict=False)
     params = sum(p.numel() for p in model.parameters())
-    return BenchModel(f"pixart-alpha:{tokens}:{blocks}", model, kw, tokens, blocks,
+    return ModelSpec(f"pixart-alpha:{tokens}:{blocks}", model, kw, tokens, blocks,
                       info={"params": params, "batch": batch, "dtype": "float32", "weights": "random"})
 
 
-def small_dit(res: int = 64, batch: int = 2) -> BenchModel:
+def small_dit(res: int = 64, batch: int = 2) -> ModelSpec:
     """The shipped trained DiT; `res` pixels (patch 2: res/2 squared image tokens); a CFG-shaped batch.
 
     The example's hidden states and captions are random / real embeddings, never zeros: an integer-valued
@@ -98,12 +99,12 @@ def small_dit(res: int = 64, batch: int = 2) -> BenchModel:
               encoder_hidden_states=m.captions(labels).detach(), timestep=torch.full((batch,), 500.0),
               return_dict=False)
     params = sum(p.numel() for p in m.transformer.parameters())
-    return BenchModel(f"small-dit:{res}", m.transformer, kw, (res // 2) ** 2, m.transformer.config.num_layers,
+    return ModelSpec(f"small-dit:{res}", m.transformer, kw, (res // 2) ** 2, m.transformer.config.num_layers,
                       small_dit=m, res=res, info={"params": params, "batch": batch, "dtype": "float32",
                                                   "weights": "trained (shipped)"})
 
 
-def _diffusers_example(cls_name: str, config: dict, batch: int = 2) -> BenchModel:
+def _diffusers_example(cls_name: str, config: dict, batch: int = 2) -> ModelSpec:
     import diffusers
 
     cls = getattr(diffusers, cls_name, None)
@@ -133,7 +134,7 @@ def _diffusers_example(cls_name: str, config: dict, batch: int = 2) -> BenchMode
         kw["pooled_projections"] = torch.randn(batch, c.pooled_projection_dim, generator=g)
     if cls_name == "DiTTransformer2DModel":
         kw["class_labels"] = torch.zeros(batch, dtype=torch.long)
-    return BenchModel(f"{cls_name}", model, kw, (size // p) ** 2, getattr(c, "num_layers", None),
+    return ModelSpec(f"{cls_name}", model, kw, (size // p) ** 2, getattr(c, "num_layers", None),
                       info={"config": config, "batch": batch, "weights": "random"})
 
 
@@ -148,7 +149,7 @@ def load_callable(spec: str):
         raise BenchModelError(f"model {spec!r}: cannot load it: {type(e).__name__}: {e}; {_accepted()}") from None
 
 
-def _callable_example(spec: str) -> BenchModel:
+def _callable_example(spec: str) -> ModelSpec:
     out = load_callable(spec)()
     ok = (isinstance(out, tuple) and len(out) in (2, 3) and isinstance(out[0], nn.Module) and isinstance(out[1], dict)
           and (len(out) == 2 or callable(out[2])))
@@ -156,11 +157,11 @@ def _callable_example(spec: str) -> BenchModel:
         got = f"a {len(out)}-tuple" if isinstance(out, tuple) else type(out).__name__
         raise BenchModelError(f"model {spec!r}: the callable must return (model, example_kwargs) or "
                               f"(model, example_kwargs, generate), got {got}")
-    return BenchModel(spec, out[0].eval(), out[1], info={"weights": "from callable"},
+    return ModelSpec(spec, out[0].eval(), out[1], info={"weights": "from callable"},
                       generate=out[2] if len(out) == 3 else None)
 
 
-def resolve_model(spec: str, res: int = 64, batch: int = 2) -> BenchModel:
+def resolve_model(spec: str, res: int = 64, batch: int = 2) -> ModelSpec:
     """Build the model a spec names (see the module docstring for the spellings). `res` is small-dit's
     resolution when the spec does not carry one; `batch` the example's batch (a callable picks its own)."""
     if spec == "small-dit" or spec.startswith("small-dit:"):

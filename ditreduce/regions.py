@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from typing import NamedTuple, Optional
 
 import torch
@@ -56,23 +57,37 @@ def identity_selection(n: int, device=None) -> Selection:
     return Selection(ar[None], ar[None, :, None], None)
 
 
-_FORCED = [False]
+class _BuildForms(threading.local):
+    """How the region ops of the variants a thread builds (and runs) are written: the build switches below,
+    each set for the current thread only, so a compile in one thread never changes what another traces."""
+
+    forced = False        # forced_regions()
+    pointwise = False     # pointwise_products()
+    large: bool | None = None   # size_forms(): None, chosen by ROW_GATHER_BYTES / WIDE_OUTPUT_BYTES
+
+
+_FORMS = _BuildForms()
 
 
 @contextlib.contextmanager
-def forced_regions(on: bool = True):
-    """While active, methods asked for k == N tokens compute their real selection and k == N regions take
-    the full reduce / sdpa / reconstruct path (rewrite and the methods read it when a variant graph is
-    built, attention_region when it runs), so ratio zero tests the selection's and the region's math."""
-    prev, _FORCED[0] = _FORCED[0], on
+def _switched(name: str, value):
+    prev = getattr(_FORMS, name)
+    setattr(_FORMS, name, value)
     try:
         yield
     finally:
-        _FORCED[0] = prev
+        setattr(_FORMS, name, prev)
+
+
+def forced_regions(on: bool = True):
+    """While active (in this thread), methods asked for k == N tokens compute their real selection and k == N
+    regions take the full reduce / sdpa / reconstruct path (rewrite and the methods read it when a variant graph
+    is built, attention_region when it runs), so ratio zero tests the selection's and the region's math."""
+    return _switched("forced", on)
 
 
 def regions_forced() -> bool:
-    return _FORCED[0]
+    return _FORMS.forced
 
 
 @contextlib.contextmanager
@@ -88,10 +103,6 @@ def outside_inference_mode():
         yield
 
 
-_POINTWISE = [False]
-
-
-@contextlib.contextmanager
 def pointwise_products(on: bool = True):
     """While active, the local-window merge (ToMe / DiTo) is traced as broadcast products and sums instead of
     batched products per window. Inductor fuses those with the windows' gather into one
@@ -100,17 +111,13 @@ def pointwise_products(on: bool = True):
     unfused, a bmm is faster than the products and sums it replaces, and it is one MatMul node in ONNX.
     The slot sums (reconstruct, CoReDiT's pooled merge) stay batched products everywhere: as fused sums
     the reduced CoReDiT call of the PixArt-α shape at 4096 tokens ran 6 % slower on inductor
-    (tools/inductor_merge_ab.py). Equal results (to float rounding)."""
-    prev, _POINTWISE[0] = _POINTWISE[0], on
-    try:
-        yield
-    finally:
-        _POINTWISE[0] = prev
+    (tools/inductor_merge_ab.py). Equal results (to float rounding). In this thread only."""
+    return _switched("pointwise", on)
 
 
 def is_identity(sel: Selection, n: int) -> bool:
     """Static test (shapes only): the contract k == N means identity (never inside forced_regions())."""
-    return sel.kept.shape[-1] == n and not _FORCED[0]
+    return sel.kept.shape[-1] == n and not _FORMS.forced
 
 
 # Sizes (bytes) from which region ops take the forms that are faster for large tensors on CPU (eager,
@@ -124,17 +131,16 @@ ROW_GATHER_BYTES = 4 << 20    # take_tokens: a gather this large folds the leadi
 WIDE_OUTPUT_BYTES = 16 << 20
 
 
-@contextlib.contextmanager
 def size_forms(large: bool):
-    """While active, every region op takes its large-tensor form (large=True) or its small-tensor form
-    (False) whatever the sizes (ROW_GATHER_BYTES, WIDE_OUTPUT_BYTES): tests check both against one reference."""
-    global ROW_GATHER_BYTES, WIDE_OUTPUT_BYTES
-    prev = ROW_GATHER_BYTES, WIDE_OUTPUT_BYTES
-    ROW_GATHER_BYTES, WIDE_OUTPUT_BYTES = (0, -1) if large else (1 << 62, 1 << 62)
-    try:
-        yield
-    finally:
-        ROW_GATHER_BYTES, WIDE_OUTPUT_BYTES = prev
+    """While active (in this thread), every region op takes its large-tensor form (large=True) or its
+    small-tensor form (False) whatever the sizes (ROW_GATHER_BYTES, WIDE_OUTPUT_BYTES): tests check both
+    against one reference."""
+    return _switched("large", large)
+
+
+def is_large(nbytes: int, bound: int) -> bool:
+    """Whether an op of nbytes takes its large-tensor form: past `bound`, unless size_forms() says."""
+    return nbytes > bound if _FORMS.large is None else _FORMS.large
 
 
 def take_tokens(x: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
@@ -149,7 +155,7 @@ def take_tokens(x: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
     n, k = shape[dim], idx.shape[1]
     lead = shape[:dim]
     rows = math.prod(lead)
-    small = x.numel() // max(n, 1) * k * x.element_size() < ROW_GATHER_BYTES
+    small = not is_large(x.numel() // max(n, 1) * k * x.element_size() + 1, ROW_GATHER_BYTES)
     if dim == 0 or (idx.shape[0] == 1 and (small or not x.is_contiguous())):
         return x.index_select(dim, idx[0])
     if rows == 1:
@@ -197,13 +203,13 @@ def _window_merge(x: torch.Tensor, wtok: torch.Tensor, wmix: torch.Tensor, dim: 
     wb = wb.expand(*lead, f * hp * wp, no, t).reshape(rows, f, hp, wp, no, t)
     g = g.reshape(rows, f, hp, wp, t, width)
     per_window = g.reshape(-1, t, width)                         # [windows, T, C]: the products' right side
-    per_offset = rows * f * hp * wp * no * width * x.element_size() > WIDE_OUTPUT_BYTES
-    sent = None if _POINTWISE[0] or per_offset else \
+    per_offset = is_large(rows * f * hp * wp * no * width * x.element_size(), WIDE_OUTPUT_BYTES)
+    sent = None if _FORMS.pointwise or per_offset else \
         torch.bmm(wb.reshape(-1, no, t), per_window).reshape(rows, f, hp, wp, no, width)
     out = None
     for o, (oy, ox) in enumerate(WINDOW_OFFSETS):  # destination j receives what window j - offset sent it
         at = (slice(None), slice(None), slice(1 - oy, 1 - oy + hw), slice(1 - ox, 1 - ox + ww))
-        if _POINTWISE[0]:
+        if _FORMS.pointwise:
             part = (wb[at + (o, slice(None), None)] * g[at]).sum(-2)
         elif per_offset:
             part = torch.bmm(wb[..., o:o + 1, :].reshape(-1, 1, t), per_window)

@@ -5,9 +5,9 @@ from dataclasses import asdict, dataclass
 
 from .flops import graph_flops
 from .methods import get_method
-from .passes.rewrite import scope_refusal, site_plan
+from .passes.rewrite import scope_refusal, site_region
 from .regions import attention_flops
-from .schedules.lower import NumStepsUnknown, eligible, plan_key
+from .schedules.lower import NumStepsUnknown, eligible, step_key
 
 
 @dataclass
@@ -135,13 +135,15 @@ def build_report(model, cap, num_steps: int | None) -> Report:
         plan = model.plan(cap, num_steps)   # with method phases (DiTo: prime / match / reduce variants)
         keys, per_step = list(plan.keys), list(plan.per_step)
     else:
-        try:
-            keys, per_step = [plan_key(sched, cap.sites, 0, num_steps)], None
-        except NumStepsUnknown:
-            keys, per_step = [plan_key(sched, cap.sites, 0, 1)], None
+        keys, per_step = _keys_without_a_length(sched, cap.sites), None
     rep = Report()
     rep.variants = len(keys)
     rep.notes = list(cap.notes)
+    if num_steps is None and sched.needs_num_steps:
+        rep.notes.append(f"the number of steps is unknown (no generation gave it yet) and the schedule's step_fraction "
+                         f"rules need it: per call the busiest of the {len(keys)} configurations any run length gives "
+                         "is shown; report(num_steps=N) (`ditreduce inspect --steps N`) gives the per-step plan and "
+                         "the totals over the run")
     rep.observed = observed(model.generations.last)
     try:
         dense = graph_flops(cap.graph)
@@ -168,6 +170,8 @@ def build_report(model, cap, num_steps: int | None) -> Report:
         dense, red = _site_flops(site, busiest)
         if per_step is not None:
             sched_txt = _compress([_label(keys[v][i]) for v in per_step])
+        elif sched.needs_num_steps:
+            sched_txt = "per step fraction: report(num_steps=N) lists the steps"
         elif sched.step_dependent:
             sched_txt = "per step: report(num_steps=N) lists it"
         else:
@@ -177,7 +181,7 @@ def build_report(model, cap, num_steps: int | None) -> Report:
             why = "method none at every step"
         scope, note = "-", None
         if reduced_cfgs:
-            plan = site_plan(site, busiest)
+            plan = site_region(site, busiest)
             scope = "attention" if isinstance(plan, str) else plan.scope
             note = None
             if scope != busiest.scope:
@@ -198,6 +202,18 @@ def build_report(model, cap, num_steps: int | None) -> Report:
     return rep
 
 
+NOMINAL_STEPS = 1000   # a run long enough that every step_fraction rule of a schedule covers some step
+
+
+def _keys_without_a_length(sched, sites) -> list:
+    """The distinct per-step configurations of a schedule when the run's length is unknown: step 0's where
+    the schedule needs no length, else those of a NOMINAL_STEPS run (each rule's configuration, whatever N)."""
+    try:
+        return [step_key(sched, sites, 0, None)]
+    except NumStepsUnknown:
+        return list(dict.fromkeys(step_key(sched, sites, s, NOMINAL_STEPS) for s in range(NOMINAL_STEPS)))
+
+
 def _cross_queries(sites, keys) -> dict:
     """{cross site name: (self-attention module, busiest config)} for the cross-attentions an `attention+cross`
     region runs on its kept tokens (RegionPlan.extra)."""
@@ -207,7 +223,7 @@ def _cross_queries(sites, keys) -> dict:
         if not reduced:
             continue
         busiest = min(reduced, key=lambda c: c.k)
-        plan = site_plan(site, busiest)
+        plan = site_region(site, busiest)
         for extra in getattr(plan, "extra", ()):
             for name in extra.inner:
                 out[name] = (site.module or site.name, busiest)

@@ -18,6 +18,7 @@ import math
 import threading
 import warnings
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
@@ -29,6 +30,11 @@ STUCK_CALLS = 4  # calls on one step, with no second step seen, after which a st
 
 class StepClockWarning(UserWarning):
     """The calls of a generation never advance the step clock, so a step-dependent schedule runs step 0 only."""
+
+
+class RunLengthWarning(UserWarning):
+    """A generation ran another number of steps than the plan it ran was made for (generation(num_steps=N), an
+    export's num_steps): its step_fraction rules were placed for the other length."""
 
 
 def as_float(timestep) -> float:
@@ -138,9 +144,9 @@ class Generation:
 
     def restart(self) -> None:
         """A new generation begins inside this one (the timesteps restarted): state and history go."""
-        steps = [c.step for c in self.history if c.step is not None]
-        if steps:
-            self.learned_num_steps = max(steps) + 1
+        ran = self.steps_run()
+        if ran is not None:
+            self.learned_num_steps = ran
         if self.history:
             self.number = next(_RUNS)
         self.state.clear()
@@ -173,6 +179,26 @@ class Generation:
             call = Call(self.clock.step, slot, self.number)
         self.history.append(call)
         return call
+
+    def forget(self, call: Call) -> None:
+        """Drop a call that did not run (its variant could not be chosen): it is no step of this generation."""
+        if self.history and self.history[-1] is call:
+            self.history.pop()
+
+    def steps_run(self) -> int | None:
+        """How many steps this generation has run (the last step index + 1), None before any call with a step."""
+        steps = [c.step for c in self.history if c.step is not None]
+        return max(steps) + 1 if steps else None
+
+    def check_length(self, planned: int | None, source: str) -> None:
+        """Warn when this generation ran another number of steps than `planned`, the length its plan was made
+        for (`source` says where that length came from)."""
+        ran = self.steps_run()
+        if planned is not None and ran is not None and ran != planned and self.explicit is None:
+            warnings.warn(
+                f"the generation ran {ran} steps, but its plan was made for {planned} ({source}): the step_fraction "
+                f"rules were placed for {planned} steps, so the run used other steps' variants. Give the run's real "
+                f"number of steps", RunLengthWarning, stacklevel=4)
 
     def resolved_num_steps(self, default: int | None, needed: bool = False) -> int | None:
         """num_steps of this generation: set_step's, generation(num_steps=)'s, else `default` (the schedule's);
@@ -232,6 +258,8 @@ class Generations:
 
     @contextlib.contextmanager
     def open(self, num_steps: int | None = None):
+        """Push a generation of this thread; when it closes, the thread's enclosing generation learns its length
+        (so a later run counted from timesteps resolves step_fraction rules without being told again)."""
         if num_steps is not None:
             check_step(0, num_steps)
         gen = Generation(num_steps=num_steps)
@@ -241,6 +269,14 @@ class Generations:
             yield gen
         finally:
             stack.remove(gen)
+            length = gen.num_steps or gen.steps_run()
+            if length is not None:
+                stack[-1].learned_num_steps = length
+
+    def resolved_num_steps(self, default: int | None, needed: bool = False) -> int | None:
+        """The step count of the latest generation any thread ran (else this thread's current one)."""
+        gen = self.last if self.last is not None else self.current
+        return gen.resolved_num_steps(default, needed)
 
     def set_step(self, step, num_steps=None) -> None:
         step, num_steps = check_step(step, num_steps)
@@ -254,6 +290,45 @@ class Generations:
         call = gen.advance(timestep, latent)
         self.last = gen
         return gen, call
+
+
+@dataclass
+class ChosenVariant:
+    """What a runner chose for one call: the variant's label, its state inputs {site: {name: (shape, dtype)}}
+    (empty: stateless), whether the run's variants depend on the step, and `run(state_feed) -> (output,
+    state_out or None)`."""
+
+    label: str
+    state_inputs: dict
+    step_dependent: bool
+    run: Callable[[dict | None], tuple[Any, dict | None]]
+
+
+def run_call(generations: Generations, kw: dict, choose: Callable[[Generation, Call], ChosenVariant], device,
+             on_state: Callable | None = None):
+    """The run loop every runner shares (ReducedModel, the manifest runners): advance this thread's step clock
+    from the call's timestep (any spelling, inputs.timestep_value) -> choose the step's variant -> feed the
+    state it reads -> run it -> hold the state it returns."""
+    from .passes.inputs import timestep_value
+
+    gen, call = generations.advance(timestep_value(kw), latent_of(kw))
+    try:
+        chosen = choose(gen, call)
+    except Exception:
+        gen.forget(call)   # a call that did not run is no step: the generation's learned length stays true
+        raise
+    call.variant = chosen.label
+    gen.warn_if_stuck(chosen.step_dependent)
+    feed = None
+    if chosen.state_inputs:
+        feed = gen.state.feed(chosen.state_inputs, call.step or 0, call.slot, device,
+                              zeros_if_missing=gen.explicit is not None or not call.step)
+    out, state_out = chosen.run(feed)
+    if state_out is not None:
+        gen.state.update(call.slot, state_out)
+        if on_state is not None:
+            on_state(call, state_out)
+    return out
 
 
 def latent_of(kw: dict) -> torch.Tensor | None:

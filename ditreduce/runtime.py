@@ -5,23 +5,28 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from .backends import check_backend, prepare_variant, variant_label
-from .errors import ScheduleError
+from .errors import NotAModelError, ScheduleError, UnsupportedModelError
 from .passes import capture as capture_pass
-from .passes.inputs import lattice_signature, timestep_value
+from .passes.inputs import lattice_signature
 from .passes.pipeline import Analysis, analyze
 from .passes.rewrite import rewrite
 from .regions import outside_inference_mode
-from .run_state import Generations, latent_of
+from .run_state import ChosenVariant, Generations, run_call
 from .schedules import Schedule, load_schedule
 from .schedules.lower import NumStepsUnknown
 from .schedules.plan import MAX_VARIANTS, RunPlan, is_step_dependent
 
+
+
+SCHEDULE_FILE = "ditreduce_schedule.yaml"   # written beside the weights by save_pretrained
 
 
 def _signature(kw: dict) -> tuple:
@@ -41,10 +46,18 @@ class ReducedModel(nn.Module):
     def __init__(self, model: nn.Module, schedule: Schedule, backend: str = "eager",
                  backend_options: dict | None = None, max_variants: int = MAX_VARIANTS):
         super().__init__()
+        check_wrappable(model)
         self.model = model
         self._schedule = schedule
         self.backend, self.backend_options = check_backend(backend, backend_options)
         self.max_variants = max_variants
+        self._init_run_state()
+        self._register_state_dict_hook(_state_dict_as_the_model_s)
+        self._register_load_state_dict_pre_hook(_load_state_dict_of_the_model, with_module=True)
+
+    def _init_run_state(self) -> None:
+        """What a ReducedModel derives from its model and schedule, and its run state: rebuilt lazily, never
+        pickled or copied (a copy, a pickle round trip or a weights change analyses again on its next call)."""
         self.captures: dict[tuple, Analysis] = {}   # input signature -> Analysis
         self.last_capture: Analysis | None = None
         self.generations = Generations()
@@ -52,17 +65,50 @@ class ReducedModel(nn.Module):
         self._lock = threading.RLock()              # analysis, variant and runner building
         self.on_state = None  # optional callback(call: run_state.Call, state_out) (DiTo calibration reads matchings)
 
+    def __getstate__(self):
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in ("captures", "last_capture", "generations", "last_key", "_lock", "on_state")}
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._init_run_state()
+
+    def drop_analyses(self) -> None:
+        """Forget every capture, variant and runner (the weights, dtype or device changed): the next call
+        captures again from the model as it is now."""
+        with self._lock:
+            self.captures.clear()
+            self.last_capture = None
+
+    def _apply(self, fn, *args, **kwargs):
+        """.to() / .cuda() / .half() / .float(): the captured graphs hold the old tensors, so they go."""
+        out = super()._apply(fn, *args, **kwargs)
+        if "captures" in self.__dict__:
+            self.drop_analyses()
+        return out
+
     @property
     def schedule(self) -> Schedule:
         return self._schedule
 
     @schedule.setter
     def schedule(self, schedule: Schedule) -> None:
-        """A new schedule keeps the analyses (they do not depend on it) and drops their run plans."""
+        """A new schedule keeps what does not depend on it (capture, attention match, label propagation and
+        scopes when its `layout:` overrides are the same) and re-derives the rest: the analyses of another
+        `layout:` are dropped (captured again on the next call); the others check that the new schedule reduces
+        something (a ScheduleError here, not on the next call), note its unused selectors and drop their run
+        plans and variants' plans."""
+        schedule = load_schedule(schedule)
         with self._lock:
+            for sig, cap in list(self.captures.items()):
+                if not cap.derives_from(schedule):
+                    del self.captures[sig]
+                    if self.last_capture is cap:
+                        self.last_capture = None
+                else:
+                    cap.apply_schedule(schedule)
             self._schedule = schedule
-            for cap in self.captures.values():
-                cap.plans.clear()
 
     # --- what a diffusers pipeline reads from its transformer --------------------------------------
     @property
@@ -81,7 +127,10 @@ class ReducedModel(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["model"], name)
+            model = self.__dict__.get("_modules", {}).get("model")
+            if model is None:
+                raise
+            return getattr(model, name)
 
     # --- step control ------------------------------------------------------------------------------
     def set_step(self, step: int | None, num_steps: int | None = None) -> None:
@@ -91,7 +140,8 @@ class ReducedModel(nn.Module):
     @contextlib.contextmanager
     def generation(self, num_steps: int | None = None):
         """One generation of this thread: its own step clock and state; `num_steps` serves step_fraction
-        rules and bounds the steps. Nested generations leave the outer one as it was."""
+        rules and bounds the steps. Nested generations leave the outer one as it was; when it closes, later
+        runs of this thread counted from timesteps take its length as theirs (where a schedule needs one)."""
         with self.generations.open(num_steps) as gen:
             yield self
         gen.warn_if_stuck(is_step_dependent(self.schedule))
@@ -174,26 +224,30 @@ class ReducedModel(nn.Module):
                 "denoising steps: set `num_steps:` in the schedule, call set_step(i, num_steps), or wrap the "
                 "run in `with model.generation(num_steps=N):`") from None
 
+    @torch.compiler.disable(recursive=True)
     def forward(self, *args, **kwargs):
+        """One call: the step's variant on the chosen backend. Dynamo does not trace into it (torch.compile of a
+        ReducedModel runs it as it is; backend="inductor" is how its variants are compiled)."""
         kw = capture_pass.bind_call(self.model, args, kwargs)
         cap = self.analysis(kw)
-        gen, call = self.generations.advance(timestep_value(kw), latent_of(kw))
-        num_steps = self.num_steps()   # of `gen`, this thread's current generation
+        return run_call(self.generations, kw, lambda gen, call: self._choose(cap, kw, gen, call), self.device,
+                        self.on_state)
+
+    def _choose(self, cap: Analysis, kw: dict, gen, call) -> ChosenVariant:
+        """The variant of this call's step (run plan of the generation's length) and how to run it."""
+        num_steps = gen.resolved_num_steps(self.schedule.num_steps, self.schedule.needs_num_steps)
         plan = self.plan(cap, num_steps)
         key = self.last_key = self._key(plan, call.step)
-        call.variant = variant_label(key)
-        gen.warn_if_stuck(plan.step_dependent)
         spec = self.variant(cap, key).meta.get("ditreduce_state")
+        runner = self.runner(cap, key, kw)
         if spec is None:
-            return self.runner(cap, key, kw)(**kw)
-        if spec["inputs"]:
-            kw = dict(kw, state=gen.state.feed(spec["inputs"], call.step, call.slot, self.device,
-                                               zeros_if_missing=gen.explicit is not None or call.step == 0))
-        out, extra = self.runner(cap, key, kw)(**kw)
-        gen.state.update(call.slot, extra["state"])
-        if self.on_state is not None:
-            self.on_state(call, extra["state"])
-        return out
+            return ChosenVariant(variant_label(key), {}, plan.step_dependent, lambda feed: (runner(**kw), None))
+
+        def run(feed):
+            out, extra = runner(**(kw if feed is None else dict(kw, state=feed)))
+            return out, extra["state"]
+
+        return ChosenVariant(variant_label(key), spec["inputs"], plan.step_dependent, run)
 
     def export(self, out_dir, num_steps: int | None = None, **example_kwargs):
         """One ONNX graph per variant of an N-step run + manifest.json + one shared weights file."""
@@ -207,13 +261,69 @@ class ReducedModel(nn.Module):
 
         return export_programs(self, num_steps, example_kwargs)
 
+    def save_schedule(self, directory) -> Path:
+        """Write the schedule as `directory/ditreduce_schedule.yaml` (load_schedule reads it back)."""
+        path = Path(directory) / SCHEDULE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.schedule.model_dump(mode="json", exclude_none=True), sort_keys=False))
+        return path
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """The wrapped model's save_pretrained (its own keys and config: it loads as the plain model) and the
+        schedule beside its weights (SCHEDULE_FILE)."""
+        if not hasattr(self.model, "save_pretrained"):
+            raise UnsupportedModelError(
+                f"{type(self.model).__name__} has no save_pretrained: save the weights with "
+                "torch.save(reduced.state_dict(), path) (the wrapped model's keys) and the schedule with "
+                "reduced.save_schedule(directory)")
+        self.model.save_pretrained(save_directory, **kwargs)
+        self.save_schedule(save_directory)
+
     def report(self, num_steps: int | None = None):
         from .report import build_report
 
         if self.last_capture is None:
             raise RuntimeError("ReducedModel captures lazily on its first call: call it once (or capture(**kwargs)) "
                                "before report()")
-        return build_report(self, self.last_capture, num_steps or self.num_steps())
+        if num_steps is None:   # the latest generation's length (its generation(num_steps=), or the steps it ran)
+            num_steps = self.generations.resolved_num_steps(self.schedule.num_steps, self.schedule.needs_num_steps)
+        return build_report(self, self.last_capture, num_steps)
+
+
+def check_wrappable(model) -> None:
+    """A named error, with the way out, for what compile_with_reduction cannot wrap."""
+    what = type(model).__name__
+    if isinstance(model, ReducedModel):
+        raise NotAModelError("model is already a ReducedModel: wrap its `.model` (the original) with the new "
+                                    "schedule, or set `reduced.schedule = ...` to change the schedule in place")
+    if not isinstance(model, nn.Module) and isinstance(getattr(model, "transformer", None), nn.Module):
+        raise NotAModelError(
+            f"compile_with_reduction takes the transformer, got a pipeline ({what}): use "
+            "`pipe.transformer = compile_with_reduction(pipe.transformer, schedule)` (then run the pipeline inside "
+            "`with pipe.transformer.generation(num_steps=N):` for step_fraction schedules), or "
+            "`ditreduce.apply(pipe, schedule)`, which does both")
+    if not isinstance(model, nn.Module):
+        raise NotAModelError(
+            f"compile_with_reduction takes a torch.nn.Module (a diffusers transformer or your own DiT), got {what}: "
+            "pass the module whose forward runs the denoiser (for a diffusers pipeline, `pipe.transformer`)")
+
+
+def _state_dict_as_the_model_s(module, state_dict, prefix, local_metadata):
+    """state_dict() of a ReducedModel has the wrapped model's keys (`model.` dropped): a reduced model's weights
+    load into the plain model and back."""
+    inner = prefix + "model."
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+    return state_dict
+
+
+def _load_state_dict_of_the_model(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+    """load_state_dict() takes the wrapped model's keys (or the same keys under `model.`); the captured graphs
+    hold the old weights, so they go."""
+    inner = prefix + "model."
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
+        state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
+    module.drop_analyses()
 
 
 def compile_with_reduction(model: nn.Module, schedule="uniform-50", backend: str = "eager",
@@ -226,8 +336,6 @@ def compile_with_reduction(model: nn.Module, schedule="uniform-50", backend: str
     "fp16", "workspace_gib": 8} (tensorrt). max_variants: more distinct variants in a run is a
     ScheduleError. Capture is lazy (first call); pass example keyword arguments to capture now.
     """
-    if isinstance(model, ReducedModel):
-        raise TypeError("model is already a ReducedModel")
     reduced = ReducedModel(model, load_schedule(schedule), backend, backend_options, max_variants)
     if example_kwargs:
         reduced.capture(**example_kwargs)

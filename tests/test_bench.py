@@ -10,7 +10,7 @@ from ditreduce.bench import flops as bflops
 from ditreduce.bench import memory, runner, speed
 from ditreduce.bench.device import place
 from ditreduce.bench.models import BenchModelError, resolve_model
-from ditreduce.bench.report import BenchResults, pareto_figure, pareto_front, pareto_series
+from ditreduce.bench.results import BenchResults, pareto_figure, pareto_front, pareto_series
 from ditreduce.cli import main
 
 RESULT_KEYS = {"schema_version", "ditreduce_version", "created_utc", "command", "machine", "settings", "equal_flops",
@@ -140,6 +140,61 @@ def test_pareto_plot_has_one_series_per_method(quick):
     assert sorted(t.get_text() for t in fig.axes[0].texts) == ["≥24 dB: coredit 1.50×", "≥27 dB: coredit 1.00×"]
 
 
+def _plotted_results(quality: bool) -> BenchResults:
+    """Results with three schedule files (long names: the bench names a --schedule row by the file) as the
+    plot reads them; no bench run."""
+    from ditreduce.bench.results import FlopsRecord, QualityRecord, Row, Stat, TimingRecord
+
+    def stat(m):
+        return Stat(median=m, min=m - 0.2, max=m + 0.2, n=3)
+
+    rows = []
+    for stem, psnr, speedup in (("dito-prop-0.65-once-blocks", 27.3, 1.55), ("dito-prop-0.4-once-blocks", 30.3, 1.43),
+                                ("dito-prop-0.35-once-blocks", 31.0, 1.30)):
+        rows.append(Row.model_construct(
+            model="small-dit:64", method=stem, config=f"docs/{stem}.yaml", scope="attention+proj", backend="eager",
+            ratio=0.5, error=None, flops=FlopsRecord.model_construct(ideal_speedup=1.6),
+            timing=TimingRecord.model_construct(run_speedup=stat(speedup)),
+            quality=QualityRecord.model_construct(psnr_db=stat(psnr)) if quality else None))
+    return BenchResults.model_construct(rows=rows, settings={"backends": ["eager"]})
+
+
+@pytest.mark.parametrize("quality, says", [(True, "small-dit:64, eager: PSNR vs run speedup"),
+                                           (False, "small-dit:64, eager: FLOPs-ideal speedup (no quality measured) "
+                                                   "vs run speedup")])
+def test_the_pareto_title_says_what_the_plot_shows(quality, says):
+    import matplotlib.pyplot as plt
+
+    fig = pareto_figure(_plotted_results(quality))
+    assert fig.axes[0].get_title() == says
+    plt.close(fig)
+
+
+def test_the_pareto_legend_is_beside_the_axes_and_the_png_holds_every_label(tmp_path):
+    """With --schedule files the legend never covers the axes (points, y axis), and the written PNG is
+    cropped to everything drawn: no label is cut off at its edge."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from ditreduce.bench.results import save_pareto
+
+    res = _plotted_results(quality=True)
+    fig = pareto_figure(res)
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend, box = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.x0 > box.x1   # right of the axes, not over them
+    stars = [t.get_window_extent(renderer) for t in ax.texts]   # the labels of the fastest per target
+    assert len(stars) == 2 and all(box.x0 <= s.x0 and s.x1 <= box.x1 for s in stars)
+    drawn = fig.get_tightbbox(renderer)                     # inches: every artist, labels included
+    plt.close(fig)
+    save_pareto(res, tmp_path / "pareto.png")
+    width, height = Image.open(tmp_path / "pareto.png").size
+    assert width >= drawn.width * fig.dpi - 2 and height >= drawn.height * fig.dpi - 2
+    assert drawn.width > fig.get_figwidth()                 # the legend beside the axes widens the image
+
+
 def test_pareto_front_keeps_only_undominated_configurations():
     pts = [(1.0, 0, 0, 27.0), (1.2, 0, 0, 26.0), (1.1, 0, 0, 25.0), (1.5, 0, 0, 25.0), (1.4, 0, 0, 24.0)]
     assert pareto_front(pts) == [(1.0, 0, 0, 27.0), (1.2, 0, 0, 26.0), (1.5, 0, 0, 25.0)]
@@ -210,6 +265,26 @@ def test_pixart_alpha_shape_and_model_spellings():
         assert tiny.module(**tiny.kwargs)[0].shape == (2, 8, 8, 8)
 
 
+def test_loading_the_small_dit_prints_no_install_notice(capfd):
+    """diffusers' "install accelerate" block is not printed on each load of the shipped model (diffusers
+    logs through its own stderr handler: captured at the file descriptor)."""
+    bm = resolve_model("small-dit:16")
+    cap = capfd.readouterr()
+    assert "accelerate" not in cap.err + cap.out and bm.can_sample
+
+
+def test_progress_bars_write_no_cursor_codes_into_a_captured_log(capfd):
+    """A bench run's nested bars (configurations, then timing repeats) with stderr not a terminal: no
+    carriage returns or cursor-up codes in the log."""
+    bm = resolve_model("DiTTransformer2DModel:" + json.dumps(TINY_DIT))
+    settings = runner.BenchSettings(methods=["uniform"], ratios=[0.5], quality=False, memory=False, repeats=2,
+                                    warmup=0, steps=2, equal_flops=False)
+    (row,) = runner.bench_model(bm, settings, [])
+    err = capfd.readouterr().err
+    assert row.error is None and row.timing.repeats == 2
+    assert "\x1b[A" not in err and "\r" not in err, repr(err[-300:])
+
+
 def test_bad_requests_are_named_errors(monkeypatch, capsys):
     with pytest.raises(runner.BenchError, match="registered: .*uniform"):
         runner.validate(runner.BenchSettings(methods=["nosuch"]))
@@ -241,7 +316,8 @@ def test_demo_auto_runs_the_preferred_registered_method(monkeypatch, tmp_path, c
     # a stand-in registered as "todo" outranks uniform in the bench's order of preference
     for better in ("coredit", "dito", "tome"):
         monkeypatch.delitem(METHODS, better, raising=False)
-    monkeypatch.setitem(METHODS, "todo", type("ToDoStandIn", (Uniform,), {"name": "todo", "reduces_q": False}))
+    monkeypatch.setitem(METHODS, "todo", type("ToDoStandIn", (Uniform,), {"name": "todo", "reduces_q": False,
+                                                                        "preferred": 3, "default_schedule": None}))
     out = tmp_path / "demo.png"
     assert main(["demo", "--samples", "1", "--steps", "5", "--res", "32", "--schedule", "auto", "--out", str(out)]) == 0
     text = capsys.readouterr().out
@@ -253,13 +329,13 @@ def test_demo_auto_runs_the_preferred_registered_method(monkeypatch, tmp_path, c
 
 def test_a_model_the_schedule_cannot_reduce_is_an_error_row_not_a_dense_number():
     import zoo
-    from ditreduce.bench.models import BenchModel
+    from ditreduce.bench.models import ModelSpec
 
     model, kw = zoo.build("sana")  # its only softmax attention is cross-attention
     settings = runner.BenchSettings(methods=["uniform"], ratios=[0.5], quality=False, memory=False, repeats=1,
                                     steps=4, equal_flops=False)
     assert runner.match_ratios(settings) == []
-    (row,) = runner.bench_model(BenchModel("sana", model, kw), settings, [])
+    (row,) = runner.bench_model(ModelSpec("sana", model, kw), settings, [])
     assert row.error.startswith("ScheduleError: the schedule reduces no attention site")
     assert row.timing is None and row.flops is None and row.ratio == 0.5
 

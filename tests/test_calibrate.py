@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ditreduce import load_schedule
+from ditreduce.errors import ScheduleError
 from ditreduce.calibration import Redundancy, allocate
 from ditreduce.cli import main
 
@@ -35,8 +36,21 @@ def test_allocation_prunes_redundant_blocks_more_and_meets_the_budget():
 
 
 def test_a_budget_beyond_reach_names_the_limit():
-    with pytest.raises(ValueError, match="--budget 0.9"):
+    with pytest.raises(ScheduleError, match=r"--budget 0.9: must be in \(0, 0.75\) .*lower --budget"):
         allocate(Redundancy(["a"], [0], torch.ones(1, 10)), 10, budget=0.9)
+
+
+@pytest.mark.parametrize("method", ["coredit", "dito"])
+def test_generations_shorter_than_the_plan_are_a_schedule_error_saying_both_counts(method, tmp_path, capsys):
+    """zoo:pixart_generate_example's generate() runs 3 steps; a 5-step plan cannot be measured on it."""
+    out = tmp_path / "s.yaml"
+    assert main(["calibrate", "zoo:pixart_generate_example", "--method", method, "--steps", "5", "--budget", "0.2",
+                 "--phases", "1", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ditreduce: error: ScheduleError: calibrate: the plan has 5 steps (--steps 5) but generate() ran 3 "
+                   "of them (steps 3..4 never observed); pass --steps 3 (the steps your generations run) or make "
+                   "generate(transformer) run 5 steps"]
+    assert not out.exists()
 
 
 def test_cli_writes_a_loadable_schedule(tmp_path):

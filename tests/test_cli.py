@@ -138,3 +138,69 @@ def test_zoo_takes_model_specs_and_does_not_import_tests(capsys):
         names |= {(n.module or "").split(".")[0] for n in ast.walk(ast.parse(text))
                   if isinstance(n, ast.ImportFrom) and not n.level}
         assert not names & {"tests", "zoo", "zoo_more", "anydit", "conftest"} and "sys.path" not in text, path
+
+
+# --- every failure of every subcommand: one line on stderr, exit 2 (issue 40) --------------------------
+def _cli_failure(argv, capsys) -> tuple[int, str]:
+    """(exit status, stderr) of `ditreduce ARGV` in this process: an argparse error exits, the rest returns."""
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def _results_json(path):
+    from ditreduce.bench.results import BenchResults
+
+    BenchResults(ditreduce_version="0", created_utc="2026-12-07T00:00:00", command=["ditreduce", "bench"], machine={},
+                 settings={}, equal_flops=False, matched=[], models=[], rows=[], process_peak_rss_bytes=0).save(path)
+    return str(path)
+
+
+FAILURES = [   # (case, argv in a folder d holding a text file d/file, what the line says: a regex)
+    ("no command", lambda d: [],
+     r"ditreduce: error: the following arguments are required: cmd \(see `ditreduce --help`\)"),
+    ("unknown option", lambda d: ["inspect", "--bogus"], "ditreduce: error: unrecognized arguments: --bogus"),
+    ("inspect: a folder as schedule", lambda d: ["inspect", "zoo:pixart_example", "--schedule", str(d)],
+     "ScheduleError: invalid schedule"),
+    ("bench: --out is a file", lambda d: ["bench", "--out", str(d / "file")],
+     "ditreduce bench: error: argument --out: '.*' is a file; give a folder"),
+    ("bench-docs: not a results.json", lambda d: ["bench-docs", str(d / "file"), str(d / "out.md")],
+     "BenchError: results '"),
+    ("bench-docs: a path it may not write", lambda d: ["bench-docs", _results_json(d / "r.json"), "/sys/ditreduce.md"],
+     "PermissionError|no permission to write"),
+    ("calibrate: -o in a missing folder", lambda d: ["calibrate", "-o", str(d / "no" / "s.yaml")],
+     "ditreduce calibrate: error: argument -o/--out: cannot write '.*': there is no folder"),
+    ("calibrate: the model file is missing", lambda d: ["calibrate", "small-dit", "-o", str(d / "s.yaml")],
+     "FileNotFoundError: no small DiT at"),
+    ("tune: -o is a folder", lambda d: ["tune", "--min-psnr", "30", "-o", str(d)],
+     "ditreduce tune: error: argument -o/--out: '.*' is a folder"),
+    ("tune: a model it cannot sample", lambda d: ["tune", "pixart-alpha:64:1", "--min-psnr", "20", "-o",
+                                                  str(d / "t.yaml")], "TuneError: tune needs a model it can sample"),
+    ("export: OUT under a file", lambda d: ["export", "zoo:pixart_example", "uniform-50", str(d / "file" / "out")],
+     "BackendError: export: cannot create the output folder"),
+    ("zoo: not a model spec", lambda d: ["zoo", "--models", "notaspec"], "BenchModelError: model 'notaspec'"),
+    ("demo: the model file is missing", lambda d: ["demo", "--out", str(d / "demo.png")],
+     "FileNotFoundError: no small DiT at"),
+    ("demo: --out in a missing folder", lambda d: ["demo", "--out", str(d / "no" / "demo.png")],
+     "ditreduce demo: error: argument --out: cannot write"),
+]
+
+
+@pytest.mark.parametrize("case, argv, message", [pytest.param(*f, id=f[0]) for f in FAILURES])
+def test_every_failure_is_one_line_on_stderr_and_exit_2(case, argv, message, tmp_path, monkeypatch, capsys):
+    import re
+
+    from ditreduce.smalldit import models
+
+    if "PermissionError" in message and not os.path.isdir("/sys"):
+        pytest.skip("needs a path no one may write (/sys)")
+    (tmp_path / "file").write_text("not json\n")
+    monkeypatch.setattr(models, "SMALL_DIT_DIR", tmp_path / "no-small-dit")   # "the model file is missing"
+    monkeypatch.delenv("DITREDUCE_TRACEBACK", raising=False)
+    code, err = _cli_failure(argv(tmp_path), capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("ditreduce") and " error: " in lines[0] and re.search(message, lines[0]), lines[0]
+    assert "Traceback" not in err and "usage:" not in err

@@ -15,7 +15,7 @@ from ditreduce.methods.todo import todo_selection
 from ditreduce.methods.tome import tome_kept, tome_select
 from ditreduce.regions import (Selection, attention_region, embed_in_sequence, reconstruct_tokens, reduce_tokens,
                                token_sizes, with_size_bias)
-from ditreduce.schedules.lower import plan_key
+from ditreduce.schedules.lower import step_key
 
 LATTICE = (6, 6)
 N = 36
@@ -161,7 +161,7 @@ def test_prop_attn_is_a_schedule_field_rules_override(joint_model):
     assert sched.prop_attn and sched.rules[0].prop_attn is False
     assert load_schedule({"method": "tome"}).prop_attn is False
     sites = joint_model[2].capture(**joint_model[1]).sites
-    per_block = {s.block: c.prop_attn for s, c in zip(sites, plan_key(sched, sites, 0, 1)) if c is not None}
+    per_block = {s.block: c.prop_attn for s, c in zip(sites, step_key(sched, sites, 0, 1)) if c is not None}
     assert per_block == {0: False, 1: True}
 
 

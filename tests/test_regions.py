@@ -137,3 +137,31 @@ def test_mask_is_gathered_along_kv(q_rows):
     ref = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=m)[:, :, src]  # copy back: token i <- kept[src[i]]
     torch.testing.assert_close(out, ref)
     assert not torch.allclose(ref, F.scaled_dot_product_attention(qr, kr, vr)[:, :, src], atol=1e-3)
+
+
+def test_build_switches_hold_in_their_own_thread_only():
+    """forced_regions / pointwise_products / size_forms set how the variants of the thread that sets them are
+    built: another thread building at the same time sees the defaults."""
+    import threading
+
+    from ditreduce import regions
+
+    seen, entered, checked = {}, threading.Barrier(2), threading.Barrier(2)
+
+    def switching():
+        with regions.forced_regions(), regions.pointwise_products(), regions.size_forms(True):
+            entered.wait()
+            checked.wait()
+            seen["own"] = (regions.regions_forced(), regions._FORMS.pointwise, regions.is_large(1, 1 << 40))
+
+    def other():
+        entered.wait()
+        seen["other"] = (regions.regions_forced(), regions._FORMS.pointwise, regions.is_large(1, 1 << 40))
+        checked.wait()
+
+    threads = [threading.Thread(target=switching), threading.Thread(target=other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"own": (True, True, True), "other": (False, False, False)}

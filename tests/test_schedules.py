@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from ditreduce.passes.site import Layout, Segment, Site
 from ditreduce.schedules import ScheduleError, json_schema, load_schedule, presets, validate
-from ditreduce.schedules.lower import plan_key
+from ditreduce.schedules.lower import step_key
 from ditreduce.schedules.plan import plan_run
 
 
@@ -90,9 +90,9 @@ def test_rule_precedence_later_rule_wins_field_by_field():
         {"steps": "0:2", "ratio": 0.1},
     ]})
     sites = [_site(b) for b in range(4)]
-    k = plan_key(s, sites, step=5, num_steps=10)
+    k = step_key(s, sites, step=5, num_steps=10)
     assert [c.ratio if c else None for c in k] == [0.75, 0.5, 0.25, None]
-    k0 = plan_key(s, sites, step=0, num_steps=10)
+    k0 = step_key(s, sites, step=0, num_steps=10)
     assert [c.ratio if c else None for c in k0] == [0.1, 0.1, 0.1, None]
     assert k0[0].k == 16 - round(0.1 * 16)
 
@@ -110,7 +110,7 @@ def test_step_fraction_and_variants():
 
 def test_ratio_quantisation_limits_variants():
     s = load_schedule({"ratio": 0.52, "ratio_step": 0.1})
-    (cfg,) = plan_key(s, [_site(0)], 0, None)
+    (cfg,) = step_key(s, [_site(0)], 0, None)
     assert cfg.ratio == 0.5 and cfg.k == 8
 
 

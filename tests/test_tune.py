@@ -36,7 +36,23 @@ def test_bisection_ends_on_a_ratio_that_meets_the_target_next_to_one_that_does_n
         assert tuner.quality(Candidate("uniform", "attention", grid[nxt], 0.2)).median_psnr < at_03
 
 
-def test_tune_writes_a_schedule_that_meets_the_target(model, tmp_path, capsys):
+def scale_measured_speedups(monkeypatch, factor: float) -> None:
+    """Run tune's real interleaved timing, then scale every measured run speedup by `factor`: at 64 image
+    tokens and 2 steps the real figure is noise around 1x, and these tests are about what tune does with it."""
+    timed = Tuner.time_trials
+
+    def time_then_scale(self, trials):
+        timed(self, trials)
+        for t in trials:
+            assert t.run_speedups and all(x > 0 for x in t.run_speedups)
+            t.run_speedups = [x * factor for x in t.run_speedups]
+            t.run_speedup *= factor
+
+    monkeypatch.setattr(Tuner, "time_trials", time_then_scale)
+
+
+def test_tune_writes_a_schedule_that_meets_the_target(model, tmp_path, capsys, monkeypatch):
+    scale_measured_speedups(monkeypatch, 100.0)   # faster than dense, whatever the machine measures
     out = tmp_path / "tuned.yaml"
     rc = main(["tune", "small-dit:16", "--min-psnr", "15", "--methods", "uniform", "--scopes", "attention",
                "--steps", "2", "--seeds", "1", "--repeats", "1", "--prop-attn", "on", "-o", str(out)])
@@ -54,6 +70,22 @@ def test_tune_writes_a_schedule_that_meets_the_target(model, tmp_path, capsys):
     psnr = compare(images, tuner.dense)[0][0]
     stated = float(text.split("# measured: median PSNR ")[1].split(" dB")[0])
     assert psnr == pytest.approx(stated, abs=0.01) and psnr >= 15.0
+
+
+def test_a_target_only_slower_than_dense_schedules_meet_writes_nothing(model, tmp_path, monkeypatch, capsys):
+    """A schedule measured slower than dense is never called best: a TuneError (exit 2, one line) that says
+    the target cannot pay at this size, and no file."""
+    scale_measured_speedups(monkeypatch, 1e-3)   # every candidate far slower than dense
+    with pytest.raises(TuneError, match=r"cannot pay on small-dit:16 at 64 image tokens: .* runs at 0\.\d\dx of "
+                                        r"dense, no faster than the dense model; nothing written"):
+        tune(model, TuneSettings(min_psnr=15.0, **SETTINGS), log=lambda *_: None)
+    out = tmp_path / "tuned.yaml"
+    rc = main(["tune", "small-dit:16", "--min-psnr", "15", "--methods", "uniform", "--scopes", "attention",
+               "--steps", "2", "--seeds", "1", "--repeats", "1", "--prop-attn", "off", "-o", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and not out.exists()
+    assert len(err) == 1
+    assert err[0].startswith("ditreduce: error: TuneError: --min-psnr 15 (+ --margin-db 1) cannot pay on small-dit:16")
 
 
 def test_proportional_attention_is_a_searched_dimension_that_reaches_the_model(model, monkeypatch):
@@ -77,13 +109,21 @@ def test_an_unreachable_target_is_a_tune_error_naming_the_trials(model):
         tune(model, TuneSettings(min_psnr=200.0, **SETTINGS), log=lambda *_: None)
 
 
-def test_the_margin_alone_can_make_a_target_unreachable(model):
+def test_the_margin_alone_can_make_a_target_unreachable(model, monkeypatch):
     """A target that r = 0.05 meets on the calibration seeds fails once the margin puts it out of reach."""
+    scale_measured_speedups(monkeypatch, 100.0)   # the first search succeeds, whatever the machine measures
     tuner = Tuner(model, TuneSettings(min_psnr=0.0, **SETTINGS), log=lambda *_: None)
     best = tuner.quality(Candidate("uniform", "attention", 0.05, 0.2)).median_psnr
     tune(model, TuneSettings(min_psnr=best - 0.5, margin=0.0, **SETTINGS), log=lambda *_: None)
     with pytest.raises(TuneError, match=r"--margin-db 1"):
         tune(model, TuneSettings(min_psnr=best - 0.5, margin=1.0, **SETTINGS), log=lambda *_: None)
+
+
+def test_a_budget_spent_before_any_configuration_is_a_tune_error_saying_so(model, monkeypatch):
+    monkeypatch.setattr(Tuner, "out_of_time", lambda self: True)
+    with pytest.raises(TuneError, match=r"--minutes 10 ran out before the first configuration was measured "
+                                        r"\(setting up and sampling dense took \d+ s\); raise --minutes"):
+        tune(model, TuneSettings(min_psnr=15.0, **SETTINGS), log=lambda *_: None)
 
 
 def test_a_model_that_cannot_sample_is_a_tune_error():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..passes.capture import quiet_export_warnings
 from ..regions import pointwise_products
 from .programs import export_program
 
@@ -31,8 +32,9 @@ class AotVariant:
         with pointwise_products():   # as for `inductor` (regions.pointwise_products)
             ep = export_program(self.gm, kw)
         self._dir = tempfile.TemporaryDirectory(prefix="ditreduce-aoti-")
-        pkg = torch._inductor.aoti_compile_and_package(ep, package_path=str(Path(self._dir.name) / "variant.pt2"))
-        self.fn = torch._inductor.aoti_load_package(pkg)
+        with quiet_export_warnings():   # the compile copies the program: torch's own LeafSpec notice
+            pkg = torch._inductor.aoti_compile_and_package(ep, package_path=str(Path(self._dir.name) / "variant.pt2"))
+            self.fn = torch._inductor.aoti_load_package(pkg)
         out = self.fn(**kw)
         self.compile_seconds = time.perf_counter() - t0
         return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..cli_args import MODEL_SPEC_HELP, positive_int
 
@@ -24,16 +25,17 @@ def cmd_export(args) -> int:
     from .. import compile_with_reduction
     from ..model_specs import resolve_model
 
+    out = Path(args.out)   # printed paths without the trailing slash a shell completion leaves: out/manifest.json
     bm = resolve_model(args.model, args.res)
     reduced = compile_with_reduction(bm.module, args.schedule)
     with torch.no_grad():
-        m = reduced.export(args.out, num_steps=args.steps, **bm.kwargs)
-    print(f"wrote {args.out}/manifest.json: {len(m.variants)} variants, steps {m.steps}, "
-          f"weights {m.weights.path} {m.weights.bytes / 1e6:.1f} MB")
+        m = reduced.export(out, num_steps=args.steps, **bm.kwargs)
+    print(f"wrote {out / 'manifest.json'}: {len(m.variants)} variants, steps {m.steps}, "
+          f"weights {out / m.weights.path} {m.weights.bytes / 1e6:.1f} MB")
     if args.triton:
         from .triton import write_triton_repository
 
-        repo = write_triton_repository(f"{args.out}/manifest.json", f"{args.out}/triton", args.engines)
+        repo = write_triton_repository(out / "manifest.json", out / "triton", args.engines)
         print(f"wrote Triton model repository {repo}")
     return 0
 

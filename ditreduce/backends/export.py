@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import inspect
 import json
-from pathlib import Path
 
 import torch
 
 from ..passes.capture import bind_call
+from .folders import output_dir, writing_into
 from .manifest import Manifest, SiteConfig, Variant, WeightsFile, save_manifest
 from .onnx_graph import OPSET, tensor_leaves, to_onnx
 from .programs import export_program, require_static_token_counts, run_variants, with_example_state
@@ -32,8 +32,7 @@ def _plan(key: tuple, sites) -> list[SiteConfig]:
 
 
 def export_onnx(reduced, out_dir, num_steps: int | None, example_kwargs: dict) -> Manifest:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir, "export")
     kw = bind_call(reduced.model, (), example_kwargs) if example_kwargs else {}
     run = run_variants(reduced, num_steps, kw)
     for gm in run.graphs:
@@ -45,14 +44,16 @@ def export_onnx(reduced, out_dir, num_steps: int | None, example_kwargs: dict) -
         models[name] = proto
         variants.append(Variant(name=name, label=label, onnx=f"{name}.onnx", plan=_plan(key, run.sites),
                                 inputs=ins, outputs=outs))
-    size, count = share_weights(models, out / WEIGHTS_FILE)
-    for name, proto in models.items():
-        (out / f"{name}.onnx").write_bytes(proto.SerializeToString())
+    with writing_into(out, "export"):
+        size, count = share_weights(models, out / WEIGHTS_FILE)
+        for name, proto in models.items():
+            (out / f"{name}.onnx").write_bytes(proto.SerializeToString())
     constants = {".".join(map(str, p)): _json_safe(v) for p, v in tensor_leaves(kw) if not isinstance(v, torch.Tensor)}
     manifest = Manifest(
         opset=OPSET, model_class=type(reduced.model).__name__, config=model_config(reduced.model),
         forward_params=list(inspect.signature(reduced.model.forward).parameters), constants=constants,
         schedule=reduced.schedule.model_dump(mode="json"), num_steps=len(run.steps), steps=run.steps,
         weights=WeightsFile(path=WEIGHTS_FILE, bytes=size, tensors=count), variants=variants)
-    save_manifest(manifest, out / "manifest.json")
+    with writing_into(out, "export"):
+        save_manifest(manifest, out / "manifest.json")
     return manifest

@@ -4,12 +4,16 @@ output) or `out.sample` (return_dict); anything under a `state` key is the input
 the output `state_out.<site>.<name>`."""
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import onnx
 import torch
 from torch.export.graph_signature import OutputKind
 from torch.utils._pytree import tree_flatten_with_path, tree_unflatten
 
 from ..errors import BackendError
+from ..passes.capture import quiet_export_warnings
 from .manifest import STATE_OUT_PREFIX, STATE_PREFIX, TensorSpec
 
 OPSET = 18
@@ -31,8 +35,20 @@ def leaf_name(path: list, prefix: str = "") -> str:
 
 
 def tensor_leaves(tree) -> list[tuple[list, torch.Tensor | object]]:
-    leaves, _ = tree_flatten_with_path(tree)
+    """(path, leaf) of every leaf of a call's arguments or outputs, in pytree order."""
+    leaves, _ = tree_flatten_with_path(plain_mappings(tree))
     return [([_key(e) for e in path], leaf) for path, leaf in leaves]
+
+
+def plain_mappings(tree):
+    """The tree with every dict subclass as a plain dict of the same items in the same order. diffusers'
+    output dataclasses (BaseOutput, e.g. Transformer2DModelOutput) are dict subclasses registered as pytree
+    nodes without key paths; as dicts their leaves are named by field (`out.sample`) in the same order."""
+    if isinstance(tree, dict):
+        return {k: plain_mappings(v) for k, v in tree.items()}
+    if type(tree) in (list, tuple):
+        return type(tree)(plain_mappings(v) for v in tree)
+    return tree
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -60,12 +76,35 @@ def example_outputs(ep: torch.export.ExportedProgram):
     return tree_unflatten(vals, ep.call_spec.out_spec)
 
 
+# the ONNX exporter's notice, once per op, that torchvision's ops (nms, roi_align, ...) have no converter
+# without torchvision: about the exporter's op table, not the graph being exported
+_EXPORTER_REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+_TORCHVISION_MISSING = "torchvision is not installed"
+
+
+def _not_torchvision_missing(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_TORCHVISION_MISSING)
+
+
+@contextlib.contextmanager
+def quiet_onnx_exporter():
+    """Hide, during one torch.onnx.export, its "torchvision is not installed" lines and the torch-internal
+    warnings of quiet_export_warnings; everything else the exporter logs or warns is shown."""
+    logger = logging.getLogger(_EXPORTER_REGISTRY_LOGGER)
+    logger.addFilter(_not_torchvision_missing)
+    try:
+        with quiet_export_warnings():
+            yield
+    finally:
+        logger.removeFilter(_not_torchvision_missing)
+
+
 def to_onnx(ep: torch.export.ExportedProgram, kw: dict, optimize: bool = True
             ) -> tuple[onnx.ModelProto, list[TensorSpec], list[TensorSpec]]:
     """The ONNX graph of a variant and its input / output tensor specs, in graph order."""
     import onnxscript.optimizer
 
-    with torch.no_grad():
+    with torch.no_grad(), quiet_onnx_exporter():
         prog = torch.onnx.export(ep, (), kwargs=dict(kw), dynamo=True, opset_version=OPSET, optimize=False,
                                  verbose=False)
     if optimize:

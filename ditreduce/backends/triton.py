@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+from .folders import output_dir
 from .manifest import Manifest, TensorSpec, load_engine_manifest, load_manifest
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "float64": "TYPE_FP64",
@@ -101,8 +102,9 @@ def _link(src: Path, dst: Path) -> None:
 
 def write_triton_repository(manifest_path: str | Path, repo: str | Path, engines: str | Path | None = None,
                             precision: str = "fp16") -> Path:
-    manifest_path, repo = Path(manifest_path), Path(repo)
+    manifest_path = Path(manifest_path)
     m = load_manifest(manifest_path)
+    repo = output_dir(repo, "Triton model repository")
     plans = {}
     if engines is not None:
         em = load_engine_manifest(engines)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import BackendError
+from .folders import output_dir
 from .manifest import EngineEntry, EngineManifest, file_sha256, load_manifest, save_engine_manifest
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -91,8 +92,8 @@ def build_engines(manifest_path: str | Path, out_dir: str | Path, precision: str
     if precision not in PRECISIONS:
         raise BackendError(f"precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
     trt = require_tensorrt()  # BackendError without TensorRT or without a CUDA GPU
-    manifest_path, out = Path(manifest_path).resolve(), Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = Path(manifest_path).resolve()
+    out = output_dir(Path(out_dir).resolve(), "build-engines")
     m = load_manifest(manifest_path)
     weak = hasattr(trt.BuilderFlag, "FP16")
     entries = []

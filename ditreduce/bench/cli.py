@@ -4,7 +4,8 @@ from __future__ import annotations
 import sys
 import time
 
-from ..cli_args import count, finite_float, float_in, float_list, name_list, positive_int
+from ..cli_args import count, finite_float, float_in, float_list, name_list, output_file, output_folder, positive_int
+from ..schedules.ir import MAX_RATIO
 
 QUICK = dict(models=["small-dit:32"], steps=5, seeds=2, repeats=2, warmup=1, ratios=[0.5])
 
@@ -17,16 +18,16 @@ def _names(text: str) -> list[str]:
 def add_subcommands(sub) -> None:
     """Register `bench` on the `ditreduce` argparse subparsers."""
     from ..backends import BACKENDS, INDUCTOR_MODES
-    from .runner import PREFERRED_METHODS, known_scopes
+    from .runner import default_methods, known_scopes
 
     b = sub.add_parser("bench", help="quality / speed / FLOPs / memory tables and plots for every method",
                        description=__doc__)
     b.add_argument("models", nargs="*", help="small-dit[:RES] | pixart-alpha:TOKENS:BLOCKS | "
                    "DiffusersClass:{json config} | package.module:callable (default: small-dit)")
     b.add_argument("--methods", type=_names, default=None,
-                   help=f"comma-separated (default: the registered subset of {','.join(PREFERRED_METHODS)}); "
+                   help=f"comma-separated (default: every registered method, {','.join(default_methods())}); "
                    "`tomesd` runs the tomesd package (the `bench` extra) as an external baseline")
-    b.add_argument("--ratios", type=float_list(0.0, 0.95), default=None, help="nominal ratios (default 0.3,0.5); with equal FLOPs on, each "
+    b.add_argument("--ratios", type=float_list(0.0, MAX_RATIO), default=None, help="nominal ratios (default 0.3,0.5); with equal FLOPs on, each "
                    "method runs the ratio whose self-attention FLOPs equal a q+kv method's at the nominal ratio")
     b.add_argument("--scopes", type=name_list(known_scopes), default=None, help="comma-separated region scopes (default: attention)")
     b.add_argument("--backends", type=name_list(BACKENDS), default=["eager"],
@@ -64,7 +65,8 @@ def add_subcommands(sub) -> None:
     b.add_argument("--no-memory", action="store_true", help="skip the tensor-memory tracking call")
     b.add_argument("--quick", action="store_true",
                    help="CI size: small-dit at 32x32 (256 tokens), 5 steps, 2 seeds, 2 repeats, ratio 0.5")
-    b.add_argument("--out", default="results", help="output folder (results.json, results.md, pareto.png, grid.png)")
+    b.add_argument("--out", type=output_folder, default="results",
+                   help="output folder (results.json, results.md, pareto.png, grid.png)")
     _docs_args(b, "--update-docs", "also rewrite the block `<!-- bench:NAME -->` … `<!-- /bench:NAME -->` "
                "of this markdown file from the results (appended when absent)")
     b.set_defaults(fn=cmd_bench)
@@ -79,9 +81,10 @@ def add_subcommands(sub) -> None:
 
 
 def _docs_args(p, target: str, help: str) -> None:
-    from .report import TABLES
+    from .results import TABLES
 
-    p.add_argument(target, **({"default": None, "metavar": "FILE.md"} if target.startswith("-") else {}), help=help)
+    optional = {"default": None, "metavar": "FILE.md"} if target.startswith("-") else {}
+    p.add_argument(target, type=output_file, help=help, **optional)
     p.add_argument("--block", default=None, help="NAME of the block (default: the results folder's name)")
     p.add_argument("--tables", type=name_list(TABLES), default=list(TABLES),
                    help=f"comma-separated tables of the block, of {','.join(TABLES)} (default all)")
@@ -102,12 +105,17 @@ def cmd_bench_docs(args) -> int:
     from pathlib import Path
 
     from ..errors import BenchError
-    from .report import BenchResults, update_docs
+    from .results import BenchResults, update_docs
 
     path = Path(args.results)
     if not path.is_file():
         raise BenchError(f"results {args.results!r}: no such file; `ditreduce bench --out DIR` writes DIR/results.json")
-    res = BenchResults.load(path)
+    try:
+        res = BenchResults.load(path)
+    except ValueError as e:   # not JSON, or not the results schema (pydantic's ValidationError is a ValueError)
+        first = str(e).strip().splitlines()[0]
+        raise BenchError(f"results {args.results!r}: not a results.json written by `ditreduce bench` ({first}); "
+                         "pass DIR/results.json of a `ditreduce bench --out DIR` run") from None
     name = args.block or path.resolve().parent.name
     replaced = update_docs(args.markdown, name, res, args.tables)
     print(f"{'rewrote' if replaced else 'appended'} block bench:{name} in {args.markdown}")
@@ -124,7 +132,7 @@ def cmd_bench(args) -> int:
     import torch
 
     from .models import resolve_model
-    from .report import write_outputs
+    from .results import write_outputs
     from .runner import BenchSettings, default_methods, run_bench
 
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # torch.export's own pytree deprecation notice
@@ -155,7 +163,7 @@ def cmd_bench(args) -> int:
         f"seed {s}: {sampler.small_dit.class_names[i % len(sampler.small_dit.class_names)]}"
         for i, s in enumerate(settings.quality_seeds)]
     paths = write_outputs(res, args.out, grid_rows, titles)
-    from .report import markdown
+    from .results import markdown
 
     if res.equal_flops:
         print("matched ratios (equal self-attention FLOPs): " + "; ".join(
@@ -166,7 +174,7 @@ def cmd_bench(args) -> int:
     if args.update_docs:
         from pathlib import Path
 
-        from .report import update_docs
+        from .results import update_docs
 
         name = args.block or Path(args.out).resolve().name
         replaced = update_docs(args.update_docs, name, res, args.tables)

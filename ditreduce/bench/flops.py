@@ -9,6 +9,8 @@ speedup refers to.
 from __future__ import annotations
 
 from ..flops import CUSTOM_FORMULAS, Flops, count_flops  # noqa: F401  (re-exported for the bench)
+from ..schedules.ir import MAX_RATIO
+from ..schedules.lower import quantise
 
 
 def attention_exponent(dense: Flops, probe: Flops, ratio: float) -> float:
@@ -28,5 +30,4 @@ def matched_ratio(target_fraction: float, exponent: float, ratio_step: float = 0
     (rounded to 1 or 2: q+kv → r = 1 − sqrt(f), kv-only → r = 1 − f), on the schedule's ratio grid."""
     p = 2 if exponent > 1.5 else 1
     r = 1 - target_fraction ** (1 / p)
-    r = round(round(r / ratio_step) * ratio_step, 6)
-    return min(max(r, 0.0), 0.95)
+    return min(max(quantise(r, ratio_step), 0.0), MAX_RATIO)

@@ -8,10 +8,10 @@ import time
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 from ..smalldit.metrics import psnr, ssim
 from ..smalldit.sampling import sample
+from .progress import progress_bar
 
 
 @dataclass
@@ -35,7 +35,7 @@ class QualitySetup:
 
 def draw(small_dit, setup: QualitySetup, transformer=None, desc: str = "sampling") -> Samples:
     """Samples of the small DiT (dense if transformer is None; a ReducedModel runs in one generation)."""
-    bar = tqdm(total=setup.steps, desc=desc, leave=False)
+    bar = progress_bar(total=setup.steps, desc=desc, leave=False)
     t0 = time.perf_counter()
     kw = dict(res=setup.res, steps=setup.steps, guidance=setup.guidance, progress=lambda i: bar.update(1))
     labels = setup.labels(len(small_dit.class_names))

@@ -12,25 +12,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import torch
-from tqdm import tqdm
 
 from ..passes.capture import UnsupportedModelError
 from ..passes.layout import LayoutError
-from ..schedules import ScheduleError, dense_prefix, load_schedule
+from ..schedules import ScheduleError, load_schedule, schedule_dict
+from ..schedules.ir import MAX_RATIO
 from . import memory, speed
 from .flops import Flops, attention_exponent, count_flops, matched_ratio
-from .models import BenchModel
+from .models import ModelSpec
+from .progress import progress_bar
 from .quality import QualitySetup, compare, draw
-from .report import (BenchResults, FlopsRecord, MatchedRatio, MemoryRecord, QualityRecord, Row, Stat,
+from .results import (BenchResults, FlopsRecord, MatchedRatio, MemoryRecord, QualityRecord, Row, Stat,
                      TimingRecord)
 from .device import DTYPES, place
 from .variants import StepVariants
 from .tomesd import TOMESD, TOMESD_SCOPE, TomesdUnavailableError, TomesdVariants
 
-# best first, as measured by `ditreduce bench small-dit` (docs/benchmarks.md): at equal attention FLOPs DiTo is
-# 2-5 dB above CoReDiT and, on that model (the demo's), also faster; on the PixArt-α shape CoReDiT is the
-# faster one. `ditreduce demo --schedule auto` runs the first registered one
-PREFERRED_METHODS = ("dito", "coredit", "tome", "todo", "random", "uniform")
 NAMED_ERRORS = (ScheduleError, UnsupportedModelError, LayoutError, TomesdUnavailableError)
 PROBE_RATIO = 0.5
 
@@ -44,9 +41,11 @@ def registered_methods() -> list[str]:
 
 
 def default_methods() -> list[str]:
-    """The registered subset of PREFERRED_METHODS, in that order."""
-    reg = registered_methods()
-    return [m for m in PREFERRED_METHODS if m in reg]
+    """Every registered method, best first (methods.preferred_methods: Method.preferred, as measured by `ditreduce
+    bench small-dit`, docs/benchmarks.md), then any other registered one (a user's own method included)."""
+    from ..methods import preferred_methods
+
+    return preferred_methods()
 
 
 def known_scopes() -> list[str]:
@@ -130,16 +129,7 @@ def params_label(params: dict) -> str | None:
 
 
 def make_schedule(method: str, ratio: float, scope: str, dense_fraction: float, params: dict | None = None) -> dict:
-    sched = {"version": 1, "method": method, "ratio": ratio, "scope": scope, "rules": []}
-    if dense_fraction > 0:
-        sched["rules"].append(dense_prefix(dense_fraction))
-    for key, value in (params or {}).items():
-        if "." in key:
-            name, _, k = key.partition(".")
-            sched.setdefault("params", {}).setdefault(name, {})[k] = value
-        else:
-            sched[key] = value
-    return sched
+    return schedule_dict(method, ratio, scope, dense_fraction, params)
 
 
 def schedule_entry(spec: str) -> tuple[str, dict]:
@@ -157,7 +147,7 @@ def validate(settings: BenchSettings) -> None:
     """Fail before any measurement: every method, scope, parameter set, schedule file, backend, device and
     dtype must exist in this build and on this machine."""
     if not settings.methods and not settings.schedules:
-        raise BenchError(f"--methods: none given and none of {', '.join(PREFERRED_METHODS)} is registered")
+        raise BenchError("--methods: none given and no method is registered")
     for m in settings.methods:
         if m not in registered_methods() and m != TOMESD:
             raise BenchError(f"--methods: {m!r} is not registered; registered: {', '.join(registered_methods())} "
@@ -170,8 +160,8 @@ def validate(settings: BenchSettings) -> None:
             allowed = ", ".join(known_scopes()) or "see `ditreduce schema`"
             raise BenchError(f"--scopes: {s!r} is not a scope of this build; allowed: {allowed} ({e})") from None
     for r in settings.ratios:
-        if not 0 < r <= 0.95:
-            raise BenchError(f"--ratios: {r} is outside (0, 0.95]")
+        if not 0 < r <= MAX_RATIO:
+            raise BenchError(f"--ratios: {r} is outside (0, {MAX_RATIO}]")
     if not 0 <= settings.dense_fraction < 1:
         raise BenchError(f"--dense-fraction: {settings.dense_fraction} is outside [0, 1)")
     for m in ours:
@@ -299,7 +289,7 @@ def flops_record(dense: Flops, per_variant: list[Flops], per_step: list[int]) ->
     return rec, busiest
 
 
-def _dense_baseline(bm: BenchModel, backend: str, cache: dict, inductor_mode: str = "default"):
+def _dense_baseline(bm: ModelSpec, backend: str, cache: dict, inductor_mode: str = "default"):
     """(callable, description) of dense for a backend: the eager module, or torch.compile'd for inductor
     (in the mode the variants compile in)."""
     if backend == "eager":
@@ -348,7 +338,7 @@ def configurations(settings: BenchSettings, matched: list[MatchedRatio]) -> list
     return out
 
 
-def bench_model(bm: BenchModel, settings: BenchSettings, matched: list[MatchedRatio],
+def bench_model(bm: ModelSpec, settings: BenchSettings, matched: list[MatchedRatio],
                 grid_rows: list | None = None) -> list[Row]:
     """Every configuration of the settings on one model; rows in (method, scope, ratio, backend) order."""
     kw = bm.kwargs
@@ -368,7 +358,7 @@ def bench_model(bm: BenchModel, settings: BenchSettings, matched: list[MatchedRa
     rows: list[Row] = []
     built: list = []
     baselines: dict = {}
-    for c in tqdm(configs, desc=bm.name, leave=True):
+    for c in progress_bar(configs, desc=bm.name, leave=True):
         base = dict(model=bm.name, image_tokens=bm.image_tokens, blocks=bm.blocks, method=c.method, scope=c.scope,
                     nominal_ratio=c.nominal, ratio=c.ratio, schedule=c.schedule, steps=settings.steps,
                     config=c.config)
@@ -425,7 +415,7 @@ def backend_diff(run: StepVariants, eager: StepVariants, v: int) -> float:
         return _max_diff(run.call_in_step_order(v), eager.call_in_step_order(v))
 
 
-def _time_backend(bm: BenchModel, settings: BenchSettings, backend: str, built: list, baselines: dict) -> list[Row]:
+def _time_backend(bm: ModelSpec, settings: BenchSettings, backend: str, built: list, baselines: dict) -> list[Row]:
     """Time every configuration of one model on one backend in ONE interleaved loop: dense, the captured
     graph at ratio 0 (the all-dense variant every configuration shares: timed once) and each
     configuration's reduced variants. All speedups of the table divide the same dense times. A non-eager
@@ -483,7 +473,7 @@ def machine_info(device: str = "cpu") -> dict:
             **({"gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda} if device.startswith("cuda") else {})}
 
 
-def run_bench(models: list[BenchModel], settings: BenchSettings, command: list[str] | None = None,
+def run_bench(models: list[ModelSpec], settings: BenchSettings, command: list[str] | None = None,
               grid_rows: list | None = None) -> BenchResults:
     from .. import __version__
 

@@ -11,7 +11,8 @@ import time
 from typing import Callable
 
 import torch
-from tqdm import tqdm
+
+from .progress import progress_bar
 
 
 def clock(device: str = "cpu") -> str:
@@ -50,7 +51,7 @@ def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup
         for _ in range(warmup):
             for n in names:
                 fns[n]()
-        for r in tqdm(range(repeats), desc=desc, leave=False):
+        for r in progress_bar(range(repeats), desc=desc, leave=False):
             shift = r % len(names)
             for n in names[shift:] + names[:shift]:
                 times[n].append(timed(fns[n]))

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from ..cli_args import float_in, positive_int
+from ..cli_args import float_in, output_file, positive_int
+from ..schedules.ir import MAX_RATIO
 
 
 def add_subcommands(sub) -> None:
@@ -13,13 +14,13 @@ def add_subcommands(sub) -> None:
                         "where generate(transformer) runs full generations through `transformer` (a spec that "
                         "cannot generate, e.g. pixart-alpha:TOKENS:BLOCKS, is a BenchModelError)")
     c.add_argument("--method", default="coredit", choices=["coredit", "dito"])
-    c.add_argument("--budget", type=float_in(0.0, 0.95), default=0.45, help="coredit: fraction of self-attention FLOPs removed "
+    c.add_argument("--budget", type=float_in(0.0, MAX_RATIO), default=0.45, help="coredit: fraction of self-attention FLOPs removed "
                    "(dito: the ratio and interval come from the PMR measurement, see docs/methods.md)")
     c.add_argument("--steps", type=positive_int, default=20)
     c.add_argument("--samples", type=positive_int, default=4, help="small-dit: calibration generations (classes 0..)")
     c.add_argument("--dense-fraction", type=float_in(0.0, 1.0, hi_open=True), default=0.2)
     c.add_argument("--phases", type=positive_int, default=4, help="coredit: reduced phases (one variant each)")
-    c.add_argument("-o", "--out", default="schedule.yaml")
+    c.add_argument("-o", "--out", type=output_file, default="schedule.yaml")
     c.set_defaults(fn=cmd_calibrate)
 
 

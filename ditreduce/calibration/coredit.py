@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from ..errors import ModelCallError, ScheduleError, UnsupportedModelError
 from ..methods.coredit import CoReDiT, coherence
 from ..methods.lattice import neighbour_cosines, neighbour_table
 from ..passes.capture import bind_call
@@ -26,6 +27,7 @@ from ..passes.inputs import timestep_value
 from ..run_state import Generations, latent_of
 from ..schedules import dense_prefix
 from ..schedules.lower import eligible, quantise
+from .observed import check_steps_observed
 
 
 @dataclass
@@ -75,7 +77,8 @@ def measure_redundancy(reduced, generate: Callable[[], None], num_steps: int) ->
     modules = dict(model.named_modules())
     missing = [s.module for s in sites if s.module not in modules]
     if missing:
-        raise RuntimeError(f"attention modules {missing} not found by name: calibrate needs module-level sites")
+        raise UnsupportedModelError(f"attention modules {missing} not found by name: calibrate hooks each site's "
+                                    "attention module, so it needs sites that are modules of the model")
     with contextlib.ExitStack() as stack:
         stack.enter_context(_hook(model.register_forward_pre_hook(on_model, with_kwargs=True)))
         for i, s in enumerate(sites):
@@ -83,9 +86,19 @@ def measure_redundancy(reduced, generate: Callable[[], None], num_steps: int) ->
                                                                                   with_kwargs=True)))
         with torch.no_grad():
             generate()
-    if (counts == 0).any():
-        raise RuntimeError("some (site, step) pairs were never observed: does generate() run num_steps steps?")
+    _check_every_step_observed(counts, sites, num_steps)
     return Redundancy([s.module for s in sites], [s.block for s in sites], sums / counts)
+
+
+def _check_every_step_observed(counts: torch.Tensor, sites, num_steps: int) -> None:
+    """Every (site, step) of the plan was measured, else a named error saying which and the way out."""
+    check_steps_observed({t for t in range(num_steps) if counts[:, t].sum() > 0}, num_steps)
+    unseen = [f"{s.module} ({s.q_len} tokens)" for i, s in enumerate(sites) if (counts[i] == 0).any()]
+    if unseen:
+        raise ModelCallError(
+            f"calibrate: generate() did not call {', '.join(unseen)} at every step with the sequence length of the "
+            "example the model was captured with; generate(transformer) must run the model at the example's "
+            "resolution")
 
 
 @contextlib.contextmanager
@@ -103,8 +116,9 @@ def allocate(red: Redundancy, num_steps: int, budget: float, dense_fraction: flo
     live = num_steps - first
     most = (1 - (1 - max_ratio) ** 2) * live / num_steps
     if not 0 < budget < most:
-        raise ValueError(f"--budget {budget}: must be in (0, {most:.2f}) for {num_steps} steps with {first} dense "
-                         f"(CoReDiT prunes at most {max_ratio:g} of the tokens)")
+        raise ScheduleError(f"--budget {budget}: must be in (0, {most:.2f}) for {num_steps} steps with {first} "
+                            f"dense (CoReDiT prunes at most {max_ratio:g} of the tokens); lower --budget or "
+                            "--dense-fraction")
     phases = max(1, min(phases, live))
     bounds = [first + round(p * live / phases) for p in range(phases + 1)]
     blocks = sorted(set(red.blocks))

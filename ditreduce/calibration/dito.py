@@ -14,8 +14,10 @@ from typing import Callable
 
 import torch
 
+from ..errors import ScheduleError
 from ..methods.dito import DiTo, dito_match, num_sources, pairs
 from ..schedules import dense_prefix
+from .observed import check_steps_observed
 
 DEFAULT_THRESHOLD = 0.8
 
@@ -106,11 +108,12 @@ def calibrate_dito(reduced_or_model, sampler_fn: Callable, num_steps: int, *, ra
     log               optional callable receiving one line per Δ (the PMR curve)
     """
     gens = record_matchings(reduced_or_model, sampler_fn, num_steps, ratio=ratio, seed=seed, scope=scope)
+    check_steps_observed({t for g in gens for per in g.values() for t in per}, num_steps)
     first = max(0, int(round(dense_fraction * num_steps)) - 1)  # the prime step's outputs feed the first match
     curve = pmr_curve(gens, max_interval, first)
     if not curve:
-        raise ValueError(f"calibrate_dito: no matching pair {max_interval} steps apart after step {first} was "
-                         f"recorded: sampler_fn must run full generations of num_steps={num_steps} steps")
+        raise ScheduleError(f"calibrate_dito: no matching pair {max_interval} steps apart after step {first} was "
+                            f"recorded: sampler_fn must run full generations of num_steps={num_steps} steps")
     interval = choose_interval(curve, threshold)
     if log is not None:
         for d, v in curve.items():

@@ -12,7 +12,8 @@ The search, in the order it spends its time (it stops where `--minutes` runs out
    reduced steps (quality is worth least there), each kept only if the target still holds.
 4. Every configuration that met the target timed again in one loop; the fastest is written as an ordinary
    schedule, with what was measured in its header (its median run speedup, the spread over the repeats, and
-   its FLOPs over the run).
+   its FLOPs over the run). Where even the fastest is no faster than dense (median run speedup <= 1), the
+   target cannot pay at this size: a TuneError, and nothing is written.
 
 Quality is measured on seeds 1000 and above, which the bench and the demo never evaluate on. A candidate
 meets the target when its median PSNR is at least target + margin (`--margin-db`, default 1 dB): a median of a
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..errors import DitreduceError
-from ..schedules import dense_prefix, load_schedule
+from ..schedules import load_schedule, schedule_dict
 
 CALIBRATION_SEED0 = 1000
 RATIO_STEP = 0.05
@@ -37,7 +38,8 @@ PROP_ATTN = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
 class TuneError(DitreduceError, ValueError):
-    """No configuration meets the quality target, or the model cannot be sampled for quality."""
+    """No configuration meets the quality target, none that meets it is faster than dense, or the model cannot
+    be sampled for quality."""
 
 
 @dataclass(frozen=True)
@@ -54,15 +56,8 @@ class Candidate:
     prop_attn: bool = False
 
     def schedule(self) -> dict:
-        doc = {"version": 1, "method": self.method, "ratio": self.ratio, "scope": self.scope, "rules": []}
-        if self.prop_attn:
-            doc["prop_attn"] = True
-        if self.late_ratio is not None:
-            start = self.dense_fraction + (1 - self.dense_fraction) / 2
-            doc["rules"].append({"step_fraction": {"start": round(start, 4), "stop": 1.0}, "ratio": self.late_ratio})
-        if self.dense_fraction > 0:
-            doc["rules"].append(dense_prefix(self.dense_fraction))
-        return doc
+        return schedule_dict(self.method, self.ratio, self.scope, self.dense_fraction,
+                             {"prop_attn": True} if self.prop_attn else None, self.late_ratio)
 
     @property
     def label(self) -> str:
@@ -231,6 +226,9 @@ def tune(bm, settings: TuneSettings, log=print) -> TuneResult:
                 trial = tuner.largest_ratio(method, scope, prop)
                 if trial is not None:
                     feasible.append(trial)
+    if not tuner.trials:
+        raise TuneError(f"--minutes {settings.minutes:g} ran out before the first configuration was measured "
+                        f"(setting up and sampling dense took {time.monotonic() - t0:.0f} s); raise --minutes")
     if not feasible:
         tried = "; ".join(f"{t.candidate.label}: {t.median_psnr:.2f} dB" for t in tuner.trials.values())
         raise TuneError(f"--min-psnr {settings.min_psnr:g} (+ --margin-db {settings.margin:g}): no configuration of "
@@ -246,12 +244,24 @@ def tune(bm, settings: TuneSettings, log=print) -> TuneResult:
     finalists = [t for t in tuner.trials.values() if t.median_psnr >= tuner.threshold]
     tuner.time_trials(finalists)
     best = max(finalists, key=lambda t: t.run_speedup)
+    if best.run_speedup <= 1.0:
+        raise slower_than_dense(bm, settings, best, len(finalists))
     return TuneResult(best, list(tuner.trials.values()), time.monotonic() - t0, tuner.out_of_time())
+
+
+def slower_than_dense(bm, settings: TuneSettings, fastest: Trial, meeting: int) -> TuneError:
+    """The error for a target that only schedules slower than dense meet: nothing is written."""
+    tokens = f" at {bm.image_tokens} image tokens" if getattr(bm, "image_tokens", None) else ""
+    return TuneError(
+        f"--min-psnr {settings.min_psnr:g} (+ --margin-db {settings.margin:g}) cannot pay on {bm.name}{tokens}: "
+        f"{meeting} configuration(s) meet it, the fastest ({fastest.candidate.label}) runs at "
+        f"{fastest.run_speedup:.2f}x of dense, no faster than the dense model; nothing written. Lower the target, "
+        "tune a larger resolution (e.g. small-dit:64), or keep the dense model")
 
 
 # ------------------------------------------------------------------------------------------------- command
 def add_subcommands(sub) -> None:
-    from ..cli_args import finite_float, float_in, name_list, positive_int
+    from ..cli_args import finite_float, float_in, name_list, output_file, positive_int
 
     t = sub.add_parser("tune", help="the fastest schedule whose median PSNR on calibration seeds meets a target",
                        description=__doc__.split("\n\n")[0])
@@ -269,7 +279,7 @@ def add_subcommands(sub) -> None:
                    help="proportional attention in the candidates: off, on, or both searched (default)")
     t.add_argument("--repeats", type=positive_int, default=3, help="interleaved timing repeats")
     t.add_argument("--minutes", type=float_in(0.1, 1e4), default=20.0, help="search budget (the best so far is kept)")
-    t.add_argument("-o", "--out", default="tuned.yaml")
+    t.add_argument("-o", "--out", type=output_file, default="tuned.yaml")
     t.set_defaults(fn=cmd_tune)
 
 

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
 from annotated_types import Interval
 
 from ..regions import Selection
+from ..schedules.ir import MAX_RATIO
 
 METHODS: dict[str, type["Method"]] = {}
 INT64 = Interval(ge=-2**63, le=2**63 - 1)  # what a torch.Generator seed or an int64 tensor holds
@@ -28,6 +30,25 @@ def register_method(cls: type["Method"]) -> type["Method"]:
     return cls
 
 
+def preferred_methods() -> list[str]:
+    """Every registered method in the order of preference the bench and the demo use: the ranked ones first
+    (Method.preferred, lower first), then the others in the order they were registered."""
+    ranked = sorted((cls.preferred, i) for i, cls in enumerate(METHODS.values()) if cls.preferred is not None)
+    names = list(METHODS)
+    return [names[i] for _, i in ranked] + [n for n in names if METHODS[n].preferred is None]
+
+
+def default_schedule(name: str) -> "str | dict":
+    """The schedule the demo and the bench run for method `name` (Method.default_schedule): its own, else the
+    preset `<name>-default` where one ships, else the method at ratio 0.5 after the first 20 % of the steps."""
+    cls = get_method(name)
+    if cls.default_schedule is not None:
+        return cls.default_schedule
+    from ..schedules import presets, schedule_dict
+
+    return f"{name}-default" if f"{name}-default" in presets() else schedule_dict(name, 0.5, dense_fraction=0.2)
+
+
 def get_method(name: str) -> type["Method"]:
     try:
         return METHODS[name]
@@ -38,25 +59,76 @@ def get_method(name: str) -> type["Method"]:
 from ..errors import MethodParamError  # noqa: F401  (re-exported)
 
 
+@dataclass(frozen=True)
+class SiteContext:
+    """The static facts a selection knows of its site and variant (Python values fixed at rewrite time): image
+    tokens n, tokens asked for k, the lattice, whether regions are forced (k = N runs the real selection),
+    and, for methods with state, the batch, channels, dtype and device of the site's output tokens."""
+
+    n: int
+    k: int
+    lattice: tuple
+    forced: bool = False
+    batch: int = 0
+    channels: int = 0
+    dtype: torch.dtype = torch.float32
+    device: torch.device = torch.device("cpu")
+
+    def as_kwargs(self) -> dict:
+        """The fields as a graph call's keyword arguments (FX writes dtypes, devices and tuples as code)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """What a method carries between calls, per site and variant, as {name: (shape, dtype)}: `inputs` the
+    variant reads (fed from the previous call's outputs of the same names, zeros at a generation's first step),
+    `selected` the state its selection returns, `observed` the state its `observe` returns from the site's
+    output tokens after attention."""
+
+    inputs: dict = field(default_factory=dict)
+    selected: dict = field(default_factory=dict)
+    observed: dict = field(default_factory=dict)
+
+    @property
+    def outputs(self) -> dict:
+        return {**self.selected, **self.observed}
+
+
 class Method:
-    """Contract every reduction method follows.
+    """Contract every reduction method follows: one selection function of fixed signature.
+
+    A method is a registered subclass (`@register_method`, from any package) with
+        select(x, lattice, k, pairs=None) -> Selection
+    for a method without state: x the image tokens [B, N, C] (None for a static method), pairs the batch's CFG
+    pairs for `cfg: shared` (lattice.cfg_pairs; None otherwise). A method with state implements the general form
+        state_spec(ctx) -> StateSpec
+        selection(x, state, ctx, pairs=None) -> (Selection, {name: tensor} of state_spec.selected)
+        observe(y, state, sel, ctx) -> {name: tensor} of state_spec.observed
+    (ctx: SiteContext; state: the variant's state inputs; y: the site's output tokens [B, N, C]). The rewrite
+    inserts one `selection` call per site (a static method's is computed at rewrite time and folded into
+    constants), and one `observe` call after the region where the spec observes anything; it never needs to
+    know a method's internals.
 
     name         the schedule's `method:` value
     reduces_q    True: q and k/v are reduced and outputs reconstructed; False: only k/v (ToDo-style), by
                  gathers or merges whose weights sum to 1 (then pooling before an affine k/v projection
                  equals pooling after it: scope.plan_kv_projections relies on it)
     static       True: the selection depends only on (lattice, k); it is computed once at rewrite time
-                 and baked into the graph as constants. False: `select` runs inside the graph on a
-                 token tensor (see docs/methods.md for which tensor each scope scores).
+                 and baked into the graph as constants. False: it runs inside the graph.
+    reads_tokens False: the in-graph selection reads only its state (DiTo), so no token tensor is built for it
+                 (see docs/methods.md for which tensor each scope scores)
     defaults     the parameters the method takes, with their defaults (the schedule's `params:`)
     choices      allowed values of string parameters
     ranges       the allowed interval of numeric parameters (annotated_types.Interval); every float must
                  also be finite and every int fit in int64 (INT64), declared or not
     max_ratio    the largest ratio the method supports (a larger one is a ScheduleError at lowering)
     stateful     True: the method carries tensors across steps (DiTo); its assign_phases gives each step
-                 its phase, and rewrite calls its
-                 insert_select(builder, n, y_shape, y_dtype) / finish_state(builder, y) hooks and the
-                 variant graph takes and returns them under a `state` key (see docs/methods.md, "DiTo")
+                 its phase, its state_spec says what each variant takes and returns under a `state` key
+    preferred    the method's rank in the bench's and demo's order of preference (lower first; None: not
+                 preferred, listed after the ranked ones)
+    default_schedule  the schedule `ditreduce demo` and the bench use for the method (a preset name or a
+                 dict; None: `<name>-default` where that preset exists, else ratio 0.5 after the first 20 % of steps)
     """
 
     name: ClassVar[str]
@@ -65,8 +137,11 @@ class Method:
     defaults: ClassVar[dict[str, Any]] = {}
     choices: ClassVar[dict[str, tuple]] = {}
     ranges: ClassVar[dict[str, Interval]] = {}
-    max_ratio: ClassVar[float] = 0.95
+    max_ratio: ClassVar[float] = MAX_RATIO
     stateful: ClassVar[bool] = False
+    reads_tokens: ClassVar[bool] = True
+    preferred: ClassVar[int | None] = None
+    default_schedule: ClassVar[str | dict | None] = None
 
     def __init__(self, **params: Any):
         unknown = sorted(set(params) - set(self.defaults))
@@ -106,5 +181,20 @@ class Method:
         plan's is a prefix). Called by schedules.plan for every method present."""
         return column
 
-    def select(self, x: torch.Tensor | None, lattice: tuple[int, ...], k: int) -> Selection:
+    def select(self, x: torch.Tensor | None, lattice: tuple[int, ...], k: int, pairs: torch.Tensor | None = None
+               ) -> Selection:
+        """The selection of a method without state (see the class docstring)."""
         raise NotImplementedError
+
+    def state_spec(self, ctx: SiteContext) -> StateSpec:
+        """What this variant of the method carries between calls (nothing, unless stateful)."""
+        return StateSpec()
+
+    def selection(self, x: torch.Tensor | None, state: dict, ctx: SiteContext, pairs: torch.Tensor | None = None
+                  ) -> tuple[Selection, dict]:
+        """The one selection function the rewrite calls: (Selection, selected state)."""
+        return self.select(x, ctx.lattice, ctx.k, pairs=pairs), {}
+
+    def observe(self, y: torch.Tensor, state: dict, sel: Selection, ctx: SiteContext) -> dict:
+        """The state taken from the site's output tokens y [B, N, C] after attention (none, unless stateful)."""
+        return {}

@@ -79,6 +79,7 @@ def coredit_select(x: torch.Tensor, lattice: tuple[int, ...], k: int, tau: float
 @register_method
 class CoReDiT(Method):
     name = "coredit"
+    preferred = 1   # the bench's order: docs/benchmarks.md, at equal attention FLOPs
     static = False
     max_ratio = 0.75
     defaults = {"tau": 0.1, "cfg": "shared", "slots": 1, "pool": True}

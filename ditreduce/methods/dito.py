@@ -32,8 +32,8 @@ import dataclasses
 import torch
 from annotated_types import Interval
 
-from ..regions import Selection, identity_selection, regions_forced
-from .base import Method, register_method
+from ..regions import Selection, identity_selection
+from .base import Method, SiteContext, StateSpec, register_method
 from .lattice import inverse_positions, share_cfg_halves, static_table
 from .tome import _local_similarity, _split_sources, merge_selection, tables_on, tome_kept, tome_tables
 
@@ -158,6 +158,7 @@ def pairs(merged: torch.Tensor, arg: torch.Tensor, lattice, seed: int = 0) -> to
 @register_method
 class DiTo(Method):
     name = "dito"
+    preferred = 0   # the bench's order: docs/benchmarks.md, at equal attention FLOPs
     static = False
     stateful = True
     max_ratio = 0.75
@@ -169,57 +170,59 @@ class DiTo(Method):
     def kept_count(self, n, k, lattice):
         return tome_kept(n, k, tuple(lattice))
 
-    def select(self, x, lattice, k):
-        raise StateError("dito selects from state inside the variant graph (rewrite inserts its nodes); it has no "
-                         "stateless select")
+    def select(self, x, lattice, k, pairs=None):
+        raise StateError("dito selects from its state (the previous step's outputs): it has no stateless select; "
+                         "the rewrite calls DiTo.selection with the variant's state")
 
-    # rewrite hooks: `b` is passes.rewrite._Builder
-    def insert_select(self, b, n: int, y_shape: tuple, y_dtype) -> object:
-        p = self.params
-        phase = p["phase"]
+    def _phase(self) -> str:
+        phase = self.params["phase"]
         if phase == "auto":
-            raise StateError(f"site {b.site.name}: a dito config reached rewrite without a phase; dito variants come "
-                             "from the run plan (ditreduce.schedules.plan)")
-        lattice, k, seed = tuple(b.site.grid), b.cfg.k, p["seed"]
-        forced = regions_forced()
-        ins, outs = state_shapes(phase, y_shape[0], n, y_shape[-1], lattice, k, seed, y_dtype, forced)
-        st = {name: b.state_input(name, *spec) for name, spec in ins.items()}
-        b.state_out_specs = outs
+            raise StateError("a dito config reached rewrite without a phase; dito variants come from the run plan "
+                             "(ditreduce.schedules.plan)")
+        return phase
+
+    def state_spec(self, ctx: SiteContext) -> StateSpec:
+        phase = self._phase()
+        ins, outs = state_shapes(phase, ctx.batch, ctx.n, ctx.channels, ctx.lattice, ctx.k, self.params["seed"],
+                                 ctx.dtype, ctx.forced)
+        observed = {"prime": ("y", "count"), "tail": ()}.get(phase, ("y",))
+        return StateSpec(ins, {x: v for x, v in outs.items() if x not in observed},
+                         {x: v for x, v in outs.items() if x in observed})
+
+    def selection(self, x, state, ctx: SiteContext, pairs=None):
+        """prime: every token kept; match: correspondences from the previous outputs and counts; reduce / tail:
+        the carried correspondences (and their carried Selection) passed on as they came."""
+        p, phase = self.params, self._phase()
+        lattice, k, seed, n = tuple(ctx.lattice), ctx.k, p["seed"], ctx.n
         if phase == "prime":
-            return b.call(dito_prime_selection, [], {"n": n, "lattice": lattice, "seed": seed, "device": b.y_device,
-                                                     "forced": forced})
+            return dito_prime_selection(n=n, lattice=lattice, seed=seed, device=ctx.device, forced=ctx.forced), {}
         if phase == "match":
-            pairs, cfg = b.cfg_pairs(p["cfg"])
-            res = b.call(dito_match, [st["y"], st["count"], pairs], {"lattice": lattice, "k": k, "seed": seed,
-                                                                     "cfg": cfg, "lam": float(p["lam"])})
-            parts = [b.call(_item, [res, i]) for i in range(4)]
-            merged, unmerged, arg, count = parts
-            b.state_out.update({"merged": merged, "unmerged": unmerged, "arg": arg, "count": count})
-        else:   # reduce / tail: the correspondences (and the counts, where carried) pass on as they came
-            merged, unmerged, arg = st["merged"], st["unmerged"], st["arg"]
-            b.state_out.update({name: st[name] for name in PAIR_STATE + ("count",) if name in outs})
-        if phase in ("reduce", "tail") and "kept" in ins:
-            sel = b.call(dito_stored_selection, [st[name] for name in SEL_STATE], {"lattice": lattice, "seed": seed})
+            merged, unmerged, arg, count = dito_match(state["y"], state["count"], pairs, lattice=lattice, k=k,
+                                                      seed=seed, cfg=p["cfg"], lam=float(p["lam"]))
+            out = {"merged": merged, "unmerged": unmerged, "arg": arg, "count": count}
         else:
-            sel = b.call(dito_selection, [merged, unmerged, arg], {"n": n, "lattice": lattice, "k": k, "seed": seed,
-                                                                   "forced": forced})
-        for name in SEL_STATE if "kept" in outs else ():
-            b.state_out[name] = st[name] if name in st else b.call(_item, [sel, Selection._fields.index(name)])
-        return sel
+            merged, unmerged, arg = state["merged"], state["unmerged"], state["arg"]
+            out = {name: state[name] for name in PAIR_STATE + ("count",) if name in state}
+        if phase != "match" and "kept" in state:
+            sel = dito_stored_selection(*(state[name] for name in SEL_STATE), lattice=lattice, seed=seed)
+        else:
+            sel = dito_selection(merged, unmerged, arg, n=n, lattice=lattice, k=k, seed=seed, forced=ctx.forced)
+        if k < n or ctx.forced:   # the matching's Selection travels with the pairs
+            out.update({name: getattr(sel, name) for name in SEL_STATE})
+        return sel, out
 
-
-    def finish_state(self, b, y) -> None:
-        """The site's output tokens y [B, N, C] become state `y`; a prime step also starts the counts. A tail
-        step carries no y: no later matching reads it."""
-        if self.params["phase"] == "tail":
-            return
-        if "y" in b.state_in:
-            y = b.call(dito_refresh, [b.state_in["y"], y, b.image_sel], before=y.next)
-        b.state_out["y"] = y
-        if self.params["phase"] == "prime":
-            b.state_out["count"] = b.call(dito_prime, [y], {"lattice": tuple(b.site.grid), "seed": self.params["seed"]},
-                                          before=y.next)
-
+    def observe(self, y, state, sel, ctx: SiteContext):
+        """The site's output tokens y [B, N, C] become state `y` (merged sources keep their previous output);
+        a prime step also starts the counts. A tail step carries no y: no later matching reads it."""
+        phase = self._phase()
+        if phase == "tail":
+            return {}
+        if "y" in state:
+            y = dito_refresh(state["y"], y, sel)
+        out = {"y": y}
+        if phase == "prime":
+            out["count"] = dito_prime(y, lattice=tuple(ctx.lattice), seed=self.params["seed"])
+        return out
 
     @classmethod
     def assign_phases(cls, column: list, complete: bool = False) -> list:
@@ -278,10 +281,6 @@ def _tail_steps(column: list) -> list:
             for i in steps:
                 out[i] = _with_phase(column[i], "tail")
     return out
-
-
-def _item(t: tuple, i: int):
-    return t[i]
 
 
 def _with_phase(cfg, phase: str, dense: bool = False):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..regions import Selection, embed_in_sequence, forced_regions
-from .base import get_method
+from .base import SiteContext, get_method
 
 
 def image_tokens(t: torch.Tensor, dim: int, start: int, n: int) -> torch.Tensor:
@@ -17,15 +17,21 @@ def image_tokens(t: torch.Tensor, dim: int, start: int, n: int) -> torch.Tensor:
     return seg.permute(perm).reshape(t.shape[0], n, -1)
 
 
-def select_tokens(x: torch.Tensor, pairs: torch.Tensor | None = None, *, method: str, params: tuple, lattice: tuple,
-                  k: int, forced: bool = False) -> Selection:
-    """Run a method's in-graph selection on the image tokens x [B, N, C]; pairs: the batch's CFG pairs
-    (lattice.cfg_pairs), for methods whose `cfg: shared` shares a selection between them. forced: the
-    graph was built inside regions.forced_regions(), so k = N runs the method's real selection too."""
+def select_tokens(x: torch.Tensor | None, state: dict, pairs: torch.Tensor | None, *, method: str, params: tuple,
+                  **ctx) -> tuple[Selection, dict]:
+    """A method's selection inside the graph (Method.selection): x the image tokens [B, N, C] (None where the
+    method reads none), state its state inputs, pairs the batch's CFG pairs (lattice.cfg_pairs) for `cfg:
+    shared`; ctx the SiteContext's fields. With ctx forced (the graph was built inside
+    regions.forced_regions()), k = N runs the method's real selection too."""
     m = get_method(method)(**dict(params))
-    with forced_regions(forced):
-        sel = m.select(x, lattice, k) if pairs is None else m.select(x, lattice, k, pairs=pairs)
-    return sel
+    context = SiteContext(**ctx)
+    with forced_regions(context.forced):
+        return m.selection(x, state, context, pairs)
+
+
+def observe_tokens(y: torch.Tensor, state: dict, sel: Selection, *, method: str, params: tuple, **ctx) -> dict:
+    """A method's state from the site's output tokens y [B, N, C] (Method.observe)."""
+    return get_method(method)(**dict(params)).observe(y, state, sel, SiteContext(**ctx))
 
 
 def embed(sel: Selection, *, start: int, seq_len: int, merges_first: bool = True) -> Selection:

@@ -97,20 +97,6 @@ def frames(lattice: tuple[int, ...]) -> tuple[int, int, int]:
     return (1, *lattice) if len(lattice) == 2 else tuple(lattice)
 
 
-def as_lattice(x: torch.Tensor, lattice) -> torch.Tensor:
-    """[B, N, C] -> [B, F, H, W, C]."""
-    f, h, w = frames(lattice)
-    return x.reshape(x.shape[0], f, h, w, x.shape[-1])
-
-
-def shift(t: torch.Tensor, dy: int, dx: int, pad_value: float = 0.0) -> torch.Tensor:
-    """t[..., y + dy, x + dx, :] on a [B, F, H, W, C] tensor; outside the lattice reads pad_value."""
-    h, w = t.shape[2], t.shape[3]
-    r = max(abs(dy), abs(dx))
-    p = F.pad(t, (0, 0, r, r, r, r), value=pad_value)
-    return p[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
-
-
 def pair_dots(x: torch.Tensor, offset: int) -> torch.Tensor:
     """[B, N]: <x_i, x_{i+offset}> along the flattened token order, offset > 0 (0 past the end).
 

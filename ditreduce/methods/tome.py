@@ -130,10 +130,10 @@ def _local_similarity(x: torch.Tensor, t: dict) -> torch.Tensor:
     """[B, S, 9] cosine of every source to the destinations of the 3×3 windows around its own, on the raw
     tokens, divided by the norms (F.normalize's eps) on the [B, S, 9] result (no normalised [B, N, C] copy).
     One batched [3, C] × [C, 9] product per window over a [windows, 9, C] gather of the candidates, or, where
-    that gather would exceed regions.WIDE_OUTPUT_BYTES, _grid_similarity (no such gather)."""
+    that gather would exceed regions.WIDE_OUTPUT_BYTES (regions.is_large), _grid_similarity (no such gather)."""
     x = x.float()
     b, c, nw = x.shape[0], x.shape[-1], t["nw"]
-    if b * nw * 9 * c * x.element_size() > regions.WIDE_OUTPUT_BYTES:
+    if regions.is_large(b * nw * 9 * c * x.element_size(), regions.WIDE_OUTPUT_BYTES):
         return _grid_similarity(x, t)
     norm = torch.linalg.vector_norm(x, dim=-1).clamp_min(1e-12)               # [B, N]
     us = take_tokens(x, t["win_srcs"][None], 1).reshape(b * nw, 3, c)
@@ -236,6 +236,7 @@ def _split_sources(best: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tens
 @register_method
 class ToMe(Method):
     name = "tome"
+    preferred = 2   # the bench's order: docs/benchmarks.md, at equal attention FLOPs
     static = False
     max_ratio = 0.75
     defaults = {"seed": 0, "cfg": "shared"}

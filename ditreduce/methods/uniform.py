@@ -53,6 +53,8 @@ def uniform_selection(lattice: tuple[int, ...], k: int, forced: bool = False) ->
 @register_method
 class Uniform(Method):
     name = "uniform"
+    preferred = 5   # the bench's order: docs/benchmarks.md, at equal attention FLOPs
+    default_schedule = "uniform-progressive"
 
-    def select(self, x, lattice, k):
+    def select(self, x, lattice, k, pairs=None):
         return uniform_selection(tuple(lattice), int(k), regions_forced())

@@ -32,11 +32,32 @@ class Analysis:
 
     graph: torch.fx.GraphModule
     sites: list
-    notes: list
+    layout_notes: list                            # what the layout pass read and decided
     unmatched: dict
+    layout: object = None                         # the schedule's `layout:` overrides this analysis applied
+    schedule_notes: list = field(default_factory=list)  # selectors of the current schedule that no site uses
     variants: dict = field(default_factory=dict)  # variant key -> rewritten GraphModule
     runners: dict = field(default_factory=dict)   # variant key -> the backend's callable for that variant
     plans: dict = field(default_factory=dict)     # num_steps (None: open) -> RunPlan
+
+    @property
+    def notes(self) -> list:
+        return self.layout_notes + self.schedule_notes
+
+    def derives_from(self, schedule) -> bool:
+        """Whether this analysis serves `schedule`: the label propagation and the scopes depend on the schedule's
+        `layout:` overrides only; everything else a schedule changes is re-derived by `apply_schedule`."""
+        return self.layout == schedule.layout
+
+    def apply_schedule(self, schedule, warn: bool = True) -> None:
+        """Derive what depends on the schedule beyond the layout: the "reduces something" check (a ScheduleError)
+        and the notes about selectors no site uses; the run plans of another schedule are dropped."""
+        check_reduces_something(schedule, self.sites, self.unmatched)
+        self.schedule_notes = unused_selectors(schedule, self.sites)   # a typo'd `modules:` glob, an unused `layout:`
+        if warn:
+            for note in self.schedule_notes:
+                warnings.warn(f"ditreduce: {note}", stacklevel=5)
+        self.plans.clear()
 
     def plan(self, schedule, num_steps: int | None, max_variants: int = MAX_VARIANTS) -> RunPlan:
         """The run plan for num_steps, computed once per (analysis, num_steps)."""
@@ -56,14 +77,11 @@ def analyze(model: torch.nn.Module, kw: dict, schedule) -> Analysis:
         seeds = infer_layout(gm, matched.sites, kw, in_ch, schedule.layout)
     for w in caught:
         warnings.warn(w.message, stacklevel=4)
-    check_reduces_something(schedule, matched.sites, matched.unmatched_modules)
     for node, lab in seeds.propagated.items():
         if isinstance(lab, tuple):
             node.meta[AXES] = lab
     plan_scopes(gm, seeds.propagated, matched.sites)
     gm.meta[RUN_TIME_TEXT] = [s.module for s in matched.sites if s.run_time_text and s.skip_reason is None]
-    notes = list(seeds.notes)
-    for note in unused_selectors(schedule, matched.sites):   # a typo'd `modules:` glob, an unused `layout:`
-        warnings.warn(f"ditreduce: {note}", stacklevel=4)
-        notes.append(note)
-    return Analysis(gm, matched.sites, notes, matched.unmatched_modules)
+    cap = Analysis(gm, matched.sites, list(seeds.notes), matched.unmatched_modules, layout=schedule.layout)
+    cap.apply_schedule(schedule)
+    return cap

@@ -14,6 +14,7 @@ meta["val"] is re-propagated with fake tensors.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import operator
 
 import torch
@@ -24,12 +25,13 @@ from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 from .. import regions
 from ..flops import fake_inputs, fake_mode
 from ..methods import get_method
-from ..methods.graph import embed, image_tokens, select_tokens
+from ..methods.base import SiteContext, StateSpec
+from ..methods.graph import embed, image_tokens, observe_tokens, select_tokens
 from ..methods.lattice import cfg_pairs
 from . import axes
 from .axes import axis_labels
 from .capture import quiet_export_warnings
-from .scope import CHECKS, KV_ONLY, RegionPlan, image_seg, token_dim
+from .scope import CHECKS, KV_ONLY, RegionPlan, fallback_chain, image_seg, token_dim
 from .site import Site
 
 aten = torch.ops.aten
@@ -71,7 +73,9 @@ class _Builder:
         self.image_sel: fx.Node | None = None
         self.state_in: dict[str, fx.Node] = {}    # stateful methods: placeholders `state.<site>.<name>`
         self.state_out: dict[str, fx.Node] = {}   # and the nodes that become `state_out.<site>.<name>`
-        self.state_out_specs: dict = {}
+        self.ctx: SiteContext | None = None
+        self.spec = StateSpec()                   # what the method carries: inputs, selected and observed state
+        self.params = cfg.params                  # the parameters the in-graph calls get (cfg: shared resolved)
 
     def call(self, fn, args, kwargs=None, before=None):
         with self.gm.graph.inserting_before(before or self.before):
@@ -84,22 +88,26 @@ class _Builder:
         with graph.inserting_after(last):
             node = graph.placeholder(f"state_{self.site.name}_{name}")
         with FakeTensorMode(allow_non_fake_inputs=True):
-            node.meta["val"] = torch.empty(shape, dtype=dtype, device=self.y_device)
-        self.state_in[name] = node
+            node.meta["val"] = torch.empty(shape, dtype=dtype, device=self.ctx.device)
         return node
 
+    def context(self, y_like: tuple | None) -> SiteContext:
+        """The site's SiteContext; y_like: (node, token dim) of the site's output, whose batch, channels, dtype
+        and device a method's state takes."""
+        ctx = SiteContext(n=self.site.image[1].length, k=self.cfg.k, lattice=tuple(self.site.grid),
+                          forced=regions.regions_forced(), device=_device(self.before))
+        if y_like is None:
+            return ctx
+        val, dim = y_like[0].meta["val"], y_like[1] % y_like[0].meta["val"].dim()
+        return dataclasses.replace(ctx, batch=val.shape[0], channels=val.numel() // (val.shape[0] * val.shape[dim]),
+                                   dtype=val.dtype, device=val.device)
+
     def select(self, tokens: fx.Node | None, y_like: tuple | None = None) -> fx.Node:
-        """The image selection (a Selection-valued node). y_like: (node, token dim) of the site's output,
-        for stateful methods (the shape of the state they carry)."""
-        grid = self.site.grid
-        if self.method.stateful:
-            val, dim = y_like[0].meta["val"], y_like[1] % y_like[0].meta["val"].dim()
-            n = self.site.image[1].length
-            self.y_device = val.device
-            y_shape = (val.shape[0], n, val.numel() // (val.shape[0] * val.shape[dim]))
-            self.image_sel = self.method.insert_select(self, n, y_shape, val.dtype)
-        elif self.method.static:
-            sel = self.method.select(None, grid, self.cfg.k)
+        """The image selection (a Selection-valued node): the method's selection function, folded into
+        constants for a static method, else one `select_tokens` call fed its state inputs (new placeholders)."""
+        self.ctx = ctx = self.context(y_like)
+        if self.method.static:
+            sel, _ = self.method.selection(None, {}, ctx)
             parts = []
             for field, t in zip(regions.Selection._fields, sel):
                 if t is None:
@@ -110,13 +118,18 @@ class _Builder:
                 with self.gm.graph.inserting_before(self.before):
                     parts.append(self.gm.graph.get_attr(attr))
             self.image_sel = self.call(regions.Selection, parts)
-        else:
-            pairs, cfg = self.cfg_pairs(self.method.params.get("cfg"))
-            params = self.cfg.params if cfg == self.method.params.get("cfg") else tuple(
-                sorted({**dict(self.cfg.params), "cfg": cfg}.items()))
-            self.image_sel = self.call(select_tokens, [tokens] + ([pairs] if pairs is not None else []), {
-                "method": self.cfg.method, "params": params, "lattice": tuple(grid), "k": self.cfg.k,
-                "forced": regions.regions_forced()})
+            return self.image_sel
+        self.spec = spec = self.method.state_spec(ctx)
+        self.state_in = {name: self.state_input(name, *shape) for name, shape in spec.inputs.items()}
+        pairs, cfg = self.cfg_pairs(self.method.params.get("cfg"))
+        self.params = self.cfg.params if cfg == self.method.params.get("cfg") else tuple(
+            sorted({**dict(self.cfg.params), "cfg": cfg}.items()))
+        node = self.call(select_tokens, [tokens if self.method.reads_tokens else None, self.state_in, pairs],
+                         {"method": self.cfg.method, "params": self.params, **ctx.as_kwargs()})
+        self.image_sel = self.call(operator.getitem, [node, 0])
+        if spec.selected:
+            new = self.call(operator.getitem, [node, 1])
+            self.state_out.update({name: self.call(operator.getitem, [new, name]) for name in spec.selected})
         return self.image_sel
 
     def cfg_pairs(self, cfg: str | None) -> tuple[fx.Node | None, str | None]:
@@ -135,11 +148,16 @@ class _Builder:
         return node, "shared"
 
     def finish(self, out: fx.Node, dim: int, start: int) -> None:
-        """Stateful methods: the site's full-length output `out` (image tokens at [start, start + n) of
-        dim) is what they keep for the next step."""
-        if self.method.stateful:
-            y = self.call(image_tokens, [out, dim, start, self.site.image[1].length], before=out.next)
-            self.method.finish_state(self, y)
+        """Methods that observe their site's output: the full-length output `out` (image tokens at
+        [start, start + n) of dim) goes to one `observe_tokens` call, whose results are state outputs."""
+        if not self.spec.observed:
+            return
+        y = self.call(image_tokens, [out, dim, start, self.site.image[1].length], before=out.next)
+        obs = self.call(observe_tokens, [y, self.state_in, self.image_sel],
+                        {"method": self.cfg.method, "params": self.params, **self.ctx.as_kwargs()}, before=y.next)
+        after = obs
+        for name in self.spec.observed:
+            after = self.state_out[name] = self.call(operator.getitem, [obs, name], before=after.next)
 
     def embedded(self, start: int, seq_len: int, in_layout: bool = False) -> fx.Node:
         """The image selection lifted to a sequence of seq_len tokens with the image at `start`; in_layout:
@@ -180,7 +198,8 @@ def _rewrite_attention(new: fx.GraphModule, site: Site, cfg) -> tuple[fx.Node, _
     seq_len = site.q_len
     if site.run_time_text:
         start, seq_len = _run_time_span(b, site, a["query"])
-    tokens = None if b.method.static or b.method.stateful else b.call(image_tokens, [a["value"], -2, start, seg.length])
+    tokens = None if b.method.static or not b.method.reads_tokens else b.call(image_tokens, [a["value"], -2, start,
+                                                                                            seg.length])
     b.select(tokens, (node, -2))
     sel = b.embedded(start, seq_len)
     parts = [b.call(operator.getitem, [sel, i]) for i in range(len(regions.Selection._fields))]
@@ -301,7 +320,7 @@ def _apply_plan(new: fx.GraphModule, site: Site, cfg, plan: RegionPlan, rebuilt:
     if not identity:
         entry = b.call(torch.Tensor.contiguous, [entry])
     if shared is None:
-        tokens = None if b.method.static or b.method.stateful else b.call(image_tokens, [entry, d_e, start_e, n])
+        tokens = None if b.method.static or not b.method.reads_tokens else b.call(image_tokens, [entry, d_e, start_e, n])
         x0 = nodes[plan.exits[0]] if plan.exits else None   # kv_only: nothing leaves reduced (static methods)
         b.select(tokens, None if x0 is None else (x0, token_dim(lab[x0], seg)))
     red_entry = b.call(regions.reduce_tokens, [entry, b.in_layout(start_e, len_e), d_e, start_e])
@@ -382,7 +401,7 @@ def _thread_state(gm: fx.GraphModule, state: list) -> None:
     from torch.utils._pytree import TreeSpec, tree_structure
 
     ins = {site: dict(b.state_in) for site, b in state if b.state_in}
-    outs = {site: {name: b.state_out[name] for name in b.state_out_specs} for site, b in state}
+    outs = {site: {name: b.state_out[name] for name in b.spec.outputs} for site, b in state}
     codegen = gm.graph._codegen
     info = codegen.pytree_info
     args_spec, kw_spec = (info.in_spec.child(i) for i in range(2))
@@ -406,12 +425,13 @@ def _thread_state(gm: fx.GraphModule, state: list) -> None:
     gm.meta["ditreduce_state"] = {
         "inputs": {site: {name: (tuple(b.state_in[name].meta["val"].shape), b.state_in[name].meta["val"].dtype)
                           for name in b.state_in} for site, b in state if b.state_in},
-        "outputs": {site: dict(b.state_out_specs) for site, b in state}}
+        "outputs": {site: dict(b.spec.outputs) for site, b in state}}
 
 
-def _refresh_meta(gm: fx.GraphModule) -> None:
+def _refresh_meta(gm: fx.GraphModule) -> str | None:
     """Re-run fake-tensor propagation so every node's meta["val"] matches its new shape (the inputs are
-    gm's own placeholders: the captured ones and any state inputs)."""
+    gm's own placeholders: the captured ones and any state inputs). Returns None, or a note saying why the
+    shapes could not be re-derived (the variant still runs; FLOPs counts and exports of it may then fail)."""
     from torch.utils._python_dispatch import _disable_current_modes
 
     with _disable_current_modes():  # shape bookkeeping: invisible to the caller's dispatch modes (FLOP counters)
@@ -420,7 +440,10 @@ def _refresh_meta(gm: fx.GraphModule) -> None:
             FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fake_inputs(gm, mode))
         except Exception as e:  # noqa: BLE001 — a model with data-dependent ops of its own (GlmImage's
             # boolean-mask indexing) cannot be re-propagated on fresh fake tensors; the variant still runs
-            gm.meta["ditreduce_meta_stale"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            first = str(e).splitlines()[0] if str(e) else ""
+            return (f"shapes of a rewritten variant not re-derived on fake tensors ({type(e).__name__}: {first}): "
+                    "it runs, but FLOP counts and exports of it may fail")
+    return None
 
 
 def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple) -> fx.GraphModule:
@@ -430,12 +453,12 @@ def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple) -> fx.GraphMo
     for node in list(new.graph.nodes):  # export's metadata asserts would pin the old token counts
         if node.target in CHECKS:
             new.graph.erase_node(node)
-    regions_done, entries, rebuilt, state = 0, set(), {}, []
+    entries, rebuilt, state = set(), {}, []
     _insert_cfg_pairs(new)
     for site, cfg in zip(sites, configs):
         if cfg is None:
             continue
-        plan = site_plan(site, cfg)
+        plan = site_region(site, cfg)
         if isinstance(plan, RegionPlan):
             if plan.entry in entries:  # another site of the same block already reduced this region
                 continue
@@ -445,48 +468,44 @@ def rewrite(gm: fx.GraphModule, sites: list[Site], configs: tuple) -> fx.GraphMo
                 _apply_plan(new, site, cfg, extra, rebuilt, shared=b)
         else:
             (marker, b), scope = _rewrite_attention(new, site, cfg), "attention"
-        if b.method.stateful:
+        if b.spec.inputs or b.spec.outputs:
             state.append((site.name, b))
         seq = None if site.run_time_text else site.q_len   # None: the text length is only known at run time
         kept_seq = None if seq is None else seq - cfg.n + cfg.k
         marker.meta["ditreduce_region"] = {"site": site.name, "module": site.module, "method": cfg.method,
                                            "k": cfg.k, "n": cfg.n, "ratio": cfg.ratio, "seq": seq,
                                            "kept_seq": kept_seq, "scope": scope}
-        regions_done += 1
     new.meta.pop(_PAIRS, None)
     if state:
         _thread_state(new, state)
     new.graph.eliminate_dead_code()
     new.graph.lint()
     new.recompile()
-    _refresh_meta(new)
-    new.meta["ditreduce_regions"] = regions_done
+    stale = _refresh_meta(new)
+    if stale is not None:   # the variant runs; what it could not re-derive is said in report()
+        noted = next((s for s, c in zip(sites, configs) if c is not None), None)
+        if noted is not None and stale not in noted.notes:
+            noted.notes.append(stale)
     return new
 
 
-# what a site gets for the scope asked, first possible first: a refused `block` or `attention+cross` falls back
-# to `attention+proj` (never to another approximation than the one asked), then to `attention`
-FALLBACK = {"block": ("block", "attention+proj"), "attention+cross": ("attention+cross", "attention+proj"),
-            "attention+proj": ("attention+proj",)}
-
-
-def site_plan(site: Site, cfg):
+def site_region(site: Site, cfg):
     """The RegionPlan a site really gets for its config — the scope asked for, or where the site refuses it
-    `attention+proj` (FALLBACK) — or the reason it keeps `attention` (a str)."""
+    a narrower one (scope.fallback_chain) — or the reason it keeps `attention` (a str)."""
     if cfg.scope == "attention":
         return "attention"
     plans = site.scopes
     if not get_method(cfg.method).reduces_q:   # its widest region: the k/v projections on the pooled tokens
         return plans.get(KV_ONLY, "scope not planned for this site")
-    for scope in FALLBACK[cfg.scope]:
+    for scope in fallback_chain(cfg.scope):
         if isinstance(plans.get(scope), RegionPlan):
             return plans[scope]
     return plans.get(cfg.scope, "scope not planned for this site")
 
 
 def scope_refusal(site: Site, cfg) -> str:
-    """Why a site does not get the scope cfg asks for (site_plan gave it a narrower one)."""
-    plan = site_plan(site, cfg)
+    """Why a site does not get the scope cfg asks for (site_region gave it a narrower one)."""
+    plan = site_region(site, cfg)
     if not get_method(cfg.method).reduces_q:
         why = plan if isinstance(plan, str) else "its widest region is the k/v projections on the pooled tokens"
         return f"{cfg.method} reduces keys/values only (the q projection needs every token): {why}"

@@ -109,7 +109,19 @@ def _lattice_atoms(label, seg) -> bool:
     return isinstance(label, tuple) and any(a[0] in names for dl in label for s in dl for a in s)
 
 
+# the scope a site falls back to where it refuses one: a refused `block` or `attention+cross` gets
+# `attention+proj` (never another approximation than the one asked), that one `attention`
 NARROWER = {"block": "attention+proj", "attention+cross": "attention+proj", "attention+proj": "attention"}
+
+
+def fallback_chain(scope: str) -> tuple[str, ...]:
+    """The region scopes a site tries for `scope`, widest first (NARROWER's chain, down to `attention`, which
+    is no region plan: the sdpa node alone)."""
+    chain = []
+    while scope != "attention":
+        chain.append(scope)
+        scope = NARROWER[scope]
+    return tuple(chain)
 
 
 def _dims_arg(n: fx.Node, i: int):

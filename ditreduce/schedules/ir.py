@@ -90,7 +90,8 @@ def _selector_contains(sel: Selector | None, i: int, n: int | None) -> bool:
     return any(i == (j if j >= 0 else (n if n is not None else 0) + j) for j in sel)
 
 
-Ratio = Annotated[float, Field(ge=0.0, le=0.95, allow_inf_nan=False)]
+MAX_RATIO = 0.95           # the largest fraction of a site's image tokens any schedule or method removes
+Ratio = Annotated[float, Field(ge=0.0, le=MAX_RATIO, allow_inf_nan=False)]
 
 
 class Rule(_Strict):
@@ -181,14 +182,18 @@ class Schedule(_Strict):
     def _rule_params(self):
         for i, rule in enumerate(self.rules):
             if rule.params is not None:
-                names = {rule.method} if rule.method not in (None, "none") else (
-                    {self.method} | {r.method for r in self.rules if r.method not in (None, "none")})
-                for name in names - {"none"}:
+                names = {rule.method} if rule.method not in (None, "none") else self.methods
+                for name in names:
                     try:
                         _check_params(name, {**self.params.get(name, {}), **rule.params})
                     except ValueError as e:
                         raise ValueError(f"rules[{i}].params: {e}") from None
         return self
+
+    @property
+    def methods(self) -> set[str]:
+        """The methods the schedule uses (its own and its rules'), `none` left out."""
+        return ({self.method} | {r.method for r in self.rules if r.method is not None}) - {"none"}
 
     @property
     def step_dependent(self) -> bool:

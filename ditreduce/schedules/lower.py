@@ -91,7 +91,7 @@ def _negative(sel) -> bool:
     return _has_negative(sel)
 
 
-def plan_key(schedule: Schedule, sites, step: int | None, num_steps: int | None) -> tuple:
+def step_key(schedule: Schedule, sites, step: int | None, num_steps: int | None) -> tuple:
     """The variant key for one call: one RegionConfig (or None: dense) per site."""
     nb = num_blocks(sites)
     return tuple(site_config(schedule, s, nb, step, num_steps) for s in sites)
@@ -110,6 +110,5 @@ def check_reduces_something(schedule: Schedule, sites, unmatched: dict | None = 
         lines = lines or ["  (no attention site found)"]
         raise ScheduleError("the schedule reduces no attention site of this model:\n" + "\n".join(lines) +
                             "\nSee report() for the layout of each site; `layout:` overrides an undecided one.")
-    methods = {schedule.method} | {r.method for r in schedule.rules if r.method is not None}
-    if methods == {"none"}:
+    if not schedule.methods:
         raise ScheduleError("method: every method in the schedule is `none`: nothing would be reduced")

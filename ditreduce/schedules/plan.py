@@ -3,7 +3,7 @@
     plan_run(schedule, sites, num_steps) -> RunPlan(keys, per_step)
 
 A variant key is one RegionConfig (or None: dense) per site. Lowering gives each step its key
-(`lower.plan_key`); then every method present in a site's column of keys over the steps may rewrite
+(`lower.step_key`); then every method present in a site's column of keys over the steps may rewrite
 that column (`Method.assign_phases`: identity by default; DiTo turns its steps into prime / match /
 reduce / tail phases, tail only where the whole run is known). The runtime, the exporters, report(), the
 bench and calibration read only the plan.
@@ -18,18 +18,14 @@ import warnings
 from ..errors import ScheduleError
 from ..methods import get_method
 from .ir import Schedule
-from .lower import NumStepsUnknown, plan_key
+from .lower import NumStepsUnknown, step_key
 
 WARN_VARIANTS = 16       # a capture with more distinct variants than this warns once
 MAX_VARIANTS = 64        # ... and more than max_variants (this by default) is a ScheduleError
 
 
-def _methods(schedule: Schedule) -> set[str]:
-    return ({schedule.method} | {r.method for r in schedule.rules if r.method is not None}) - {"none"}
-
-
 def is_stateful(schedule: Schedule) -> bool:
-    return any(get_method(m).stateful for m in _methods(schedule))
+    return any(get_method(m).stateful for m in schedule.methods)
 
 
 def is_step_dependent(schedule: Schedule) -> bool:
@@ -72,7 +68,7 @@ class RunPlan:
             if self.step_dependent:
                 raise NumStepsUnknown("step")
             if self._stepless is None:
-                self._stepless = plan_key(self.schedule, self.sites, None, self.num_steps)
+                self._stepless = step_key(self.schedule, self.sites, None, self.num_steps)
                 self._index(self._stepless)
             return self._stepless
         if self.num_steps is not None and step >= self.num_steps:
@@ -88,7 +84,7 @@ class RunPlan:
         # an open plan lowers one step ahead: a step's phase may depend on the next (DiTo's prime step)
         want = length if self.num_steps is not None else length + 1
         while len(self._raw) < want:
-            self._raw.append(plan_key(self.schedule, self.sites, len(self._raw), self.num_steps))
+            self._raw.append(step_key(self.schedule, self.sites, len(self._raw), self.num_steps))
         for key in phase_keys(self._raw, complete=self.num_steps is not None)[len(self.per_step):length]:
             self.per_step.append(self._index(key))
 

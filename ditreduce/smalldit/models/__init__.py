@@ -74,7 +74,9 @@ def load_small_dit(path: str | Path | None = None) -> SmallDiT:
     path = Path(path) if path is not None else SMALL_DIT_DIR
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no small DiT at {path}: run tools/train_small_dit.py to create it")
-    transformer = PixArtTransformer2DModel.from_pretrained(path, local_files_only=True)
+    # low_cpu_mem_usage=False: a 2.3M-parameter model gains nothing from it, and asking for it (diffusers'
+    # default) without `accelerate` installed prints an "install accelerate" notice on every load
+    transformer = PixArtTransformer2DModel.from_pretrained(path, local_files_only=True, low_cpu_mem_usage=False)
     table = load_file(str(path / "captions.safetensors"))["table"]
     captions = CaptionTable(table.shape[0], table.shape[1], table.shape[2])
     captions.table.data.copy_(table)
