@@ -1,5 +1,5 @@
 """The bench's headline: per method, the fastest configuration at a median PSNR target."""
-from ditreduce.bench.report import (BenchResults, FlopsRecord, QualityRecord, Row, Stat, TimingRecord,
+from ditreduce.bench.results import (BenchResults, FlopsRecord, QualityRecord, Row, Stat, TimingRecord,
                                     equal_quality_markdown, fastest_at_quality)
 
 

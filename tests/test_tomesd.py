@@ -84,7 +84,7 @@ def test_skip_reasons(monkeypatch):
 def _bench(tmp_path, *extra):
     args = ["bench", "--quick", "--threads", "1", "--scopes", "attention+proj", "--out", str(tmp_path), *extra]
     assert main(args) == 0
-    from ditreduce.bench.report import BenchResults
+    from ditreduce.bench.results import BenchResults
 
     return BenchResults.load(tmp_path / "results.json")
 
