@@ -58,7 +58,7 @@ def patched(fn, part: str, mode: str, ratio: float, dense_steps: int, calls: lis
 def probe(bm, setup, dense, part: str, mode: str, ratio: float) -> float:
     blocks = bm.small_dit.transformer.transformer_blocks
     mods = list(blocks) if part == "block" else [getattr(b, PARTS[part]) for b in blocks]
-    dense_steps = round(0.2 * setup.steps)
+    dense_steps = max(1, round(0.2 * setup.steps))   # cache mode reuses a dense step's output: at least one
     saved = [m.forward for m in mods]
     try:
         for m, fn in zip(mods, saved):
