@@ -1,6 +1,9 @@
 """Samples are isolated: in a batch of independent requests, changing or NaN-poisoning sample i never
 changes sample j != i, for every method and the scopes attention / attention+proj, unless i and j are a CFG
-pair (the same latent twice, as diffusers' CFG batches are). `cfg: shared` still shares within real pairs."""
+pair (the same latent twice, as diffusers' CFG batches are). `cfg: shared` still shares within real pairs.
+Generations are isolated too: threads interleaving their generations on one model each get their own."""
+import threading
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -119,3 +122,53 @@ def test_rope_tables_follow_each_samples_own_selection(family):
         after = reduced(**_poison(kw, 0, "change", 1))[0]
     assert not torch.equal(after[0], before[0])
     torch.testing.assert_close(after[1:], before[1:], rtol=0, atol=1e-6)
+
+
+STEPPED = {"ratio": 0.5, "rules": [{"steps": {"start": 0, "stop": 2}, "method": "none"},
+                                   {"steps": {"start": 4}, "ratio": 0.25}]}   # dense, dense, 0.5, 0.5, 0.25
+FALLING = (999.0, 800.0, 600.0, 400.0, 200.0)
+
+
+def test_threads_interleaving_their_generations_step_by_step_get_their_own_steps():
+    """Three threads run one generation each on one model, staggered by a step and taking turns at a Barrier:
+    in round r thread i makes its step r - i, so every call comes right after another thread's call at another
+    step. Each thread counts its own steps: each gets the outputs of its generation run alone. (A step clock
+    shared between the threads counts thread 0's third call as step 1, dense, where step 2 reduces.)"""
+    model, kw = zoo.handdit(batch=1)
+    latents = [kw["hidden_states"] * (1 + 0.1 * i) for i in range(3)]
+    reduced = compile_with_reduction(model, STEPPED)
+
+    def call(x, t):
+        with torch.no_grad():
+            return reduced(hidden_states=x, timestep=torch.full((1,), t))[0]
+
+    ref = []
+    for x in latents:                                  # one generation after another, in this thread
+        with reduced.generation(num_steps=len(FALLING)):
+            ref.append([call(x, t) for t in FALLING])
+    n, steps = len(latents), len(FALLING)
+    turns = threading.Barrier(n, timeout=120)
+    got, errors = [[None] * steps for _ in range(n)], []
+
+    def run(i):
+        try:
+            for r in range(steps + n - 1):
+                for turn in range(n):
+                    turns.wait()
+                    if turn == i and 0 <= r - i < steps:
+                        got[i][r - i] = call(latents[i], FALLING[r - i])
+        except threading.BrokenBarrierError:
+            pass                                       # another thread failed: its error is reported
+        except Exception as e:  # noqa: BLE001 — reported below
+            errors.append(e)
+            turns.abort()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    for i in range(n):
+        for s in range(steps):
+            torch.testing.assert_close(got[i][s], ref[i][s], rtol=0, atol=0, msg=f"thread {i}, step {s}")

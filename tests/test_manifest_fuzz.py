@@ -1,7 +1,9 @@
 """Exported artefacts are verified: a manifest whose files lie outside its folder, whose graphs / weights /
 plan do not match their sha256, whose steps name no variant, or that is truncated or malformed loads only
-as a BackendError naming the file and field (hypothesis over mutations of one real export)."""
+as a BackendError naming the file and field (hypothesis over mutations of one real export): the field the
+mutation corrupted, or `plan_sha256` where the plan hash (not recomputed by the mutation) is what catches it."""
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -70,7 +72,7 @@ def _mutations():
     where = st.sampled_from([0, 1, "weights"])
     return st.one_of(
         st.tuples(st.just("path"), where, st.sampled_from(BAD_PATHS), st.booleans()),
-        st.tuples(st.just("hash"), where, st.sampled_from(["0" * 64, "", None, "zz"]), st.just(False)),
+        st.tuples(st.just("hash"), where, st.sampled_from(["0" * 64, "", None, "zz"]), st.booleans()),
         st.tuples(st.just("plan_hash"), st.just(0), st.sampled_from(["0" * 64, None]), st.just(False)),
         st.tuples(st.just("shape"), st.integers(0, 1), st.integers(-5, 5).filter(bool), st.booleans()),
         st.tuples(st.just("truncate"), st.just(0), st.floats(0.0, 0.99), st.just(False)),
@@ -95,7 +97,8 @@ def _apply(root: Path, mutation) -> bool:
         _edit(root, lambda d: _set_path(d, where, value), rehash)
         return True
     if kind == "hash":
-        _edit(root, lambda d: (d["weights"] if where == "weights" else d["variants"][where]).__setitem__("sha256", value))
+        _edit(root, lambda d: (d["weights"] if where == "weights" else d["variants"][where]).__setitem__("sha256", value),
+              rehash)
     elif kind == "plan_hash":
         _edit(root, lambda d: d.__setitem__("plan_sha256", value))
     elif kind == "shape":
@@ -136,18 +139,47 @@ def _apply(root: Path, mutation) -> bool:
     return False
 
 
+def _fields(mutation, structural: bool) -> tuple[str, str | None]:
+    """(the field a verified load names, the field a load with verify=False names; None: it loads). A JSON edit
+    that leaves the plan hash as exported is caught by the hash first (`plan_sha256`) where the document still
+    validates; the structure and the paths are checked without the hashes too. A document that is not JSON has
+    no field: its error says so."""
+    kind, where, value, rehash = mutation
+    if kind in ("truncate", "binary"):
+        return "not valid JSON", "not valid JSON"
+    file = "weights.path" if where == "weights" else f"variants[{where}].onnx"
+    field = {"path": file, "hash": file, "plan_hash": "plan_sha256", "swap": "variants[0].onnx",
+             "zero_weights": "weights.path", "steps": f"steps[{where}]", "drop": where,
+             "drop_in_variant": f"variants[1].{where}", "retype": where, "dtype": "variants[0].inputs[0].dtype",
+             "shape": f"variants[{where}].inputs[0]" + (".shape[0]" if structural else "")}[kind]
+    if structural and kind not in ("path",):     # invalid before any hash is read: named alike either way
+        return field, field
+    edited_json = kind in ("path", "hash", "shape")
+    return ("plan_sha256" if edited_json and not rehash else field), (field if structural else None)
+
+
+def _names(message: str, field: str) -> bool:
+    """`field` appears in the message as a field (`steps[0]:`, `weights.path:`, `weights.bytes` under `weights`)."""
+    if field == "not valid JSON":
+        return field in message
+    return re.search(r"(^|[\s:])" + re.escape(field) + r"[:.\[]", message) is not None
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutation=_mutations())
 def test_every_mutated_manifest_is_a_backend_error(exported, mutation):
     root = _copy(exported)
     try:
         structural = _apply(root, mutation)
+        verified, unverified = _fields(mutation, structural)
         with pytest.raises(BackendError) as e:
             load_manifest(root / "manifest.json")
         assert str(root) in str(e.value) or "manifest's folder" in str(e.value), e.value
+        assert _names(str(e.value), verified), (verified, str(e.value))
         if structural:
-            with pytest.raises(BackendError):
+            with pytest.raises(BackendError) as e:
                 load_manifest(root / "manifest.json", verify=False)
+            assert _names(str(e.value), unverified), (unverified, str(e.value))
         else:
             load_manifest(root / "manifest.json", verify=False)  # only the hashes catch it
     finally:

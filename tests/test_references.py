@@ -1,7 +1,10 @@
 """Independent references at k < N, written from the definitions in plain loops: the region, every
 scope on a hand-written DiT, ToMe's matching, CoReDiT's pruning and weights, ToDo's pooling, DiTo's
-matching from the previous outputs. The implementation only supplies the selection under test (through
-the public method entry); everything it is checked against is computed here."""
+matching from the previous outputs. The implementation only supplies the selection under test, through
+the public entries (a method's `select`, and DiTo's state through `compile_with_reduction` and `on_state`);
+everything it is checked against is computed here from lattice and sequence positions: the region's
+reference lifts an image selection to the sequence by itself (text kept, image tokens at text + i), DiTo's
+matching is recomputed from the outputs the previous step handed on, ToDo's kv grids are stated per case."""
 import math
 
 import pytest
@@ -13,8 +16,7 @@ from hypothesis import strategies as st
 import zoo
 from ditreduce import compile_with_reduction
 from ditreduce.methods import METHODS, get_method
-from ditreduce.methods.dito import dito_match, dito_selection
-from ditreduce.regions import (Selection, attention_region, embed_in_sequence, pointwise_products, reconstruct_tokens,
+from ditreduce.regions import (attention_region, embed_in_sequence, pointwise_products, reconstruct_tokens,
                                reduce_tokens, size_forms)
 
 
@@ -60,34 +62,47 @@ def ref_attention(q, k, v, mask=None, scale=None):
     return torch.softmax(s, -1) @ v
 
 
-def ref_region(q, k, v, mask, sel, reduce_q=True):
-    """[B, H, L, D]: reduce q/k/v, attend with the mask's rows / columns at the kept tokens, reconstruct."""
+def ref_region(q, k, v, mask, sel, reduce_q=True, text=0):
+    """[B, H, L, D] with the image's n tokens at positions [text, text + n): `sel` is a selection over the
+    image alone. The text tokens (every position outside the image) enter attention as themselves, the image
+    as its reduced tokens, each at the sequence position of its kept token (text + kept[j]: where the mask's
+    row / column is read); then each text token takes its own output and the image its reconstruction."""
+    bsz, heads, length, _ = q.shape
+    n = sel.src.shape[1]
+    img = torch.arange(text, text + n)
+    others = torch.tensor([p for p in range(length) if not text <= p < text + n], dtype=torch.long)
     out = torch.zeros_like(q)
-    for b in range(q.shape[0]):
-        kept = sel.kept[min(b, sel.kept.shape[0] - 1)].tolist()
-        for h in range(q.shape[1]):
+    for b in range(bsz):
+        pos = others.tolist() + [text + t for t in sel.kept[min(b, sel.kept.shape[0] - 1)].tolist()]
+
+        def reduced(x):
+            return torch.cat([x[others], ref_reduce(x[img], sel, b)])
+
+        for h in range(heads):
             m = None
             if mask is not None:
-                m = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])[b, h]
-                m = m[:, kept]
+                m = mask.expand(bsz, heads, length, k.shape[2])[b, h][:, pos]
                 if reduce_q:
-                    m = m[kept]
-            qr = ref_reduce(q[b, h], sel, b) if reduce_q else q[b, h]
-            y = ref_attention(qr, ref_reduce(k[b, h], sel, b), ref_reduce(v[b, h], sel, b), m)
-            out[b, h] = ref_reconstruct(y, sel, b) if reduce_q else y
+                    m = m[pos]
+            qr = reduced(q[b, h]) if reduce_q else q[b, h]
+            y = ref_attention(qr, reduced(k[b, h]), reduced(v[b, h]), m)
+            if not reduce_q:
+                out[b, h] = y
+                continue
+            out[b, h, others] = y[:len(others)]
+            out[b, h, img] = ref_reconstruct(y[len(others):], sel, b)
     return out
 
 
-def _selections(b, text, lattice):
-    """(selection over the whole sequence, reduce_q) of every method at ratio 0.5, text tokens first."""
+def _selections(b, lattice):
+    """(the image selection, reduce_q) of every method at ratio 0.5, from its public `select`."""
     n = math.prod(lattice)
     x = torch.randn(b, n, 8, generator=_g(5))
     out = {}
     for name in ("uniform", "random", "coredit", "tome", "todo"):
         params = {"slots": 3} if name == "coredit" else {}
         meth = get_method(name)(cfg="per_sample", **params) if name in ("coredit", "tome") else get_method(name)()
-        sel = meth.select(x, lattice, meth.kept_count(n, n // 2, lattice))
-        out[name] = (embed_in_sequence(sel, text, text + n), meth.reduces_q)
+        out[name] = (meth.select(x, lattice, meth.kept_count(n, n // 2, lattice)), meth.reduces_q)
     return out
 
 
@@ -95,28 +110,31 @@ def _selections(b, text, lattice):
 @pytest.mark.parametrize("mask_kind", ["none", "bool_kv", "float_qkv"])
 @pytest.mark.parametrize("method", ["uniform", "random", "coredit", "tome", "todo"])
 def test_region_matches_the_loop_reference(method, mask_kind, form):
-    """In the small- and large-tensor forms of the region ops (regions.size_forms: one window product or one
-    per offset, inner-dim or row gathers) and in the form the inductor backends trace
-    (regions.pointwise_products: the window merge)."""
+    """Text tokens first, then the image: the image selection lifted to the sequence as the attention scope
+    does (regions.embed_in_sequence, under test with the region), against the reference built from the image
+    selection and the positions alone. In the small- and large-tensor forms of the region ops
+    (regions.size_forms: one window product or one per offset, inner-dim or row gathers) and in the form the
+    inductor backends trace (regions.pointwise_products: the window merge)."""
     b, heads, text, lattice = 2, 2, 3, (4, 5)
-    length = text + math.prod(lattice)
-    sel, reduce_q = _selections(b, text, lattice)[method]
+    n = math.prod(lattice)
+    length = text + n
+    sel, reduce_q = _selections(b, lattice)[method]
     g = _g(6)
     q, k, v = (torch.randn(b, heads, length, 4, generator=g) for _ in range(3))
     mask = None
     if mask_kind == "bool_kv":  # masked keys among the kept image tokens and the text
         mask = torch.ones(b, 1, 1, length, dtype=torch.bool)
-        drop = sel.kept[0, [1, 4, -2]]
+        drop = text + sel.kept[0, [1, 4, -2]]
         mask[0, ..., drop] = False
         mask[1, ..., 0] = False
     elif mask_kind == "float_qkv":
         mask = torch.randn(b, heads, length, length, generator=g) * 3
     with pointwise_products(form == "pointwise"), size_forms(form == "large"):
-        out = attention_region(q, k, v, mask, *sel, reduce_q=reduce_q)
-    ref = ref_region(q, k, v, mask, sel, reduce_q)
+        out = attention_region(q, k, v, mask, *embed_in_sequence(sel, text, length), reduce_q=reduce_q)
+    ref = ref_region(q, k, v, mask, sel, reduce_q, text=text)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     if mask is not None:  # the mask's gathered entries change the result
-        assert not torch.allclose(ref, ref_region(q, k, v, None, sel, reduce_q), atol=1e-3)
+        assert not torch.allclose(ref, ref_region(q, k, v, None, sel, reduce_q, text=text), atol=1e-3)
 
 
 # --- the scopes on a hand-written DiT ---------------------------------------------------------------
@@ -289,25 +307,70 @@ def test_tome_matches_brute_force_bipartite_matching(lattice, seed, large):
         _check_matching(x, sel, ref_matching(x, lattice, k, seed))
 
 
-@pytest.mark.parametrize("large", [False, True])
-def test_dito_matches_from_the_previous_outputs_with_the_count_penalty(large):
+def _check_handed_on_matching(state, ref, n):
+    """A DiTo step's matching as the state it hands on (kept, src, sizes, mw of regions.Selection) against
+    ref_matching: the kept set, the kept token each token is rebuilt from (its destination if merged, else
+    itself), each kept token's size (1 + its merged sources) and its merge: the mean of its group."""
+    for b, (kept, groups, _) in enumerate(ref):
+        order = state["kept"][b].tolist()
+        assert set(order) == kept
+        owner = {m: d for d, members in groups.items() for m in members}
+        assert [order[int(j)] for j in state["src"][b, :, 0]] == [owner.get(i, i) for i in range(n)]
+        size = [len(groups.get(t, [t])) for t in order]
+        assert state["sizes"][b].tolist() == size
+        for j, row in enumerate(state["mw"][b]):  # the merged tokens come first in the kept order
+            nz = row[row != 0]
+            assert len(nz) == size[j] and torch.allclose(nz, torch.full_like(nz, 1 / size[j]))
+
+
+def test_dito_matches_from_the_previous_outputs_with_the_count_penalty():
+    """Through the public entry: DiTo runs on the hand-written DiT matching at every step (interval 1), once
+    in each form of the similarities and the merge (regions.size_forms). Each step's matching, as the state it
+    hands on, against the brute-force matching of the outputs and counts the step before handed on; the prime
+    step's outputs are the dense model's attention outputs and its counts zero; each matching adds 1 to the
+    count of every source it merges. At step 2 the counts are non-zero and the penalty changes which sources
+    merge (so the check really covers it)."""
     lattice, lam = (6, 6), 0.3
     n = math.prod(lattice)
-    y = torch.randn(2, n, 6, generator=_g(8))  # the site's outputs at the previous step
-    s = n - len(ref_destinations(lattice, 0))
-    count = torch.randint(0, 4, (2, s), generator=_g(9)).float()
-    k = get_method("dito")().kept_count(n, n // 2, lattice)
-    with size_forms(large):
-        merged, unmerged, arg, count2 = dito_match(y, count, lattice=lattice, k=k, seed=0, cfg="per_sample", lam=lam)
-        sel = dito_selection(merged, unmerged, arg, n=n, lattice=lattice, k=k, seed=0)
-        ref = ref_matching(y, lattice, k, count=count, lam=lam)
-        _check_matching(y, sel, ref)
-    for b, (_, _, ref_merged) in enumerate(ref):
-        expect = count[b].clone()
-        expect[ref_merged] += 1
-        torch.testing.assert_close(count2[b], expect)
-    # the penalty changes which sources merge (so the check above really covers it)
-    assert [r[2] for r in ref] != [r[2] for r in ref_matching(y, lattice, k)]
+    model, kw = zoo.handdit(grid=lattice, batch=2)   # two independent samples: matched per sample
+    sched = {"method": "dito", "ratio": 0.5, "scope": "attention",
+             "params": {"dito": {"interval": 1, "lam": lam, "cfg": "per_sample"}}}
+    reduced = compile_with_reduction(model, sched)
+    times = (900.0, 600.0, 300.0)                    # prime, match, match
+    dense = []
+    hooks = [blk.attn.proj.register_forward_pre_hook(lambda mod, args: dense.append(args[0])) for blk in model.blocks]
+    try:
+        with torch.no_grad():
+            model(**dict(kw, timestep=torch.full((2,), times[0])))
+    finally:
+        for hk in hooks:
+            hk.remove()
+    for large in (False, True):
+        states = []
+        reduced.on_state = lambda call, state: states.append({s: dict(v) for s, v in state.items()})
+        with torch.no_grad(), size_forms(large), reduced.generation(num_steps=len(times)):
+            for t in times:
+                reduced(**dict(kw, timestep=torch.full((2,), t)))
+        assert [dict(c.params)["phase"] for c in reduced.last_key] == ["match"] * len(model.blocks)
+        k = reduced.last_key[0].k
+        sites = [s.name for s in reduced.last_capture.sites]    # in block order
+        penalised = []
+        for site, y_dense in zip(sites, dense):
+            prime = states[0][site]
+            torch.testing.assert_close(prime["y"], y_dense, rtol=1e-5, atol=1e-5)
+            assert not prime["count"].any()
+            for step in (1, 2):
+                before, after = states[step - 1][site], states[step][site]
+                ref = ref_matching(before["y"], lattice, k, count=before["count"], lam=lam)
+                _check_handed_on_matching(after, ref, n)
+                expect = before["count"].clone()
+                for b, (_, _, ref_merged) in enumerate(ref):
+                    expect[b, ref_merged] += 1
+                torch.testing.assert_close(after["count"], expect)
+            y1, count1 = states[1][site]["y"], states[1][site]["count"]
+            penalised.append([r[2] for r in ref_matching(y1, lattice, k, count=count1, lam=lam)]
+                             != [r[2] for r in ref_matching(y1, lattice, k)])
+        assert any(penalised)
 
 
 # --- CoReDiT: anchors, pruning order, slot and pooled weights ----------------------------------------
@@ -416,15 +479,20 @@ def test_cfg_selection_matches_the_reference(cfg):
 
 
 # --- ToDo: adaptive-pooling cells on non-divisible lattices ----------------------------------------
-@pytest.mark.parametrize("lattice", [(5, 7), (7, 5), (2, 5, 7), (6, 6)])
-@pytest.mark.parametrize("ratio", [0.5, 0.75])
-def test_todo_pooling_matches_adaptive_pooling(lattice, ratio):
+# ToDo's kv grid per (lattice, ratio): k = N - round(ratio · N) tokens asked, sqrt(k / N) of each axis rounded
+# (frames kept), worked out by hand: (5, 7) at 0.5 asks 17 of 35, 0.697 per axis: 3.48 -> 3 rows, 4.88 -> 5 columns;
+# (2, 5, 7) at 0.5 asks 35 of 70, 0.707 per axis: 3.54 -> 4, 4.95 -> 5; 0.75 is ToDo's 2×2 on (6, 6)
+TODO_GRIDS = [((5, 7), 0.5, (3, 5)), ((5, 7), 0.75, (3, 4)), ((7, 5), 0.5, (5, 3)), ((7, 5), 0.75, (4, 3)),
+              ((2, 5, 7), 0.5, (4, 5)), ((2, 5, 7), 0.75, (3, 4)), ((6, 6), 0.5, (4, 4)), ((6, 6), 0.75, (3, 3))]
+
+
+@pytest.mark.parametrize("lattice,ratio,kv_grid", TODO_GRIDS)
+def test_todo_pooling_matches_adaptive_pooling(lattice, ratio, kv_grid):
     f, h, w = _fhw(lattice)
     n, c = f * h * w, 3
     x = torch.randn(2, n, c, generator=_g(14))
     k = n - round(ratio * n)
-    s = math.sqrt(k / n)  # a kv grid of k / n of the tokens, sqrt(k / n) per axis
-    hk, wk = max(1, min(h, round(h * s))), max(1, min(w, round(w * s)))
+    hk, wk = kv_grid
     for mode in ("avg", "nearest"):
         meth = get_method("todo")(mode=mode)
         sel = meth.select(None, lattice, k)

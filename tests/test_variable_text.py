@@ -163,11 +163,28 @@ def _both_sides_forward(self, x, t, context, context_mask):
     return torch.cat(outs, 0)
 
 
+def _dynamo_compiles() -> tuple[int, object]:
+    """(graphs dynamo has compiled in this process, its latest compilation-metrics record), from dynamo's own
+    counters: every compile, a recompile on a guard failing for a new caption length included, changes both."""
+    from torch._dynamo.utils import counters, get_compilation_metrics
+
+    metrics = get_compilation_metrics()
+    return counters["stats"]["unique_graphs"], metrics[-1] if metrics else None
+
+
 @pytest.mark.slow  # one cold inductor compile (~1-2 min on the 2-core machine)
 def test_inductor_equals_eager_for_every_text_length_without_recompiling():
+    """One variant, one runner and one dynamo compile for every caption length: dynamo's counters move on the
+    first call only (a single graph: fullgraph), not for the other lengths."""
     model, kw = _model(depth=1)
     eager, ind = (compile_with_reduction(model, HALF, backend=b) for b in ("eager", "inductor"))
     with torch.no_grad():
-        for call in (kw, _other_lengths(kw)):
+        before = _dynamo_compiles()
+        torch.testing.assert_close(ind(**kw), eager(**kw), rtol=1e-5, atol=1e-5)
+        first = _dynamo_compiles()
+        for call in (_other_lengths(kw), _other_lengths(kw, first=1)):
             torch.testing.assert_close(ind(**call), eager(**call), rtol=1e-5, atol=1e-5)
     assert len(ind.compile_seconds) == 1
+    after = _dynamo_compiles()
+    assert after[0] == first[0] and after[1] is first[1], (first, after)            # no length recompiled
+    assert first[0] - before[0] == 1 and first[1] is not before[1], (before, first)  # the first call: one graph

@@ -85,6 +85,22 @@ def handdit(grid=(4, 4), batch=2, seed=0):
     return m.eval(), kw
 
 
+class _InWeightDtype(nn.Sequential):
+    """A Sequential whose input is cast to its first layer's weight dtype."""
+
+    def forward(self, x):
+        return super().forward(x.to(self[0].weight.dtype))
+
+
+def handdit_typed(grid=(4, 4), batch=2, seed=0):
+    """zoo.HandDiT with its timestep embedding run in the weights' dtype, so that its output dtype follows the
+    model's: HandDiT's float32 timestep promotes every block of a bf16 / fp16 model to float32. Same weights
+    and inputs as handdit(grid, batch, seed)."""
+    m, kw = handdit(grid=grid, batch=batch, seed=seed)
+    m.t_embed = _InWeightDtype(*m.t_embed)
+    return m, kw
+
+
 # family -> builder (lumina2 cannot be captured: kept out of the families the tests sweep)
 ZOO = {**{k: v for k, v in TINY.items() if k != "lumina2"}, "handdit": handdit}
 VIDEO = set(_TINY_VIDEO)
