@@ -6,10 +6,10 @@ from .run_state import RunLengthWarning, StepClock, StepClockWarning
 from .runtime import ReducedModel, compile_with_reduction
 from .schedules import Schedule, load_schedule
 
-__all__ = ["BackendError", "DitreduceError", "LayoutError", "MethodParamError", "ModelCallError", "NotAModelError", "ReducedModel",
-           "RunLengthWarning", "Schedule", "ScheduleError", "StateError", "StepClock", "StepClockWarning",
-           "UnsupportedModelError", "apply", "compile_with_reduction", "load_onnx", "load_schedule", "load_tensorrt",
-           "remove"]
+__all__ = ["BackendError", "DitreduceError", "LayoutError", "MethodParamError", "ModelCallError", "NotAModelError",
+           "ReducedModel", "RunLengthWarning", "Schedule", "ScheduleError", "StateError", "StepClock",
+           "StepClockWarning", "UnsupportedModelError", "apply", "compile_with_reduction", "load_onnx", "load_schedule",
+           "load_tensorrt", "remove"]
 __version__ = "0.1.0"
 
 

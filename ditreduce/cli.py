@@ -36,7 +36,8 @@ def cmd_demo(args) -> int:
     from .bench.flops import count_flops
     from .bench.progress import progress_bar
     from .bench.runner import Variants, flops_record
-    from .methods import default_schedule, preferred_methods
+    from .methods import preferred_methods
+    from .schedules import default_schedule
     from .model_specs import resolve_model
     from .smalldit.metrics import psnr, ssim
     from .smalldit.sampling import sample

@@ -161,16 +161,20 @@ class ReducedModel(nn.Module):
 
     def analysis(self, kw: dict) -> Analysis:
         """The pass pipeline's Analysis for this input signature (run once per signature, under a lock)."""
-        sig = _signature(kw)
-        cap = self.captures.get(sig)
-        if cap is None:
-            with self._lock:
-                cap = self.captures.get(sig)
-                if cap is None:
-                    with outside_inference_mode():
-                        cap = self.captures[sig] = analyze(self.model, kw, self.schedule)
+        cap = self._once(self.captures, _signature(kw), lambda: analyze(self.model, kw, self.schedule))
         self.last_capture = cap
         return cap
+
+    def _once(self, store: dict, key, build):
+        """store[key], built by build() once, under the model's lock and outside inference mode, where missing."""
+        value = store.get(key)
+        if value is None:
+            with self._lock:
+                value = store.get(key)
+                if value is None:
+                    with outside_inference_mode():
+                        value = store[key] = build()
+        return value
 
     def plan(self, cap: Analysis, num_steps: int | None = None) -> RunPlan:
         """The run plan of this analysis for num_steps (None: open-ended), computed once."""
@@ -181,27 +185,13 @@ class ReducedModel(nn.Module):
         return plan
 
     def variant(self, cap: Analysis, key: tuple) -> torch.fx.GraphModule:
-        gm = cap.variants.get(key)
-        if gm is None:
-            with self._lock:
-                gm = cap.variants.get(key)
-                if gm is None:
-                    with outside_inference_mode():
-                        gm = rewrite(cap.graph, cap.sites, key) if any(c is not None for c in key) else cap.graph
-                    cap.variants[key] = gm
-        return gm
+        return self._once(cap.variants, key, lambda: rewrite(cap.graph, cap.sites, key)
+                          if any(c is not None for c in key) else cap.graph)
 
     def runner(self, cap: Analysis, key: tuple, kw: dict):
         """The callable that runs a variant: the backend's lowering of its GraphModule, made once per variant."""
-        run = cap.runners.get(key)
-        if run is None:
-            gm = self.variant(cap, key)
-            with self._lock:
-                run = cap.runners.get(key)
-                if run is None:
-                    with outside_inference_mode():
-                        run = cap.runners[key] = prepare_variant(self.backend, gm, key, kw, self.backend_options)
-        return run
+        return self._once(cap.runners, key, lambda: prepare_variant(self.backend, self.variant(cap, key), key, kw,
+                                                                    self.backend_options))
 
     @property
     def compile_seconds(self) -> dict[str, float]:

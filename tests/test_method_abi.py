@@ -10,8 +10,9 @@ import zoo
 from ditreduce import compile_with_reduction
 from ditreduce.bench import runner
 from ditreduce.bench.models import ModelSpec
-from ditreduce.methods import METHODS, SiteContext, default_schedule, get_method, preferred_methods, register_method
+from ditreduce.methods import METHODS, SiteContext, get_method, preferred_methods, register_method
 from ditreduce.regions import attention_region, forced_regions
+from ditreduce.schedules import default_schedule
 from test_references import ref_region
 
 SCHED = {"method": "normkeep", "ratio": 0.5}

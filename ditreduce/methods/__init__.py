@@ -3,13 +3,13 @@
 
 A method is registered by name (`@register_method`, from this package or any other); the schedule IR names
 it in `method:`, and registration alone gives it its place in the bench and the demo (Method.preferred,
-Method.default_schedule). See docs/methods.md.
+schedules.default_schedule). See docs/methods.md.
 """
 from __future__ import annotations
 
-from .base import (METHODS, Method, MethodParamError, SiteContext, StateSpec, default_schedule, get_method,
+from .base import (MAX_RATIO, METHODS, Method, MethodParamError, SiteContext, StateSpec, get_method,
                    preferred_methods, register_method)
 from . import coredit, dito, random, todo, tome, uniform  # noqa: F401  (register the methods)
 
-__all__ = ["METHODS", "Method", "MethodParamError", "SiteContext", "StateSpec", "default_schedule", "get_method",
+__all__ = ["MAX_RATIO", "METHODS", "Method", "MethodParamError", "SiteContext", "StateSpec", "get_method",
            "preferred_methods", "register_method"]

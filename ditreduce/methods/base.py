@@ -8,9 +8,9 @@ import torch
 from annotated_types import Interval
 
 from ..regions import Selection
-from ..schedules.ir import MAX_RATIO
 
 METHODS: dict[str, type["Method"]] = {}
+MAX_RATIO = 0.95   # the largest fraction of a site's image tokens any method removes (and any schedule asks for)
 INT64 = Interval(ge=-2**63, le=2**63 - 1)  # what a torch.Generator seed or an int64 tensor holds
 
 
@@ -36,17 +36,6 @@ def preferred_methods() -> list[str]:
     ranked = sorted((cls.preferred, i) for i, cls in enumerate(METHODS.values()) if cls.preferred is not None)
     names = list(METHODS)
     return [names[i] for _, i in ranked] + [n for n in names if METHODS[n].preferred is None]
-
-
-def default_schedule(name: str) -> "str | dict":
-    """The schedule the demo and the bench run for method `name` (Method.default_schedule): its own, else the
-    preset `<name>-default` where one ships, else the method at ratio 0.5 after the first 20 % of the steps."""
-    cls = get_method(name)
-    if cls.default_schedule is not None:
-        return cls.default_schedule
-    from ..schedules import presets, schedule_dict
-
-    return f"{name}-default" if f"{name}-default" in presets() else schedule_dict(name, 0.5, dense_fraction=0.2)
 
 
 def get_method(name: str) -> type["Method"]:
@@ -127,8 +116,9 @@ class Method:
                  its phase, its state_spec says what each variant takes and returns under a `state` key
     preferred    the method's rank in the bench's and demo's order of preference (lower first; None: not
                  preferred, listed after the ranked ones)
-    default_schedule  the schedule `ditreduce demo` and the bench use for the method (a preset name or a
-                 dict; None: `<name>-default` where that preset exists, else ratio 0.5 after the first 20 % of steps)
+    default_schedule  the schedule `ditreduce demo` runs for the method (a preset name or a dict; None:
+                 `<name>-default` where that preset exists, else ratio 0.5 after the first 20 % of the steps;
+                 schedules.default_schedule resolves it)
     """
 
     name: ClassVar[str]

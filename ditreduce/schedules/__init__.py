@@ -3,7 +3,7 @@ from .ir import FORMAT_VERSION, IndexRange, LayoutOverride, Rule, Schedule
 from .load import ScheduleError, json_schema, load_schedule, presets, validate
 
 __all__ = ["FORMAT_VERSION", "IndexRange", "LayoutOverride", "Rule", "Schedule", "ScheduleError", "dense_prefix",
-           "json_schema", "load_schedule", "presets", "schedule_dict", "validate"]
+           "default_schedule", "json_schema", "load_schedule", "presets", "schedule_dict", "validate"]
 
 
 def dense_prefix(fraction: float) -> dict:
@@ -34,3 +34,14 @@ def schedule_dict(method: str, ratio: float, scope: str | None = None, dense_fra
         else:
             doc[key] = value
     return doc
+
+
+def default_schedule(method: str) -> "str | dict":
+    """The schedule the demo runs for `method` (Method.default_schedule): its own, else the preset
+    `<method>-default` where one ships, else the method at ratio 0.5 after the first 20 % of the steps."""
+    from ..methods import get_method
+
+    own = get_method(method).default_schedule
+    if own is not None:
+        return own
+    return f"{method}-default" if f"{method}-default" in presets() else schedule_dict(method, 0.5, dense_fraction=0.2)

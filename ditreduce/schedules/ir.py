@@ -26,6 +26,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..methods.base import MAX_RATIO
+
 Kind = Literal["self", "cross", "joint"]
 Scope = Literal["attention", "attention+proj", "attention+cross", "block"]
 FORMAT_VERSION = 1
@@ -90,7 +92,6 @@ def _selector_contains(sel: Selector | None, i: int, n: int | None) -> bool:
     return any(i == (j if j >= 0 else (n if n is not None else 0) + j) for j in sel)
 
 
-MAX_RATIO = 0.95           # the largest fraction of a site's image tokens any schedule or method removes
 Ratio = Annotated[float, Field(ge=0.0, le=MAX_RATIO, allow_inf_nan=False)]
 
 
