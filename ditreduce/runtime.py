@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
@@ -20,7 +19,7 @@ from .passes.pipeline import Analysis, analyze
 from .passes.rewrite import rewrite
 from .regions import outside_inference_mode
 from .run_state import ChosenVariant, Generations, run_call
-from .schedules import Schedule, load_schedule
+from .schedules import Schedule, load_schedule, schedule_yaml
 from .schedules.lower import NumStepsUnknown
 from .schedules.plan import MAX_VARIANTS, RunPlan, is_step_dependent
 
@@ -55,6 +54,8 @@ class ReducedModel(nn.Module):
         self._register_state_dict_hook(_state_dict_as_the_model_s)
         self._register_load_state_dict_pre_hook(_load_state_dict_of_the_model, with_module=True)
 
+    RUN_STATE = ("captures", "last_capture", "generations", "last_key", "_lock", "on_state")   # _init_run_state's
+
     def _init_run_state(self) -> None:
         """What a ReducedModel derives from its model and schedule, and its run state: rebuilt lazily, never
         pickled or copied (a copy, a pickle round trip or a weights change analyses again on its next call)."""
@@ -66,9 +67,7 @@ class ReducedModel(nn.Module):
         self.on_state = None  # optional callback(call: run_state.Call, state_out) (DiTo calibration reads matchings)
 
     def __getstate__(self):
-        state = {k: v for k, v in self.__dict__.items()
-                 if k not in ("captures", "last_capture", "generations", "last_key", "_lock", "on_state")}
-        return state
+        return {k: v for k, v in self.__dict__.items() if k not in self.RUN_STATE}
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -255,7 +254,7 @@ class ReducedModel(nn.Module):
         """Write the schedule as `directory/ditreduce_schedule.yaml` (load_schedule reads it back)."""
         path = Path(directory) / SCHEDULE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.schedule.model_dump(mode="json", exclude_none=True), sort_keys=False))
+        path.write_text(schedule_yaml(self.schedule))
         return path
 
     def save_pretrained(self, save_directory, **kwargs) -> None:

@@ -162,6 +162,9 @@ def test_a_pipeline_saves_the_transformer_s_weights_and_schedule_and_loads_back(
     assert type(loaded.transformer).__name__ == "DiTTransformer2DModel"
     ditreduce.apply(loaded, saved)
     np.testing.assert_array_equal(_run(loaded), want)
+    copied = copy.deepcopy(pipe)   # still applied: each call one generation of the scheduler's steps
+    assert type(copied) is type(pipe)
+    np.testing.assert_array_equal(_run(copied), want)
     ditreduce.remove(pipe)
     assert type(pipe) is DiTPipeline and type(pipe.transformer).__name__ == "DiTTransformer2DModel"
 

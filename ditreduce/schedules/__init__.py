@@ -1,9 +1,9 @@
 """Schedule IR: format, loading/validation, presets, lowering to per-step variants."""
 from .ir import FORMAT_VERSION, IndexRange, LayoutOverride, Rule, Schedule
-from .load import ScheduleError, json_schema, load_schedule, presets, validate
+from .load import ScheduleError, json_schema, load_schedule, presets, schedule_yaml, validate
 
 __all__ = ["FORMAT_VERSION", "IndexRange", "LayoutOverride", "Rule", "Schedule", "ScheduleError", "dense_prefix",
-           "default_schedule", "json_schema", "load_schedule", "presets", "schedule_dict", "validate"]
+           "default_schedule", "json_schema", "load_schedule", "presets", "schedule_dict", "schedule_yaml", "validate"]
 
 
 def dense_prefix(fraction: float) -> dict:

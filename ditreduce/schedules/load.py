@@ -145,6 +145,12 @@ def load_schedule(spec: "str | Path | dict | Schedule") -> Schedule:
     raise ScheduleError(f"schedule must be a path, preset name, dict or Schedule, got {type(spec).__name__}")
 
 
+def schedule_yaml(schedule: "dict | Schedule", comments: tuple[str, ...] = ()) -> str:
+    """A schedule as the YAML text load_schedule reads back, after `# ` comment lines."""
+    doc = schedule.model_dump(mode="json", exclude_none=True) if isinstance(schedule, Schedule) else schedule
+    return "".join(f"# {line}\n" for line in comments) + yaml.safe_dump(doc, sort_keys=False)
+
+
 def json_schema() -> str:
     """JSON schema of format version 1, for editors (yaml-language-server)."""
     schema = Schedule.model_json_schema()
