@@ -104,7 +104,8 @@ class _Builder:
 
     def select(self, tokens: fx.Node | None, y_like: tuple | None = None) -> fx.Node:
         """The image selection (a Selection-valued node): the method's selection function, folded into
-        constants for a static method, else one `select_tokens` call fed its state inputs (new placeholders)."""
+        constants for a static method, else one `select_tokens` call on `tokens` (None for a method that reads
+        none) fed its state inputs (new placeholders)."""
         self.ctx = ctx = self.context(y_like)
         if self.method.static:
             sel, _ = self.method.selection(None, {}, ctx)
@@ -124,7 +125,7 @@ class _Builder:
         pairs, cfg = self.cfg_pairs(self.method.params.get("cfg"))
         self.params = self.cfg.params if cfg == self.method.params.get("cfg") else tuple(
             sorted({**dict(self.cfg.params), "cfg": cfg}.items()))
-        node = self.call(select_tokens, [tokens if self.method.reads_tokens else None, self.state_in, pairs],
+        node = self.call(select_tokens, [tokens, self.state_in, pairs],
                          {"method": self.cfg.method, "params": self.params, **ctx.as_kwargs()})
         self.image_sel = self.call(operator.getitem, [node, 0])
         if spec.selected:
